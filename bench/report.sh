@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# report.sh — turns compare.sh's raw results into BASE.md and BASE-*.png.
+#
+#   bench/report.sh RAW_DIR BASE FAILED "PROCS..."
+#
+# Every figure in the report is read from a file a benchmark wrote in this
+# run; a missing one is printed as "n/a", never estimated.
+set -euo pipefail
+RAW=$1 BASE=$2 FAILED=$3 PROCS=$4
+REPORT=$BASE.md
+LOAD=$RAW/load.csv
+NAME=$(basename "$BASE")
+
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
+virt=$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)
+rev=$(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo "uncommitted tree")
+MACHINE="$(nproc)-core ${virt:+$virt VM, }$cpu, $mem, Debian $(cat /etc/debian_version 2>/dev/null), Linux $(uname -r)"
+
+# load_field LABEL BACKEND PROCS COLUMN: one value from the load CSV.
+load_field() {
+  [[ -f $LOAD ]] || { echo ""; return; }
+  awk -F, -v l="$1" -v b="$2" -v p="$3" -v col="$4" '
+    NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+    $c["label"] == l && $c["backend"] == b && $c["processes"] == p { v = $c[col] }
+    END { print v }' "$LOAD"
+}
+# bench_field NAME COLUMN: a Google Benchmark row (the median when repeated).
+bench_field() {
+  [[ -f $RAW/bench_cache.csv ]] || { echo ""; return; }
+  awk -F, -v n="$1" -v col="$2" '
+    $1 == "name" { for (i = 1; i <= NF; i++) c[$i] = i; next }
+    { gsub(/"/, "", $1) }
+    $1 == n || $1 == n "_median" { v = $c[col] }
+    END { print v }' "$RAW/bench_cache.csv"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print ""; else printf "%.2f", a / b }'; }
+fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "n/a"; else if (v >= 1e6) printf "%.2f M", v / 1e6; else if (v >= 1e3) printf "%.1f k", v / 1e3; else printf "%.0f", v }'; }
+verdict() { # verdict VALUE OP LIMIT
+  awk -v v="$1" -v op="$2" -v lim="$3" 'BEGIN {
+    if (v == "") { print "not measured"; exit }
+    ok = (op == ">=") ? v >= lim : v <= lim; print ok ? "met" : "**missed**" }'
+}
+
+{
+  echo "# hostcache benchmarks: $NAME"
+  echo
+  echo "Machine: $MACHINE. Tree: $rev. Produced by \`bench/compare.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC')."
+  echo "Every value read was verified (key, length, checksum); a corrupt read fails the run."
+  ((FAILED)) && echo && echo "**Some hostcache runs FAILED; see the log. Their figures are absent.**"
+  echo
+
+  # ---- targets --------------------------------------------------------------------
+  hc=$(load_field gethit hostcache 1 ops_per_s)
+  redis=$(load_field gethit redis 1 ops_per_s)
+  lmdb=$(load_field gethit lmdb 1 ops_per_s)
+  mm=$(load_field gethit mutex-map 1 ops_per_s)
+  gh=$(bench_field "BM_get_hit<HostcacheTable>/value:256" real_time)
+  gm=$(bench_field "BM_get_hit<Mutex>/value:256" real_time)
+  s1=$(load_field scale hostcache 1 ops_per_s)
+  s2=$(load_field scale hostcache 2 ops_per_s)
+  evmin=""
+  [[ -f $RAW/eviction.csv ]] && evmin=$(awk -F, 'NR > 1 { if (m == "" || $11 < m) m = $11 } END { print m }' "$RAW/eviction.csv")
+  clear_r="" inval_r=""
+  if [[ -f $RAW/clear.csv ]]; then
+    clear_r=$(awk -F, 'NR == 2 { a = $4 } END { if (a > 0) printf "%.2f", $4 / a }' "$RAW/clear.csv")
+    inval_r=$(awk -F, 'NR == 2 { a = $6 } END { if (a > 0) printf "%.2f", $6 / a }' "$RAW/clear.csv")
+  fi
+  r_redis=$(ratio "$hc" "$redis") r_lmdb=$(ratio "$hc" "$lmdb") r_map=$(ratio "$gh" "$gm")
+  r_map_load=$(ratio "$mm" "$hc") r_scale=$(ratio "$s2" "$s1")
+  echo "## Targets"
+  echo
+  echo "| target | measured | verdict |"
+  echo "|---|---|---|"
+  echo "| get hit, 48 B key, 256 B value, one process: under 100 ns | ${gh:-n/a} ns (bench_cache, median) | $(verdict "$gh" "<=" 100) |"
+  echo "| one process get hit: >= 100x Redis (one round trip per op) | ${r_redis:-n/a}x ($(fmt "$hc") vs $(fmt "$redis") ops/s) | $(verdict "$r_redis" ">=" 100) |"
+  echo "| one process get hit: >= 3x LMDB | ${r_lmdb:-n/a}x ($(fmt "$hc") vs $(fmt "$lmdb") ops/s) | $(verdict "$r_lmdb" ">=" 3) |"
+  echo "| one process get hit: within 3x of unordered_map under a mutex | ${r_map:-n/a}x the map's time (bench_cache); the map does ${r_map_load:-n/a}x hostcache's ops/s in hostcache-bench | $(verdict "$r_map" "<=" 3) |"
+  echo "| 95% reads uniform: 2 processes >= 1.8x one | ${r_scale:-n/a}x ($(fmt "$s2") vs $(fmt "$s1") ops/s) | $(verdict "$r_scale" ">=" 1.8) |"
+  echo "| eviction within 2 points of exact LRU (same arena bytes) | worst row ${evmin:-n/a} points | $(verdict "$evmin" ">=" -2) |"
+  echo "| clear()/invalidate() cost at 1M entries = at 1k | 1M/1k: clear ${clear_r:-n/a}x, invalidate ${inval_r:-n/a}x (mean of back-to-back calls) | $(verdict "$clear_r" "<=" 1.5) |"
+  echo
+
+  # ---- load runs ------------------------------------------------------------------
+  if [[ -f $LOAD ]]; then
+    echo "## One process, every get a hit (hostcache-bench)"
+    echo
+    echo "$(awk -F, 'NR == 2 { print $4 }' "$LOAD") keys of 48 B, values of 256 B, all present; uniform keys; 1 worker; latency sampled (every op over a socket, 1 in 32 in memory). redis-pipelined latency is per batch of $(load_field gethit redis-pipelined 1 pipeline) ops."
+    echo
+    echo "| backend | ops/s | hostcache / backend | get p50 | get p99 | get p999 |"
+    echo "|---|---|---|---|---|---|"
+    awk -F, -v hc="$hc" '
+      NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+      $c["label"] == "gethit" {
+        p = $c["get_p50_ns"] > 0 ? "get" : "batch"
+        printf "| %s | %.0f | %.1fx | %s ns | %s ns | %s ns |\n", $c["backend"], $c["ops_per_s"],
+          hc / $c["ops_per_s"], $c[p "_p50_ns"], $c[p "_p99_ns"], $c[p "_p999_ns"] }' "$LOAD"
+    echo
+    echo "## 95% reads, uniform keys, against processes (mutex-map: threads)"
+    echo
+    printf "| backend |"; for p in $PROCS; do printf " %s |" "$p"; done; echo " x2/x1 | get p99 at 2 |"
+    printf "|---|"; for p in $PROCS; do printf -- "---|"; done; echo "---|---|"
+    for b in $(awk -F, 'NR > 1 && $1 == "scale" { print $2 }' "$LOAD" | awk '!seen[$0]++'); do
+      printf "| %s |" "$b"
+      for p in $PROCS; do printf " %s |" "$(fmt "$(load_field scale "$b" "$p" ops_per_s)")"; done
+      p99=$(load_field scale "$b" 2 get_p99_ns)
+      [[ $p99 == 0 ]] && p99="$(load_field scale "$b" 2 batch_p99_ns) (batch)"
+      echo " $(ratio "$(load_field scale "$b" 2 ops_per_s)" "$(load_field scale "$b" 1 ops_per_s)") | ${p99:-n/a} ns |"
+    done
+    echo
+    echo "ops/s summed over workers. With $(nproc) cores, runs with more workers than cores measure time-slicing, not parallelism."
+    echo
+    if [[ -n $(load_field churn hostcache 2 ops_per_s) ]]; then
+      echo "## Under churn (hostcache, 2 processes)"
+      echo
+      echo "Zipf 0.99, 90% reads, TTL 500 ms, 64 tags, 2 clear()/s and 50 invalidate(tag)/s, a miss refilled (cache-aside):"
+      echo "$(fmt "$(load_field churn hostcache 2 ops_per_s)") ops/s, hit ratio $(load_field churn hostcache 2 hit_ratio), get p50/p99/p999 $(load_field churn hostcache 2 get_p50_ns)/$(load_field churn hostcache 2 get_p99_ns)/$(load_field churn hostcache 2 get_p999_ns) ns, no corrupt read."
+      echo
+    fi
+  fi
+
+  # ---- microbenchmarks ----------------------------------------------------------------
+  if [[ -f $RAW/bench_cache.csv ]]; then
+    echo "## Microbenchmarks (bench_cache, one process)"
+    echo
+    echo "Google Benchmark; median of repetitions where repeated. Keys visited in a random permutation; the table half full."
+    echo
+    echo "| benchmark | ns/op (wall) | ns/op (CPU) | items/s | workload |"
+    echo "|---|---|---|---|---|"
+    awk -F, '
+      $1 == "name" { for (i = 1; i <= NF; i++) c[$i] = i; next }
+      { gsub(/"/, "") }
+      $1 ~ /_(mean|stddev|cv)$/ { next }
+      $c["error_occurred"] == "true" { printf "| %s | ERROR: %s | | | |\n", $1, $c["error_message"]; next }
+      { n = $1; sub(/_median$/, "", n)
+        printf "| %s | %.1f | %.1f | %.2f M | %s |\n", n, $c["real_time"], $c["cpu_time"],
+          $c["items_per_second"] / 1e6, $c["label"] }' "$RAW/bench_cache.csv"
+    echo
+  fi
+  if [[ -f $RAW/eviction.md ]]; then
+    echo "## Eviction quality (eviction_quality)"
+    echo
+    echo "Cache-aside replay (get; on a miss, set). capacity_bytes is the whole segment; the arena (what entries can use) is read from the segment. The policy target compares with an exact LRU holding the same arena bytes, each entry charged what hostcache charges it; the last column is an LRU given all of capacity_bytes for keys and values alone."
+    echo
+    cat "$RAW/eviction.md"
+    echo
+  fi
+  if [[ -f $RAW/clear.md ]]; then
+    echo "## Clear cost (clear_cost)"
+    echo
+    cat "$RAW/clear.md"
+    echo
+  fi
+  if [[ -f $RAW/bench_memoize.csv ]]; then
+    echo "## Memoize (bench_memoize)"
+    echo
+    echo "| benchmark | ns/op (wall) | items/s |"
+    echo "|---|---|---|"
+    awk -F, '$1 == "name" { for (i = 1; i <= NF; i++) c[$i] = i; next } { gsub(/"/, "") }
+      { printf "| %s | %.1f | %.0f |\n", $1, $c["real_time"], $c["items_per_second"] }' "$RAW/bench_memoize.csv"
+    echo
+  fi
+  echo "## Plots"
+  echo
+  echo "![throughput against processes]($NAME-throughput.png)"
+  echo "![get latency, one process]($NAME-latency.png)"
+} >"$REPORT"
+
+# ---- plots -------------------------------------------------------------------------------
+command -v gnuplot >/dev/null && [[ -f $LOAD ]] || exit 0
+plots=()
+for b in $(awk -F, 'NR > 1 && $1 == "scale" { print $2 }' "$LOAD" | awk '!seen[$0]++'); do
+  awk -F, -v b="$b" 'NR > 1 && $1 == "scale" && $2 == b { print $3, $17 }' "$LOAD" >"$RAW/scale-$b.dat"
+  plots+=("'$RAW/scale-$b.dat' using 1:2 with linespoints title '$b'")
+done
+awk -F, 'NR > 1 && $1 == "gethit" && $21 > 0 { print $2, $21, $22, $23 }' "$LOAD" >"$RAW/latency.dat"
+if ((${#plots[@]})); then
+  gnuplot <<EOF
+set terminal pngcairo size 900,560 noenhanced
+set output '$BASE-throughput.png'
+set title "95% reads, 48 B keys, 256 B values, uniform: ops/s against workers\n$MACHINE"
+set xlabel 'workers (processes; threads for mutex-map)'
+set ylabel 'ops/s (log)'
+set logscale y
+set logscale x 2
+set key outside right
+set grid
+plot $(IFS=,; echo "${plots[*]}")
+EOF
+fi
+if [[ -s $RAW/latency.dat ]]; then
+  gnuplot <<EOF
+set terminal pngcairo size 900,560 noenhanced
+set output '$BASE-latency.png'
+set title "get-hit latency, one process (sampled)\n$MACHINE"
+set ylabel 'ns (log)'
+set logscale y
+set style data histograms
+set style histogram cluster gap 1
+set style fill solid 0.8 border -1
+set grid ytics
+plot '$RAW/latency.dat' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 title 'p999'
+EOF
+fi

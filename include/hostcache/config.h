@@ -1,0 +1,43 @@
+// hostcache/config.h — how a segment is created and how entries are written.
+//
+// Plain value types; copy them freely across threads.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hostcache {
+
+// At most this many invalidation tags per entry.
+inline constexpr std::size_t kMaxTags = 4;
+// A tag is 1..kMaxTagBytes bytes.
+inline constexpr std::size_t kMaxTagBytes = 255;
+// Segment names are [A-Za-z0-9._-], 1..kMaxNameBytes characters.
+inline constexpr std::size_t kMaxNameBytes = 200;
+
+struct Config {
+  std::string name;                        // segment name: [A-Za-z0-9._-], 1..200 chars
+  std::size_t capacity_bytes = 64u << 20;  // the whole segment, fixed for its life
+  unsigned stripes = 0;                    // 0: chosen from capacity and hardware; else a power of two
+  std::chrono::milliseconds default_ttl = std::chrono::minutes(30);
+  unsigned mode = 0600;                    // applied exactly, whatever the umask
+  std::size_t max_key_bytes = 1024;
+  std::size_t max_value_bytes = 1u << 20;
+  // Attach even when the segment is owned by another uid or its mode is wider
+  // than `mode`. Off by default: a segment another user can write can lie.
+  bool allow_foreign = false;
+  // false: the memoize layer passes every call straight to compute() (the
+  // seed's ENABLED = False). The environment variable HOSTCACHE_DISABLED=1
+  // has the same effect. get/set are unaffected.
+  bool enabled = true;
+};
+
+struct SetOptions {
+  std::chrono::milliseconds ttl{0};        // 0: the cache's default_ttl; negative: Errc::invalid_ttl
+  std::vector<std::string_view> tags;      // invalidation tags, at most kMaxTags
+};
+
+}  // namespace hostcache

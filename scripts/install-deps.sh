@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything hostcache needs to build, test and run its demo, from
+# Debian's packages only. Idempotent: a second run installs nothing new.
+#   scripts/install-deps.sh           build + test dependencies
+#   scripts/install-deps.sh --bench   also the peers of the comparison benchmark
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config
+  libboost-dev libxxhash-dev libmsgpack-cxx-dev libspdlog-dev libfmt-dev
+  libbenchmark-dev libgtest-dev libgmock-dev
+  nlohmann-json3-dev libcli11-dev
+  clang libclang-rt-dev
+  curl procps
+)
+if [[ "${1:-}" == "--bench" ]]; then
+  pkgs+=(redis-server libhiredis-dev memcached libmemcached-dev liblmdb-dev gnuplot-nox wrk)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO=sudo
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds hostcache and runs every test: the plain build, the same suite under
+# AddressSanitizer + UndefinedBehaviorSanitizer, and the in-process
+# concurrency tests under ThreadSanitizer. Exits non-zero on any failure.
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    the plain build only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+build() {  # build DIR [cmake args...]
+  local dir=$1
+  shift
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+}
+
+echo "== plain build =="
+build build -DHOSTCACHE_CRASH_POINTS=OFF
+(cd build && ctest --output-on-failure -j "$jobs" --timeout 900)
+[[ "${1:-}" == "--quick" ]] && exit 0
+
+echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
+build build-asan -DHOSTCACHE_SANITIZE=address -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j "$jobs" --timeout 900 -LE "nosan")
+
+echo "== ThreadSanitizer (in-process concurrency tests) =="
+build build-tsan -DHOSTCACHE_SANITIZE=thread -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF -DHOSTCACHE_BUILD_TOOLS=OFF
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" --timeout 900 -L threads)

@@ -1,0 +1,324 @@
+#include "arena.h"
+
+#include <xxhash.h>
+
+#include <cstring>
+
+#include "atomic_words.h"
+
+namespace hostcache::arena {
+
+using layout::EntryHeader;
+using layout::kHeaderBytes;
+
+StripeView StripeView::over(std::uint8_t* stripe_base, const Geometry& geo) {
+  StripeView v;
+  v.hdr = reinterpret_cast<layout::StripeHeader*>(stripe_base);
+  v.buckets = reinterpret_cast<layout::Bucket*>(stripe_base + sizeof(layout::StripeHeader));
+  v.arena = stripe_base + sizeof(layout::StripeHeader) + std::uint64_t(geo.groups_per_stripe) * 64;
+  v.arena_bytes = geo.arena_bytes;
+  v.groups = geo.groups_per_stripe;
+  return v;
+}
+
+std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, std::uint64_t tags_len) {
+  return layout::align_up(kHeaderBytes + key_len + value_len + tags_len, 8);
+}
+
+bool read_header(const StripeView& s, std::uint64_t off, EntryHeader& out) {
+  const std::uint64_t a = s.arena_bytes;
+  if (off % 8 != 0 || off >= a || a - off < 8) return false;
+  std::uint64_t first = words::load_word(s.arena + off);
+  std::memcpy(&out, &first, 8);
+  if (out.magic != layout::kEntryMagic || out.size % 8 != 0 || out.size < 8 || out.size > a - off) return false;
+  if (out.kind == layout::kKindPad) return off + out.size == a;
+  if (out.kind != layout::kKindEntry || out.size < kHeaderBytes) return false;
+  std::uint64_t w[kHeaderBytes / 8];
+  w[0] = first;
+  for (std::size_t i = 1; i < kHeaderBytes / 8; ++i) w[i] = words::load_word(s.arena + off + 8 * i);
+  std::memcpy(&out, w, kHeaderBytes);
+  if (out.live > 1 || out.ntags > 4 || out.key_len == 0) return false;
+  std::uint64_t payload = std::uint64_t(out.key_len) + out.value_len + out.tags_len;
+  return entry_size(out.key_len, out.value_len, out.tags_len) == out.size && payload <= a;
+}
+
+std::uint64_t checksum_of(const std::uint8_t* image, const EntryHeader& h) {
+  const std::uint64_t len = kHeaderBytes - layout::kChecksumFrom + h.key_len + h.value_len + h.tags_len;
+  const std::uint64_t seed = (std::uint64_t(h.size) << 32) | (std::uint64_t(h.kind) << 16) | h.magic;
+  return XXH3_64bits_withSeed(image + layout::kChecksumFrom, len, seed);
+}
+
+bool checksum_ok(const StripeView& s, std::uint64_t off, const EntryHeader& h) {
+  thread_local std::vector<std::uint64_t> image;
+  image.resize(h.size / 8);
+  for (std::size_t i = 0; i < image.size(); ++i) image[i] = words::load_word(s.arena + off + 8 * i);
+  return checksum_of(reinterpret_cast<const std::uint8_t*>(image.data()), h) == h.checksum;
+}
+
+bool read_tags(const StripeView& s, std::uint64_t off, const EntryHeader& h, std::vector<std::string>& tags) {
+  tags.clear();
+  std::string blob(h.tags_len, '\0');
+  words::copy_out(s.arena, tags_off(off, h), h.tags_len, blob.data());
+  std::size_t p = 0;
+  while (p < blob.size()) {
+    std::size_t n = static_cast<unsigned char>(blob[p]);
+    if (n == 0 || p + 1 + n > blob.size()) return false;
+    tags.emplace_back(blob.substr(p + 1, n));
+    p += 1 + n;
+  }
+  return tags.size() == h.ntags;
+}
+
+bool walk(const StripeView& s, std::uint64_t tail, std::uint64_t head,
+          const std::function<void(std::uint64_t, const EntryHeader&)>& fn, std::string* why,
+          std::uint64_t* ring_bytes) {
+  const std::uint64_t a = s.arena_bytes;
+  auto broken = [why](std::string w) {
+    if (why) *why = std::move(w);
+    return false;
+  };
+  if (tail >= a || head >= a || tail % 8 != 0 || head % 8 != 0) {
+    return broken("head " + std::to_string(head) + " or tail " + std::to_string(tail) + " out of bounds");
+  }
+  std::uint64_t p = tail, walked = 0;
+  while (p != head) {
+    EntryHeader h;
+    if (!read_header(s, p, h)) return broken("unreadable entry header at offset " + std::to_string(p));
+    if (p < head && p + h.size > head) {
+      return broken("entry at offset " + std::to_string(p) + " crosses head " + std::to_string(head));
+    }
+    walked += h.size;
+    if (walked >= a) return broken("ring longer than the arena");
+    if (h.kind == layout::kKindEntry) fn(p, h);
+    p += h.size;
+    if (p == a) p = 0;
+  }
+  if (ring_bytes) *ring_bytes = walked;
+  return true;
+}
+
+}  // namespace hostcache::arena
+
+// ---- writing -----------------------------------------------------------------
+
+#include "crash_point.h"
+#include "index.h"
+
+namespace hostcache::arena {
+namespace {
+
+using words::load;
+using words::store;
+
+void bump(std::uint64_t& counter) { store(counter, load(counter) + 1); }
+
+// Releases `size` bytes at the tail.
+void advance_tail(const StripeView& s, std::uint64_t size) {
+  std::uint64_t tail = load(s.hdr->tail) + size;
+  if (tail == s.arena_bytes) tail = 0;
+  std::uint64_t used = load(s.hdr->used) - size;
+  store(s.hdr->tail, tail);
+  store(s.hdr->used, used);
+  if (used == 0) {  // empty: restart at 0, the longest contiguous run
+    store(s.hdr->head, std::uint64_t{0});
+    store(s.hdr->tail, std::uint64_t{0});
+  }
+}
+
+void write_pad(const StripeView& s, std::uint64_t off) {
+  EntryHeader pad{};
+  pad.size = std::uint32_t(s.arena_bytes - off);
+  pad.magic = layout::kEntryMagic;
+  pad.kind = layout::kKindPad;
+  std::uint64_t w;
+  std::memcpy(&w, &pad, 8);
+  words::store_word(s.arena + off, w);
+  HOSTCACHE_CRASH_POINT("alloc.after_pad");
+  store(s.hdr->used, load(s.hdr->used) + pad.size);
+  store(s.hdr->head, std::uint64_t{0});
+}
+
+// Moves the live entry at the tail to the head. False when it cannot move
+// without wrapping onto itself (then the caller evicts it).
+bool move_tail_to_head(const StripeView& s, const EntryHeader& h, layout::Bucket* bucket, bool keep_ref) {
+  const std::uint64_t a = s.arena_bytes, src = load(s.hdr->tail);
+  std::uint64_t head = load(s.hdr->head);
+  if (head >= src && a - head < h.size) {
+    if (src == 0) return false;
+    write_pad(s, head);
+    head = 0;
+  }
+  // Now either head < src (free run [head, src), a forward copy is safe even
+  // if it overlaps the source) or the run [head, a) holds the whole entry.
+  store(s.hdr->move_src, src);
+  store(s.hdr->move_dst, head);
+  store(s.hdr->move_size, std::uint64_t(h.size));
+  HOSTCACHE_CRASH_POINT("move.journaled");
+  words::move_down(s.arena + head, s.arena + src, h.size);
+  HOSTCACHE_CRASH_POINT("move.copied");
+  layout::Bucket b = index::encode(head, index::fingerprint_of(index::load(*bucket)));
+  if (keep_ref) b |= index::load(*bucket) & layout::kRefBit;
+  index::store(*bucket, b);
+  std::uint64_t new_head = head + h.size, new_tail = src + h.size;
+  store(s.hdr->head, new_head == a ? 0 : new_head);
+  store(s.hdr->tail, new_tail == a ? 0 : new_tail);
+  HOSTCACHE_CRASH_POINT("move.committed");
+  store(s.hdr->move_size, std::uint64_t{0});
+  return true;
+}
+
+// Processes the entry at the tail: frees it, moves it, or evicts it.
+void reclaim_one(const StripeView& s, const generations::Judge& judge, std::uint64_t& moved) {
+  const std::uint64_t tail = load(s.hdr->tail);
+  EntryHeader h;
+  if (!read_header(s, tail, h)) {
+    // Only memory corruption gets here (a writer holding the lock keeps the
+    // ring well formed): start the stripe afresh rather than follow garbage.
+    reset(s);
+    return;
+  }
+  if (h.kind == layout::kKindPad || h.live == 0) {
+    if (h.kind != layout::kKindPad) store(s.hdr->dead_bytes, load(s.hdr->dead_bytes) - h.size);
+    advance_tail(s, h.size);
+    return;
+  }
+  layout::Bucket* bucket = index::find_by_offset(s.buckets, s.groups, h.hash, tail);
+  const generations::State state = judge.of(h);
+  if (bucket != nullptr && state == generations::State::valid) {
+    const bool garbage = load(s.hdr->dead_bytes) > 0;
+    const bool hot = (index::load(*bucket) & layout::kRefBit) != 0;
+    // Compaction keeps the ref bit; a second chance spends it.
+    if ((garbage || hot) && moved < 2 * s.arena_bytes && move_tail_to_head(s, h, bucket, garbage)) {
+      moved += h.size;
+      return;
+    }
+  }
+  HOSTCACHE_CRASH_POINT("evict.before_unlink");
+  if (bucket == nullptr) {  // live but unindexed: only a repair can tell; treat as dead
+    advance_tail(s, h.size);
+    return;
+  }
+  index::store(*bucket, 0);
+  store(s.hdr->entries, load(s.hdr->entries) - 1);
+  if (state == generations::State::expired) {
+    bump(s.hdr->expired);
+  } else if (state == generations::State::stale) {
+    bump(s.hdr->stale);
+  } else {
+    bump(s.hdr->evictions);
+  }
+  advance_tail(s, h.size);
+  HOSTCACHE_CRASH_POINT("evict.after_unlink");
+}
+
+}  // namespace
+
+std::uint64_t make_room(const StripeView& s, std::uint64_t bytes, const generations::Judge& judge) {
+  const std::uint64_t a = s.arena_bytes;
+  std::uint64_t moved = 0;
+  for (;;) {
+    const std::uint64_t head = load(s.hdr->head), tail = load(s.hdr->tail);
+    if (head >= tail) {  // data [tail, head); free [head, a) and [0, tail)
+      if (a - head > bytes || (a - head == bytes && tail > 0)) return head;
+      // Wrap, unless the data starts at 0 (head would meet tail: "empty").
+      if (tail > 0 && load(s.hdr->used) > 0) {
+        write_pad(s, head);
+        continue;
+      }
+    } else if (tail - head > bytes) {  // free [head, tail); never fill it exactly
+      return head;
+    }
+    reclaim_one(s, judge, moved);
+  }
+}
+
+void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes) {
+  words::copy_in(s.arena + off, image, bytes);
+  HOSTCACHE_CRASH_POINT("set.after_write");
+  std::uint64_t head = off + bytes;
+  store(s.hdr->used, load(s.hdr->used) + bytes);
+  store(s.hdr->head, head == s.arena_bytes ? 0 : head);
+  HOSTCACHE_CRASH_POINT("set.after_append");
+}
+
+void kill(const StripeView& s, std::uint64_t off, const EntryHeader& h, layout::Bucket* bucket) {
+  if (bucket != nullptr) index::store(*bucket, 0);
+  HOSTCACHE_CRASH_POINT("kill.after_unindex");
+  // live is byte 7 of the entry's first word.
+  std::uint64_t w = words::load_word(s.arena + off);
+  w &= ~(std::uint64_t{0xff} << 56);
+  words::store_word(s.arena + off, w);
+  store(s.hdr->dead_bytes, load(s.hdr->dead_bytes) + h.size);
+  store(s.hdr->entries, load(s.hdr->entries) - 1);
+}
+
+void reset(const StripeView& s) {
+  for (std::uint64_t i = 0; i < std::uint64_t(s.groups) * layout::kGroupSlots; ++i) index::store(s.buckets[i], 0);
+  store(s.hdr->head, std::uint64_t{0});
+  store(s.hdr->tail, std::uint64_t{0});
+  store(s.hdr->used, std::uint64_t{0});
+  store(s.hdr->dead_bytes, std::uint64_t{0});
+  store(s.hdr->entries, std::uint64_t{0});
+  store(s.hdr->move_size, std::uint64_t{0});
+}
+
+bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped) {
+  HOSTCACHE_CRASH_POINT("recovery.start");
+  const std::uint64_t a = s.arena_bytes;
+  if (load(s.hdr->move_size) != 0) {
+    // A move was under way: the moved entry is lost, the ring is what it was
+    // without it.
+    std::uint64_t src = load(s.hdr->move_src), dst = load(s.hdr->move_dst), size = load(s.hdr->move_size);
+    std::uint64_t tail = src + size;
+    if (src < a && dst < a && size <= a - src) {
+      store(s.hdr->head, dst);
+      store(s.hdr->tail, tail == a ? 0 : tail);
+    } else {
+      store(s.hdr->head, a);  // out of bounds: the walk below fails and we reset
+    }
+    store(s.hdr->move_size, std::uint64_t{0});
+  }
+  struct Found {
+    std::uint64_t off;
+    EntryHeader h;
+  };
+  std::vector<Found> entries;
+  std::uint64_t ring = 0;
+  std::string reason;
+  const bool walked = walk(
+      s, load(s.hdr->tail), load(s.hdr->head),
+      [&](std::uint64_t off, const EntryHeader& h) { entries.push_back({off, h}); }, &reason, &ring);
+  if (!walked) {
+    if (why) *why = reason;
+    reset(s);
+    store(s.hdr->resets, load(s.hdr->resets) + 1);
+    HOSTCACHE_CRASH_POINT("recovery.after_reset");
+    return false;
+  }
+  for (std::uint64_t i = 0; i < std::uint64_t(s.groups) * layout::kGroupSlots; ++i) index::store(s.buckets[i], 0);
+  std::uint64_t live = 0, dead = 0, lost = 0;
+  for (const Found& f : entries) {
+    bool keep = f.h.live == 1 && checksum_ok(s, f.off, f.h);
+    layout::Bucket* slot = keep ? index::find_empty(s.buckets, s.groups, f.h.hash) : nullptr;
+    if (slot != nullptr) {
+      index::store(*slot, index::encode(f.off, index::probe(f.h.hash, s.groups).fingerprint));
+      ++live;
+    } else {
+      if (f.h.live == 1) {
+        ++lost;
+        std::uint64_t w = words::load_word(s.arena + f.off) & ~(std::uint64_t{0xff} << 56);
+        words::store_word(s.arena + f.off, w);
+      }
+      dead += f.h.size;
+    }
+  }
+  store(s.hdr->used, ring);
+  store(s.hdr->dead_bytes, dead);
+  store(s.hdr->entries, live);
+  HOSTCACHE_CRASH_POINT("recovery.rebuilt");
+  if (kept) *kept = live;
+  if (dropped) *dropped = lost;
+  return true;
+}
+
+}  // namespace hostcache::arena

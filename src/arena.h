@@ -1,0 +1,116 @@
+// arena.h — each stripe's log-structured region for entries.
+//
+// The arena is a ring: entries are appended at `head` and reclaimed from
+// `tail`; an entry never wraps (a pad entry fills the end before a wrap), so
+// the ring from tail to head is a chain of entries whose sizes lead exactly
+// from one to the next. head == tail means empty (alloc never fills the ring
+// completely, so the two cases cannot be confused).
+//
+// That chain is the stripe's source of truth. The index and the counters are
+// derived from it, which is what makes recovery after a writer's death simple:
+// walk the chain, keep every entry whose checksum verifies, rebuild the index.
+//
+// Reclaiming (only under the stripe lock, seq odd), for the entry at tail:
+//  - dead (overwritten, erased), expired or stale by generation: free it;
+//  - live while dead bytes elsewhere would make room: move it to head
+//    (compaction: a cache whose live data fits keeps all of it);
+//  - live under pressure: if referenced since last passed, clear the bit and
+//    move it to head (second chance, CLOCK); otherwise evict it.
+// A move is journaled in the stripe header (move_src, move_dst, move_size) so
+// that a writer killed mid-copy costs only the entry being moved.
+//
+// Thread-safety: everything that writes requires the stripe lock held and the
+// sequence odd. read_header/walk may run optimistically (the caller validates
+// the sequence afterwards) or over a private copy of the stripe.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "generations.h"
+#include "layout.h"
+#include "segment.h"
+
+namespace hostcache::arena {
+
+// A view of one stripe's three regions.
+struct StripeView {
+  layout::StripeHeader* hdr = nullptr;
+  layout::Bucket* buckets = nullptr;
+  std::uint8_t* arena = nullptr;
+  std::uint64_t arena_bytes = 0;
+  std::uint32_t groups = 0;  // power of two
+
+  // `stripe_base` points at a StripeHeader laid out per `geo` (the segment's
+  // own memory, or a private copy of stripe_bytes bytes).
+  static StripeView over(std::uint8_t* stripe_base, const Geometry& geo);
+};
+
+// Bytes an entry with these lengths occupies (header + payload, 8-aligned).
+std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, std::uint64_t tags_len);
+
+// Reads the header at arena offset `off` word by word and checks it against the
+// arena's bounds: 8-aligned, size in [kHeaderBytes, arena_bytes - off], magic,
+// kind, payload within size; a pad must reach exactly the arena's end.
+// Returns false (and leaves `out` unspecified) when any check fails. Never
+// reads outside the arena.
+bool read_header(const StripeView& s, std::uint64_t off, layout::EntryHeader& out);
+
+// Payload offsets (arena offsets) of an entry whose header was read at `off`.
+inline std::uint64_t key_off(std::uint64_t off) { return off + layout::kHeaderBytes; }
+inline std::uint64_t value_off(std::uint64_t off, const layout::EntryHeader& h) {
+  return off + layout::kHeaderBytes + h.key_len;
+}
+inline std::uint64_t tags_off(std::uint64_t off, const layout::EntryHeader& h) {
+  return off + layout::kHeaderBytes + h.key_len + h.value_len;
+}
+
+// Checksum of an entry image (header + payload, `h.size` bytes) in private memory.
+std::uint64_t checksum_of(const std::uint8_t* image, const layout::EntryHeader& h);
+// Recomputes the checksum of the entry at `off` (header already read) and
+// compares it with the stored one.
+bool checksum_ok(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h);
+
+// Decodes an entry's tags blob (length-prefixed strings). False if malformed.
+bool read_tags(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h,
+               std::vector<std::string>& tags);
+
+// Walks the ring from tail to head, calling fn(off, header) for every entry
+// (pads are skipped). Returns false, with the reason in `why`, when the chain
+// is broken: a header fails read_header, an entry crosses head, the walk does
+// not end exactly at head, or more bytes are walked than the arena holds.
+// `ring_bytes` receives the bytes walked (pads included).
+bool walk(const StripeView& s, std::uint64_t tail, std::uint64_t head,
+          const std::function<void(std::uint64_t, const layout::EntryHeader&)>& fn,
+          std::string* why, std::uint64_t* ring_bytes);
+
+// ---- writing: everything below REQUIRES the stripe lock held and seq odd ----
+
+// Makes `bytes` contiguous bytes free at the arena's head, reclaiming from the
+// tail as the file comment says, and returns their offset. Counts evictions,
+// expired and stale reclaims in the stripe header. Never fails for
+// bytes <= arena_bytes - 8 (Segment::plan guarantees the largest entry fits).
+std::uint64_t make_room(const StripeView& s, std::uint64_t bytes, const generations::Judge& judge);
+
+// Writes the entry image (`bytes` long, 8-aligned, checksummed) at `off`,
+// which make_room just returned, and appends it to the ring.
+void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes);
+
+// The entry at `off` (header `h`) stops being live: its bucket is cleared,
+// live = 0, and its bytes count as dead until the tail reclaims them.
+void kill(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h, layout::Bucket* bucket);
+
+// After a writer died holding the lock: rolls back a journaled move, walks the
+// ring, keeps every entry whose checksum verifies, drops the rest, rebuilds
+// the index and the accounting. Returns false (and resets the stripe, counted
+// in `resets`) when the ring cannot be walked. `kept`/`dropped` count entries.
+bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped);
+
+// Empties the stripe: no entries, no buckets; counters other than the
+// accounting are kept.
+void reset(const StripeView& s);
+
+}  // namespace hostcache::arena

@@ -1,0 +1,86 @@
+// atomic_words.h — word-wise relaxed atomic access to shared memory.
+//
+// The optimistic reader of a stripe copies while a writer may be writing: the
+// copy is race-free in the C++ memory model only if both sides use atomics.
+// Every access to a stripe's buckets and arena goes through these helpers
+// (std::atomic_ref on 8-byte aligned words, relaxed); the sequence counter's
+// acquire/release orders them. ThreadSanitizer then has nothing to report.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace hostcache::words {
+
+template <class T>
+inline T load(const T& field, std::memory_order order = std::memory_order_relaxed) {
+  return std::atomic_ref<T>(const_cast<T&>(field)).load(order);
+}
+template <class T>
+inline void store(T& field, T value, std::memory_order order = std::memory_order_relaxed) {
+  std::atomic_ref<T>(field).store(value, order);
+}
+template <class T>
+inline T fetch_add(T& field, T delta, std::memory_order order = std::memory_order_relaxed) {
+  return std::atomic_ref<T>(field).fetch_add(delta, order);
+}
+
+inline std::uint64_t load_word(const std::uint8_t* p) {
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(const_cast<std::uint8_t*>(p)))
+      .load(std::memory_order_relaxed);
+}
+inline void store_word(std::uint8_t* p, std::uint64_t v) {
+  std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p)).store(v, std::memory_order_relaxed);
+}
+
+// Copies `len` bytes starting at base + off into dst. `base` is 8-aligned and
+// the words covering [off, off + len) are readable.
+inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len, char* dst) {
+  std::size_t word = off & ~std::size_t{7};
+  std::size_t skip = off - word;
+  while (len > 0) {
+    std::uint64_t w = load_word(base + word);
+    std::size_t n = 8 - skip < len ? 8 - skip : len;
+    std::memcpy(dst, reinterpret_cast<const char*>(&w) + skip, n);
+    dst += n;
+    len -= n;
+    word += 8;
+    skip = 0;
+  }
+}
+
+// Compares `len` bytes at base + off with `s`, word by word.
+inline bool equal(const std::uint8_t* base, std::size_t off, const char* s, std::size_t len) {
+  std::size_t word = off & ~std::size_t{7};
+  std::size_t skip = off - word;
+  while (len > 0) {
+    std::uint64_t w = load_word(base + word);
+    std::size_t n = 8 - skip < len ? 8 - skip : len;
+    if (std::memcmp(s, reinterpret_cast<const char*>(&w) + skip, n) != 0) return false;
+    s += n;
+    len -= n;
+    word += 8;
+    skip = 0;
+  }
+  return true;
+}
+
+// Copies `bytes` (a multiple of 8) from a private, 8-aligned buffer into
+// shared memory at `dst` (8-aligned).
+inline void copy_in(std::uint8_t* dst, const std::uint8_t* src, std::size_t bytes) {
+  for (std::size_t i = 0; i < bytes; i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, src + i, 8);
+    store_word(dst + i, w);
+  }
+}
+
+// Moves `bytes` (a multiple of 8) within shared memory to a lower address;
+// the ranges may overlap (a forward copy is then safe).
+inline void move_down(std::uint8_t* dst, const std::uint8_t* src, std::size_t bytes) {
+  for (std::size_t i = 0; i < bytes; i += 8) store_word(dst + i, load_word(src + i));
+}
+
+}  // namespace hostcache::words

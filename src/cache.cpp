@@ -1,0 +1,193 @@
+#include <hostcache/cache.h>
+
+#include <xxhash.h>
+
+#include <cstdlib>
+#include <limits>
+
+#include "cache_impl.h"
+#include "clock.h"
+#include "generations.h"
+#include "log.h"
+#include "segment.h"
+#include "stripe.h"
+
+namespace hostcache {
+
+// ---- errors --------------------------------------------------------------------
+
+const char* to_string(Errc e) noexcept {
+  switch (e) {
+    case Errc::ok: return "ok";
+    case Errc::key_too_large: return "key_too_large";
+    case Errc::value_too_large: return "value_too_large";
+    case Errc::invalid_ttl: return "invalid_ttl";
+    case Errc::too_many_tags: return "too_many_tags";
+    case Errc::tag_too_large: return "tag_too_large";
+    case Errc::invalid_name: return "invalid_name";
+    case Errc::invalid_config: return "invalid_config";
+    case Errc::capacity_too_small: return "capacity_too_small";
+    case Errc::not_found: return "not_found";
+    case Errc::already_exists: return "already_exists";
+    case Errc::incompatible: return "incompatible";
+    case Errc::corrupt: return "corrupt";
+    case Errc::permission_denied: return "permission_denied";
+    case Errc::io_error: return "io_error";
+    case Errc::empty_key: return "empty_key";
+  }
+  return "unknown";
+}
+
+Error::Error(Errc code, const std::string& message) : std::runtime_error(message), code_(code) {}
+
+// ---- the handle ------------------------------------------------------------------
+
+namespace {
+
+std::uint64_t hash_key(std::string_view key) { return XXH3_64bits(key.data(), key.size()); }
+
+bool disabled_by_environment() {
+  const char* v = std::getenv("HOSTCACHE_DISABLED");
+  return v != nullptr && v[0] != '\0' && std::string_view(v) != "0";
+}
+
+// The largest value an entry with the largest key can carry in one arena.
+std::size_t value_room(const Geometry& g, std::size_t max_key) {
+  const std::uint64_t fixed = max_entry_bytes(max_key, 0) + 8;
+  return g.arena_bytes > fixed ? std::size_t(g.arena_bytes - fixed) : 0;
+}
+
+}  // namespace
+
+Cache::Impl::Impl(std::unique_ptr<Segment> seg) : segment(std::move(seg)), stats(segment.get()) {}
+
+Cache::Cache(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Cache::Cache(Cache&&) noexcept = default;
+Cache& Cache::operator=(Cache&&) noexcept = default;
+Cache::~Cache() = default;
+
+Cache Cache::open(const Config& config) {
+  bool created = false;
+  auto impl = std::make_unique<Impl>(Segment::open(config, created));
+  const Geometry& g = impl->segment->geometry();
+  impl->default_ttl = config.default_ttl;
+  impl->max_key_bytes = std::min<std::size_t>(config.max_key_bytes, 1u << 20);
+  impl->max_value_bytes = std::min(config.max_value_bytes, value_room(g, impl->max_key_bytes));
+  impl->enabled = config.enabled && !disabled_by_environment();
+  return Cache(std::move(impl));
+}
+
+Cache Cache::attach(std::string_view name) { return attach(name, false); }
+
+Cache Cache::attach(std::string_view name, bool allow_foreign) {
+  auto impl = std::make_unique<Impl>(Segment::attach(name, allow_foreign, Segment::Access::read_write));
+  const layout::Header* h = impl->segment->header();
+  impl->default_ttl = std::chrono::milliseconds(h->default_ttl_ms);
+  impl->max_key_bytes = std::size_t(h->max_key_bytes);
+  impl->max_value_bytes = std::min<std::size_t>(h->max_value_bytes, value_room(impl->segment->geometry(),
+                                                                              impl->max_key_bytes));
+  impl->enabled = !disabled_by_environment();
+  return Cache(std::move(impl));
+}
+
+bool Cache::remove(std::string_view name) { return Segment::remove(name); }
+
+bool Cache::get(std::string_view key, std::string& value) const {
+  if (key.empty() || key.size() > impl_->max_key_bytes) {
+    impl_->stats.miss();
+    return false;
+  }
+  const stripe::Lookup r = stripe::get(*impl_->segment, key, hash_key(key), value);
+  const bool hit = r == stripe::Lookup::hit;
+  if (hit) {
+    impl_->stats.hit();
+  } else {
+    impl_->stats.miss();
+  }
+  auto& lg = log::get();
+  if (lg.should_log(spdlog::level::debug)) {
+    static constexpr const char* kWords[] = {"hit", "miss", "miss (expired)", "miss (stale)"};
+    lg.debug("get '{}': {}", key, kWords[int(r)]);
+  }
+  return hit;
+}
+
+std::optional<std::string> Cache::get(std::string_view key) const {
+  std::string value;
+  if (!get(key, value)) return std::nullopt;
+  return value;
+}
+
+namespace {
+
+Errc validate(const Cache::Impl& impl, std::string_view key, std::string_view value, const SetOptions& o) {
+  if (key.empty()) return Errc::empty_key;
+  if (key.size() > impl.max_key_bytes) return Errc::key_too_large;
+  if (value.size() > impl.max_value_bytes) return Errc::value_too_large;
+  if (o.ttl.count() < 0) return Errc::invalid_ttl;
+  if (o.tags.size() > kMaxTags) return Errc::too_many_tags;
+  for (std::string_view t : o.tags) {
+    if (t.empty() || t.size() > kMaxTagBytes) return Errc::tag_too_large;
+  }
+  return Errc::ok;
+}
+
+Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, const SetOptions& o,
+            const GenerationStamp* stamp) {
+  if (Errc e = validate(impl, key, value, o); e != Errc::ok) return e;
+  const std::int64_t ttl = o.ttl.count() == 0 ? impl.default_ttl.count() : o.ttl.count();
+  const std::int64_t now = clock::now_ms();
+  std::uint32_t slots[kMaxTags] = {};
+  for (std::size_t i = 0; i < o.tags.size(); ++i) {
+    slots[i] = generations::slot_of(o.tags[i], impl.segment->geometry().tag_slots);
+  }
+  stripe::Write w;
+  w.key = key;
+  w.hash = hash_key(key);
+  w.value = value;
+  w.tags = &o.tags;
+  w.tag_slots = slots;
+  w.stamp = stamp;
+  w.expires_ms = ttl > std::numeric_limits<std::int64_t>::max() - now ? std::numeric_limits<std::int64_t>::max()
+                                                                       : now + ttl;
+  stripe::set(*impl.segment, w);
+  return Errc::ok;
+}
+
+}  // namespace
+
+Errc Cache::set(std::string_view key, std::string_view value, const SetOptions& options) {
+  return do_set(*impl_, key, value, options, nullptr);
+}
+
+Errc Cache::set(std::string_view key, std::string_view value, const SetOptions& options,
+                const GenerationStamp& stamp) {
+  if (stamp.ntags != options.tags.size()) return Errc::too_many_tags;
+  return do_set(*impl_, key, value, options, &stamp);
+}
+
+GenerationStamp Cache::generations(const std::vector<std::string_view>& tags) const {
+  std::uint32_t slots[kMaxTags] = {};
+  const unsigned n = unsigned(std::min(tags.size(), kMaxTags));
+  for (unsigned i = 0; i < n; ++i) slots[i] = generations::slot_of(tags[i], impl_->segment->geometry().tag_slots);
+  return generations::read(*impl_->segment, slots, n);
+}
+
+bool Cache::erase(std::string_view key) {
+  if (key.empty() || key.size() > impl_->max_key_bytes) return false;
+  return stripe::erase(*impl_->segment, key, hash_key(key));
+}
+
+void Cache::clear() { generations::bump_global(*impl_->segment); }
+
+void Cache::invalidate(std::string_view tag) { generations::bump_tag(*impl_->segment, tag); }
+
+Stats Cache::stats() const { return StatsRecorder::read(*impl_->segment); }
+
+std::string_view Cache::name() const { return impl_->segment->name(); }
+std::chrono::milliseconds Cache::default_ttl() const { return impl_->default_ttl; }
+std::size_t Cache::max_key_bytes() const { return impl_->max_key_bytes; }
+std::size_t Cache::max_value_bytes() const { return impl_->max_value_bytes; }
+bool Cache::enabled() const { return impl_->enabled; }
+
+}  // namespace hostcache

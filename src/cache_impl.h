@@ -1,0 +1,34 @@
+// cache_impl.h — the state behind a hostcache::Cache handle, and the door
+// through which the library's own parts (memoize, inspect) reach the segment.
+// Not installed; not part of the public API.
+#pragma once
+
+#include <hostcache/cache.h>
+
+#include <chrono>
+#include <memory>
+
+#include "segment.h"
+#include "stats.h"
+
+namespace hostcache {
+
+struct Cache::Impl {
+  std::unique_ptr<Segment> segment;
+  std::chrono::milliseconds default_ttl{0};
+  std::size_t max_key_bytes = 0;
+  std::size_t max_value_bytes = 0;
+  bool enabled = true;
+  StatsRecorder stats;  // this process's StatsSlot
+
+  explicit Impl(std::unique_ptr<Segment> seg);
+};
+
+namespace detail {
+struct Access {
+  static Segment& segment(const Cache& cache) { return *cache.impl_->segment; }
+  static Cache::Impl& impl(const Cache& cache) { return *cache.impl_; }
+};
+}  // namespace detail
+
+}  // namespace hostcache

@@ -1,0 +1,30 @@
+#include "clock.h"
+
+#include <atomic>
+#include <ctime>
+
+namespace hostcache::clock {
+namespace {
+std::atomic<std::int64_t*> g_fake{nullptr};
+}
+
+std::int64_t now_ms() noexcept {
+  if (std::int64_t* fake = g_fake.load(std::memory_order_relaxed)) {
+    return std::atomic_ref<std::int64_t>(*fake).load(std::memory_order_relaxed);
+  }
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+std::uint64_t unix_ms() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return std::uint64_t(ts.tv_sec) * 1000 + std::uint64_t(ts.tv_nsec) / 1000000;
+}
+
+void set_fake_for_testing(std::int64_t* fake_ms) noexcept {
+  g_fake.store(fake_ms, std::memory_order_relaxed);
+}
+
+}  // namespace hostcache::clock

@@ -1,0 +1,23 @@
+// clock.h — the one time source for TTLs.
+//
+// CLOCK_MONOTONIC in milliseconds: the same for every process of the host,
+// immune to wall-clock steps. Tests may install a fake clock for their own
+// process (fork children inherit it).
+#pragma once
+
+#include <cstdint>
+
+namespace hostcache::clock {
+
+// Milliseconds on the host's monotonic clock (or the fake clock if set).
+std::int64_t now_ms() noexcept;
+
+// Wall-clock milliseconds since the epoch, for humans (creation time).
+std::uint64_t unix_ms() noexcept;
+
+// Test hook: while set, now_ms() returns *fake_ms (read atomically, so a test
+// may advance it with std::atomic_ref while other threads read). nullptr restores the real
+// clock. Not thread-safe against concurrent now_ms(); set it before threads.
+void set_fake_for_testing(std::int64_t* fake_ms) noexcept;
+
+}  // namespace hostcache::clock

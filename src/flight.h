@@ -1,0 +1,80 @@
+// flight.h — cross-process single flight over the segment's FlightSlots.
+//
+// When several processes miss the same key at once, one claims the key's
+// flight and computes; the others sleep on the slot's futex word until it is
+// released, its owner dies, or its lease runs out (then one of them takes it
+// over). memoize.cpp drives it; the protocol and its invariants are described
+// in flight.cpp.
+//
+// Thread-safety: a Flights is a per-call object; any number of threads and
+// processes run the protocol on the same slots concurrently.
+#pragma once
+
+#include <cstdint>
+
+#include "layout.h"
+#include "segment.h"
+
+namespace hostcache::flight {
+
+// A flight this process holds.
+struct Flight {
+  layout::FlightSlot* slot = nullptr;
+  std::uint32_t word = 0;  // the slot's word while we hold it
+};
+
+// The fields of a busy flight, read consistently.
+struct Owner {
+  std::uint32_t pid = 0;
+  std::uint64_t key_hash = 0;
+  std::int64_t lease_until_ms = 0;
+};
+
+// The key's candidate slots, from one segment.
+class Flights {
+ public:
+  Flights(const Segment& segment, std::uint64_t key_hash);
+
+  enum class Outcome {
+    owner,     // we hold the key's flight: compute, store, release
+    waited,    // the owner finished, failed, died or overran: look at the cache again
+    unshared,  // every candidate slot computes another key: compute without single flight
+  };
+
+  // Claims the key's flight, or sleeps (in bounded futex waits) until the
+  // process computing the key is done, dead (kill(pid, 0) == ESRCH) or past
+  // its lease; a waiter that takes a dead or overrun flight over is owner.
+  Outcome acquire_or_wait(std::int64_t lease_ms, Flight& out);
+
+  // Claims the key's flight only if nobody computes the key now (a dead or
+  // overrun owner is taken over). Never sleeps.
+  bool try_claim(std::int64_t lease_ms, Flight& out);
+
+ private:
+  layout::FlightSlot& slot(std::uint32_t i) const { return slots_[(key_hash_ + i) & mask_]; }
+  bool claim(layout::FlightSlot& s, std::uint32_t seen, std::int64_t lease_ms, Flight& out);
+  Outcome wait(layout::FlightSlot& s, std::uint32_t w, const Owner& o, std::int64_t lease_ms, Flight& out);
+
+  layout::FlightSlot* slots_;
+  std::uint32_t mask_;
+  std::uint32_t probe_;
+  std::uint64_t key_hash_;
+};
+
+// Frees the flight and wakes its waiters; nothing if it was taken over.
+void release(const Flight& flight);
+
+// Releases a flight (if any) when the scope ends, exceptions included.
+struct ReleaseGuard {
+  const Flight* flight;
+  ~ReleaseGuard() {
+    if (flight != nullptr) release(*flight);
+  }
+};
+
+// True when nobody holds the slot (tests, tools).
+bool is_free(const layout::FlightSlot& slot);
+// The owner of a busy slot, if it is busy now (tests, tools).
+bool busy_owner(const layout::FlightSlot& slot, Owner& owner);
+
+}  // namespace hostcache::flight

@@ -1,0 +1,60 @@
+// generations.h — the global generation, the tag generation table, and the
+// judgement of whether an entry is still valid.
+//
+// clear() is one fetch_add on Header::global_gen; invalidate(tag) one fetch_add
+// on the tag's slot (xxh3(tag) mod tag_slots). An entry records the
+// generations it was written under and is valid only while all still match.
+// Both calls are O(1) and never walk the table; the arena reclaims stale
+// entries when it needs their space (invariant 2).
+#pragma once
+
+#include <hostcache/cache.h>
+
+#include <cstdint>
+#include <string_view>
+
+#include "atomic_words.h"
+#include "layout.h"
+#include "segment.h"
+
+namespace hostcache::generations {
+
+std::uint32_t slot_of(std::string_view tag, std::uint32_t tag_slots);
+
+// The generations to stamp an entry with, read now (acquire).
+GenerationStamp read(const Segment& segment, const std::uint32_t* slots, unsigned ntags);
+
+void bump_global(Segment& segment);
+void bump_tag(Segment& segment, std::string_view tag);
+
+enum class State { valid, expired, stale };
+
+// Judges entries against the generations and the clock of one operation.
+class Judge {
+ public:
+  Judge(const Segment& segment, std::int64_t now_ms)
+      : global_(&segment.header()->global_gen),
+        tags_(segment.tag_gens()),
+        tag_mask_(segment.geometry().tag_slots - 1),
+        now_ms_(now_ms) {}
+
+  State of(const layout::EntryHeader& h) const {
+    if (h.expires_ms <= now_ms_) return State::expired;
+    if (h.global_gen != words::load(*global_, std::memory_order_acquire)) return State::stale;
+    for (unsigned i = 0; i < h.ntags && i < 4; ++i) {
+      if (h.tag_gen[i] != words::load(tags_[h.tag_slot[i] & tag_mask_], std::memory_order_acquire)) {
+        return State::stale;
+      }
+    }
+    return State::valid;
+  }
+  std::int64_t now_ms() const { return now_ms_; }
+
+ private:
+  const std::uint64_t* global_;
+  const std::uint64_t* tags_;
+  std::uint32_t tag_mask_;
+  std::int64_t now_ms_;
+};
+
+}  // namespace hostcache::generations

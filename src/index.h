@@ -1,0 +1,75 @@
+// index.h — the bucket array of each stripe: key hash -> entry offset.
+//
+// Buckets come in groups of 8 (one cache line). A key may live in one of two
+// groups, g1 from the hash's low bits and g2 from bits 32 and up, so a probe
+// reads at most two cache lines: the probe bound is 16 buckets, always. When
+// both groups are full, set() evicts one of the 16 (the coldest) to make
+// room: the index never overflows and never chains.
+//
+//   bucket (64 bits): [ref:1][fingerprint:23][offset/8 + 1:40]   0 = empty
+//
+// Readers load buckets with relaxed atomics (the stripe's seq validates what
+// they saw) and may set the ref bit with fetch_or — the one write a reader
+// makes, only when the bit is clear. A ref bit set on a bucket that a writer
+// has since reused marks another entry hot: harmless.
+#pragma once
+
+#include <cstdint>
+
+#include "atomic_words.h"
+#include "layout.h"
+
+namespace hostcache::index {
+
+struct Probe {
+  std::uint32_t g1 = 0;
+  std::uint32_t g2 = 0;      // == g1 when the stripe has one group
+  std::uint64_t fingerprint = 0;
+};
+
+inline Probe probe(std::uint64_t hash, std::uint32_t groups) {
+  const std::uint32_t mask = groups - 1;
+  Probe p;
+  p.g1 = std::uint32_t(hash) & mask;
+  p.g2 = std::uint32_t(hash >> 32) & mask;
+  if (p.g2 == p.g1) p.g2 = (p.g1 ^ 1) & mask;
+  p.fingerprint = (hash >> 20) & layout::kFingerprintMask;
+  return p;
+}
+
+inline layout::Bucket encode(std::uint64_t off, std::uint64_t fingerprint) {
+  return (fingerprint << layout::kFingerprintShift) | ((off >> 3) + 1);
+}
+inline std::uint64_t fingerprint_of(layout::Bucket b) {
+  return (b >> layout::kFingerprintShift) & layout::kFingerprintMask;
+}
+// The entry offset a non-empty bucket names; false if it lies outside the arena.
+inline bool offset_of(layout::Bucket b, std::uint64_t arena_bytes, std::uint64_t& off) {
+  std::uint64_t units = b & layout::kOffsetMask;
+  if (units == 0) return false;
+  off = (units - 1) << 3;
+  return off + layout::kHeaderBytes <= arena_bytes;
+}
+
+inline layout::Bucket load(const layout::Bucket& b) { return words::load(b); }
+inline void store(layout::Bucket& b, layout::Bucket v) { words::store(b, v); }
+
+// Marks a bucket referenced, writing only if the bit is clear.
+inline void touch(layout::Bucket& b, layout::Bucket seen) {
+  if ((seen & layout::kRefBit) == 0) {
+    std::atomic_ref<layout::Bucket>(b).fetch_or(layout::kRefBit, std::memory_order_relaxed);
+  }
+}
+
+// The group of 8 buckets `g` of a stripe's bucket array.
+inline layout::Bucket* group(layout::Bucket* buckets, std::uint32_t g) {
+  return buckets + std::uint64_t(g) * layout::kGroupSlots;
+}
+
+// REQUIRES lock. The bucket naming entry `off` among the key's two groups, or nullptr.
+layout::Bucket* find_by_offset(layout::Bucket* buckets, std::uint32_t groups, std::uint64_t hash,
+                               std::uint64_t off);
+// REQUIRES lock. An empty bucket among the key's two groups, or nullptr.
+layout::Bucket* find_empty(layout::Bucket* buckets, std::uint32_t groups, std::uint64_t hash);
+
+}  // namespace hostcache::index

@@ -1,0 +1,539 @@
+// inspect.cpp — read-only inspection: read(), check(), list().
+//
+// Nothing here locks or writes. Stripes are copied word by word (relaxed
+// atomics) between two acquire readings of their sequence, and everything is
+// parsed from that private copy, so a stripe is seen at one instant and a
+// writer changing it underneath cannot make a bounds check stale. The segment
+// is mapped PROT_READ: a bug here cannot damage it.
+#include <hostcache/errors.h>
+#include <hostcache/inspect.h>
+
+#include <dirent.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "arena.h"
+#include "atomic_words.h"
+#include "clock.h"
+#include "generations.h"
+#include "index.h"
+#include "layout.h"
+#include "segment.h"
+#include "stats.h"
+#include "stripe.h"
+
+namespace hostcache::inspect {
+
+const char* to_string(EntryState s) noexcept {
+  switch (s) {
+    case EntryState::valid:
+      return "valid";
+    case EntryState::stale:
+      return "stale";
+    case EntryState::expired:
+      return "expired";
+  }
+  return "unknown";
+}
+
+namespace {
+
+using layout::EntryHeader;
+using layout::StripeHeader;
+
+// Waiting uses the steady clock, never clock::now_ms(): a test's frozen fake
+// clock must not turn a bounded retry into an endless one.
+using Steady = std::chrono::steady_clock;
+
+// How long busy stripes are waited for. A writer keeps a stripe's sequence
+// odd for microseconds; one odd for milliseconds belongs to a dead writer (or
+// the memory is garbage). The total keeps a segment of 1024 garbage stripes
+// from taking seconds: once it is spent, each stripe gets a few tries only.
+struct BusyBudget {
+  Steady::duration per_stripe = std::chrono::milliseconds(20);
+  Steady::duration total = std::chrono::milliseconds(500);
+  Steady::duration spent{};
+};
+
+// A private, 8-aligned copy of one stripe (or of its header only).
+class StripeCopy {
+ public:
+  explicit StripeCopy(const Segment& seg) : seg_(seg) {}
+
+  // Copies stripe `i` between two equal, even readings of its sequence.
+  // False when it stayed busy for the whole budget; seq() then says what was seen.
+  bool take(std::uint32_t i, bool whole, BusyBudget& budget) {
+    const std::uint8_t* src = seg_.stripe_base(i);
+    const auto& live = *reinterpret_cast<const StripeHeader*>(src);
+    const std::size_t n = whole ? seg_.geometry().stripe_bytes / 8 : sizeof(StripeHeader) / 8;
+    if (buf_.size() < n) buf_.resize(n);
+    const Steady::time_point start = Steady::now();
+    for (int attempt = 0;; ++attempt) {
+      const std::uint64_t before = words::load(live.seq, std::memory_order_acquire);
+      seq_ = before;
+      if ((before & 1) == 0) {
+        for (std::size_t w = 0; w < n; ++w) buf_[w] = words::load_word(src + 8 * w);
+        // Seqlock reader: the fence keeps the relaxed copy before the second reading.
+        std::atomic_thread_fence(std::memory_order_acquire);
+        seq_ = words::load(live.seq, std::memory_order_acquire);
+        if (seq_ == before) return true;
+      }
+      if (attempt < 4) continue;
+      const Steady::duration waited = Steady::now() - start;
+      if (waited >= budget.per_stripe || budget.spent + waited >= budget.total) {
+        budget.spent += waited;
+        return false;
+      }
+      if (attempt < 64) {
+        sched_yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+    }
+  }
+
+  arena::StripeView view() {
+    return arena::StripeView::over(reinterpret_cast<std::uint8_t*>(buf_.data()), seg_.geometry());
+  }
+  const StripeHeader& hdr() const { return *reinterpret_cast<const StripeHeader*>(buf_.data()); }
+  std::uint64_t seq() const { return seq_; }
+
+ private:
+  const Segment& seg_;
+  std::vector<std::uint64_t> buf_;  // uint64_t: the copy is 8-aligned like the stripe
+  std::uint64_t seq_ = 0;
+};
+
+const StripeHeader& live_header(const Segment& seg, std::uint32_t i) {
+  return *reinterpret_cast<const StripeHeader*>(seg.stripe_base(i));
+}
+
+std::string busy_text(std::uint64_t seq) {
+  return (seq & 1) ? "busy: sequence " + std::to_string(seq) + " stayed odd (a writer is slow or died)"
+                   : "busy: sequence kept changing (writers never paused long enough to copy it)";
+}
+
+std::string at(std::uint32_t stripe, std::uint64_t off) {
+  return "stripe " + std::to_string(stripe) + " entry @" + std::to_string(off);
+}
+
+EntryState state_of(generations::State s) {
+  switch (s) {
+    case generations::State::expired:
+      return EntryState::expired;
+    case generations::State::stale:
+      return EntryState::stale;
+    case generations::State::valid:
+      break;
+  }
+  return EntryState::valid;
+}
+
+std::string payload(const arena::StripeView& v, std::uint64_t off, std::uint64_t len) {
+  // read_header proved [off, off + size) lies inside the arena; the copy is private.
+  return std::string(reinterpret_cast<const char*>(v.arena + off), len);
+}
+
+SegmentInfo segment_info(const Segment& seg) {
+  const layout::Header& h = *seg.header();
+  const Geometry& g = seg.geometry();
+  SegmentInfo s;
+  s.name = seg.name();
+  s.path = Segment::path_of(seg.name());
+  s.layout_version = words::load(h.layout_version);
+  s.format_stamp = words::load(h.format_stamp);
+  s.capacity_bytes = g.segment_bytes;
+  s.stripes = g.stripe_count;
+  s.stripe_bytes = g.stripe_bytes;
+  s.arena_bytes = g.arena_bytes;
+  s.tag_slots = g.tag_slots;
+  s.max_key_bytes = words::load(h.max_key_bytes);
+  s.max_value_bytes = words::load(h.max_value_bytes);
+  s.default_ttl_ms = words::load(h.default_ttl_ms);
+  s.created_unix_ms = words::load(h.created_unix_ms);
+  s.creator_uid = words::load(h.creator_uid);
+  s.creator_pid = words::load(h.creator_pid);
+  s.global_gen = words::load(h.global_gen, std::memory_order_acquire);
+  s.owner_uid = seg.owner_uid();
+  s.mode = seg.mode();
+  return s;
+}
+
+std::vector<MethodInfo> methods_of(const Segment& seg) {
+  std::vector<MethodInfo> out;
+  const layout::MethodSlot* slots = seg.method_slots();
+  for (std::uint32_t i = 0; i < seg.geometry().method_slots; ++i) {
+    const layout::MethodSlot& m = slots[i];
+    if (words::load(m.claimed, std::memory_order_acquire) != 2) continue;  // 2: named
+    MethodInfo info;
+    std::size_t len = std::min<std::size_t>(words::load(m.name_len), layout::kMethodNameBytes);
+    info.name.resize(len);
+    words::copy_out(reinterpret_cast<const std::uint8_t*>(&m), offsetof(layout::MethodSlot, name),
+                    len, info.name.data());
+    info.requests = words::load(m.requests);
+    info.hits = words::load(m.hits);
+    info.misses = words::load(m.misses);
+    info.hit_ns = words::load(m.hit_ns);
+    info.miss_ns = words::load(m.miss_ns);
+    info.bytes = words::load(m.bytes);
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+// Adds the live entries of a consistent stripe copy that pass `filter`.
+void collect_entries(const Segment& seg, StripeCopy& copy, std::uint32_t stripe,
+                     const generations::Judge& judge, const Filter& filter, Snapshot& snap) {
+  const arena::StripeView v = copy.view();
+  const std::uint32_t tag_mask = seg.geometry().tag_slots - 1;
+  std::string why;
+  std::vector<std::string> tags;
+  auto visit = [&](std::uint64_t off, const EntryHeader& h) {
+    if (h.live == 0 || snap.entries.size() >= filter.limit) return;
+    if (!arena::checksum_ok(v, off, h)) {
+      snap.problems.push_back(at(stripe, off) + ": checksum mismatch; not shown");
+      return;
+    }
+    if (!arena::read_tags(v, off, h, tags)) {
+      snap.problems.push_back(at(stripe, off) + ": malformed tags; not shown");
+      return;
+    }
+    EntryInfo e;
+    e.key = payload(v, arena::key_off(off), h.key_len);
+    if (e.key.compare(0, filter.prefix.size(), filter.prefix) != 0) return;
+    if (!filter.tag.empty() && std::find(tags.begin(), tags.end(), filter.tag) == tags.end()) return;
+    e.state = state_of(judge.of(h));
+    if (filter.state && *filter.state != e.state) return;
+    e.value = payload(v, arena::value_off(off, h), h.value_len);
+    e.stripe = stripe;
+    e.size = h.size;
+    e.ttl_left_ms = h.expires_ms - judge.now_ms();
+    for (std::size_t k = 0; k < tags.size(); ++k) {
+      TagInfo t;
+      t.name = tags[k];
+      t.slot = h.tag_slot[k];
+      t.gen_at_write = h.tag_gen[k];
+      // Masked: an out-of-range slot is check()'s to report, not ours to follow.
+      t.gen_now = words::load(seg.tag_gens()[t.slot & tag_mask], std::memory_order_acquire);
+      e.tags.push_back(std::move(t));
+    }
+    snap.entries.push_back(std::move(e));
+  };
+  const StripeHeader& hdr = copy.hdr();
+  if (!arena::walk(v, hdr.tail, hdr.head, visit, &why, nullptr)) {
+    snap.problems.push_back("stripe " + std::to_string(stripe) + ": ring does not walk: " + why);
+  }
+}
+
+}  // namespace
+
+Snapshot read(std::string_view name, const Filter& filter) {
+  std::unique_ptr<Segment> seg = Segment::attach(name, true, Segment::Access::read_only);
+  Snapshot snap;
+  snap.segment = segment_info(*seg);
+  snap.stats = StatsRecorder::read(*seg);
+  snap.methods = methods_of(*seg);
+  const generations::Judge judge(*seg, clock::now_ms());
+  StripeCopy copy(*seg);
+  BusyBudget budget;
+  for (std::uint32_t i = 0; i < seg->geometry().stripe_count; ++i) {
+    StripeInfo info;
+    info.index = i;
+    info.lock_owner_pid = words::load(live_header(*seg, i).owner_pid);
+    // With no entries wanted (limit 0, or reached) only the header is copied:
+    // `hostcache stats --watch` then costs a few cache lines per stripe.
+    const bool want = snap.entries.size() < filter.limit;
+    if (!copy.take(i, want, budget)) {
+      info.consistent = false;
+      info.seq = copy.seq();
+      snap.problems.push_back("stripe " + std::to_string(i) + ": " + busy_text(copy.seq()) +
+                              "; not read");
+      snap.stripes.push_back(info);
+      continue;
+    }
+    const StripeHeader& h = copy.hdr();
+    info.seq = h.seq;
+    info.entries = h.entries;
+    info.dead_bytes = h.dead_bytes;
+    info.bytes_used = h.used >= h.dead_bytes ? h.used - h.dead_bytes : 0;
+    info.evictions = h.evictions;
+    info.recoveries = h.recoveries;
+    info.resets = h.resets;
+    if (want) {
+      const std::size_t before = snap.problems.size();
+      collect_entries(*seg, copy, i, judge, filter, snap);
+      info.consistent = snap.problems.size() == before;
+    }
+    snap.stripes.push_back(info);
+  }
+  return snap;
+}
+
+namespace {
+
+// Collects violations, at most kPerStripe for one stripe: a stripe of garbage
+// would otherwise report every one of its buckets.
+class Report {
+ public:
+  static constexpr std::size_t kPerStripe = 16;
+  explicit Report(std::vector<Violation>& out) : out_(out) {}
+  void start(std::uint32_t stripe) {
+    flush();
+    stripe_ = stripe;
+    count_ = 0;
+  }
+  void add(std::string where, std::string what) {
+    if (count_++ < kPerStripe) out_.push_back({std::move(where), std::move(what)});
+  }
+  void flush() {
+    if (count_ > kPerStripe) {
+      out_.push_back({"stripe " + std::to_string(stripe_),
+                      std::to_string(count_ - kPerStripe) + " more violations not listed"});
+    }
+    count_ = 0;
+  }
+
+ private:
+  std::vector<Violation>& out_;
+  std::uint32_t stripe_ = 0;
+  std::size_t count_ = 0;
+};
+
+void check_header(const Segment& seg, std::vector<Violation>& out) {
+  const layout::Header& h = *seg.header();
+  const Geometry& g = seg.geometry();
+  auto bad = [&](std::string what) { out.push_back({"header", std::move(what)}); };
+  char magic[8];
+  words::copy_out(seg.base(), 0, 8, magic);
+  if (std::memcmp(magic, layout::kMagic, 8) != 0) bad("bad magic");
+  if (words::load(h.layout_version) != layout::kLayoutVersion) bad("layout version differs");
+  if (words::load(h.format_stamp) != layout::kFormatStamp) bad("format stamp differs");
+  if (words::load(h.state) != layout::kStateReady) bad("state is not ready");
+  if (words::load(h.segment_bytes) != seg.size()) bad("segment_bytes differs from the mapped size");
+  // attach() verified the geometry; these restate what parsing a stripe relies on.
+  const std::uint64_t stripe_need =
+      sizeof(StripeHeader) + std::uint64_t(g.groups_per_stripe) * 64 + g.arena_bytes;
+  if (g.groups_per_stripe == 0 || (g.groups_per_stripe & (g.groups_per_stripe - 1)) != 0) {
+    bad("groups per stripe is not a power of two");
+  }
+  if (g.arena_bytes % 8 != 0) bad("arena bytes not a multiple of 8");
+  if (stripe_need > g.stripe_bytes) bad("header, buckets and arena overflow the stripe");
+  if (g.stripes_off + std::uint64_t(g.stripe_count) * g.stripe_bytes > seg.size()) {
+    bad("stripes extend past the segment");
+  }
+  const layout::MethodSlot* methods = seg.method_slots();
+  for (std::uint32_t i = 0; i < g.method_slots; ++i) {
+    const std::uint32_t claimed = words::load(methods[i].claimed, std::memory_order_acquire);
+    const std::string where = "method slot " + std::to_string(i);
+    if (claimed > 2) out.push_back({where, "claimed is " + std::to_string(claimed) + ", not 0..2"});
+    if (claimed == 2 && words::load(methods[i].name_len) > layout::kMethodNameBytes) {
+      out.push_back({where, "name longer than the slot"});
+    }
+  }
+}
+
+struct SeenEntry {
+  std::uint64_t hash = 0;
+  bool live = false;
+  int refs = 0;
+};
+
+void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBudget& budget,
+                  Report& report) {
+  const std::string where = "stripe " + std::to_string(i);
+  report.start(i);
+  const std::uint32_t owner = words::load(live_header(seg, i).owner_pid);
+  if (owner != 0 && ::kill(pid_t(owner), 0) != 0 && errno == ESRCH) {
+    report.add(where, "lock held by dead pid " + std::to_string(owner) + " (not yet recovered)");
+  }
+  if (!copy.take(i, true, budget)) {
+    report.add(where, busy_text(copy.seq()) + " at rest");
+    return;
+  }
+  const StripeHeader& h = copy.hdr();
+  const arena::StripeView v = copy.view();
+  if (h.move_size != 0) {
+    report.add(where, "move journal not empty at rest (move_size " + std::to_string(h.move_size) + ")");
+  }
+  std::unordered_map<std::uint64_t, SeenEntry> seen;
+  std::uint64_t dead = 0, live = 0, ring = 0;
+  std::vector<std::string> tags;
+  const std::uint32_t tag_slots = seg.geometry().tag_slots;
+  auto visit = [&](std::uint64_t off, const EntryHeader& e) {
+    seen[off] = SeenEntry{e.hash, e.live != 0, 0};
+    if (e.live == 0) {
+      dead += e.size;
+      return;
+    }
+    ++live;
+    if (stripe::of(e.hash, seg.geometry().stripe_count) != i) {
+      report.add(at(i, off), "key hash belongs to stripe " +
+                                 std::to_string(stripe::of(e.hash, seg.geometry().stripe_count)));
+    }
+    if (!arena::checksum_ok(v, off, e)) {
+      report.add(at(i, off), "checksum mismatch on a live entry");
+      return;
+    }
+    if (!arena::read_tags(v, off, e, tags)) {
+      report.add(at(i, off), "malformed tags blob");
+      return;
+    }
+    for (std::size_t k = 0; k < tags.size(); ++k) {
+      if (e.tag_slot[k] >= tag_slots || e.tag_slot[k] != generations::slot_of(tags[k], tag_slots)) {
+        report.add(at(i, off), "tag '" + tags[k] + "' recorded in the wrong generation slot");
+      }
+    }
+  };
+  std::string why;
+  if (!arena::walk(v, h.tail, h.head, visit, &why, &ring)) {
+    report.add(where, "ring does not walk from tail to head: " + why);
+    return;  // without the chain, index checks would only repeat this
+  }
+  auto differs = [&](const char* field, std::uint64_t stored, std::uint64_t actual) {
+    if (stored != actual) {
+      report.add(where, std::string(field) + " is " + std::to_string(stored) + ", the ring holds " +
+                            std::to_string(actual));
+    }
+  };
+  differs("used", h.used, ring);
+  differs("dead_bytes", h.dead_bytes, dead);
+  differs("entries", h.entries, live);
+
+  const std::uint64_t nbuckets = std::uint64_t(v.groups) * layout::kGroupSlots;
+  for (std::uint64_t b = 0; b < nbuckets; ++b) {
+    const layout::Bucket bucket = v.buckets[b];
+    if (bucket == 0) continue;
+    const std::string bw = where + " bucket " + std::to_string(b);
+    std::uint64_t off = 0;
+    if (!index::offset_of(bucket, v.arena_bytes, off)) {
+      report.add(bw, "offset outside the arena");
+      continue;
+    }
+    auto it = seen.find(off);
+    if (it == seen.end()) {
+      report.add(bw, "points to @" + std::to_string(off) + ", not the start of an entry in the ring");
+      continue;
+    }
+    if (!it->second.live) report.add(bw, "points to dead entry @" + std::to_string(off));
+    ++it->second.refs;
+    const index::Probe p = index::probe(it->second.hash, v.groups);
+    if (index::fingerprint_of(bucket) != p.fingerprint) {
+      report.add(bw, "fingerprint does not match entry @" + std::to_string(off));
+    }
+    const std::uint64_t g = b / layout::kGroupSlots;
+    if (g != p.g1 && g != p.g2) {
+      report.add(bw, "in group " + std::to_string(g) + ", but entry @" + std::to_string(off) +
+                         " belongs in group " + std::to_string(p.g1) + " or " + std::to_string(p.g2));
+    }
+  }
+  for (const auto& [off, e] : seen) {
+    if (e.live && e.refs != 1) {
+      report.add(at(i, off), "live entry referenced by " + std::to_string(e.refs) + " buckets");
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<Violation> check(std::string_view name) {
+  std::unique_ptr<Segment> seg = Segment::attach(name, true, Segment::Access::read_only);
+  std::vector<Violation> out;
+  check_header(*seg, out);
+  StripeCopy copy(*seg);
+  BusyBudget budget;
+  Report report(out);
+  for (std::uint32_t i = 0; i < seg->geometry().stripe_count; ++i) {
+    check_stripe(*seg, i, copy, budget, report);
+  }
+  report.flush();
+  return out;
+}
+
+namespace {
+
+// Counts the processes whose /proc/PID/maps maps each segment. Mappings are
+// matched by device and inode, not by path: a creator maps the object under
+// its temporary name (since unlinked), and a "(deleted)" mapping of an older
+// object of the same name is another inode. Processes whose maps this user
+// cannot read are not counted.
+bool count_attached(std::vector<Listing>& segments, const std::vector<struct stat>& stats) {
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return false;
+  std::map<std::pair<std::uint64_t, std::uint64_t>, Listing*> by_inode;  // (dev, ino)
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    segments[i].attached_processes = 0;
+    by_inode[{std::uint64_t(stats[i].st_dev), std::uint64_t(stats[i].st_ino)}] = &segments[i];
+  }
+  while (dirent* e = ::readdir(proc)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    std::ifstream maps(std::string("/proc/") + e->d_name + "/maps");
+    if (!maps) continue;
+    std::set<Listing*> here;
+    std::string line;
+    while (std::getline(maps, line)) {
+      if (line.find("/dev/shm/") == std::string::npos) continue;
+      // address perms offset MAJOR:MINOR inode path
+      unsigned major_no = 0, minor_no = 0;
+      unsigned long long inode = 0;
+      if (std::sscanf(line.c_str(), "%*s %*s %*s %x:%x %llu", &major_no, &minor_no, &inode) != 3) {
+        continue;
+      }
+      auto it = by_inode.find({std::uint64_t(makedev(major_no, minor_no)), inode});
+      if (it != by_inode.end()) here.insert(it->second);
+    }
+    for (Listing* l : here) ++l->attached_processes;
+  }
+  ::closedir(proc);
+  return true;
+}
+
+}  // namespace
+
+std::vector<Listing> list() {
+  std::vector<Listing> out;
+  std::vector<struct stat> stats;
+  DIR* dir = ::opendir("/dev/shm");
+  if (dir == nullptr) return out;
+  constexpr std::string_view kPrefix = "hostcache.";
+  while (dirent* e = ::readdir(dir)) {
+    std::string_view file = e->d_name;
+    if (file.substr(0, kPrefix.size()) != kPrefix) continue;
+    Listing l;
+    l.name = std::string(file.substr(kPrefix.size()));
+    try {
+      Segment::validate_name(l.name);
+    } catch (const Error&) {
+      continue;  // not a name this library would have created
+    }
+    struct stat st;
+    if (::lstat(Segment::path_of(l.name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    l.bytes = std::uint64_t(st.st_size);
+    l.owner_uid = st.st_uid;
+    l.mode = st.st_mode & 07777;
+    out.push_back(std::move(l));
+    stats.push_back(st);
+  }
+  ::closedir(dir);
+  count_attached(out, stats);
+  std::sort(out.begin(), out.end(),
+            [](const Listing& a, const Listing& b) { return a.name < b.name; });
+  return out;
+}
+
+}  // namespace hostcache::inspect

@@ -1,0 +1,239 @@
+// layout.h — the plain structs that live in the shared segment.
+//
+// Every struct here is trivially copyable and standard-layout, with
+// fixed-width fields and offsets (never pointers). Fields that processes read
+// while others write are accessed only through std::atomic_ref (see
+// atomic_words.h); the structs themselves hold plain integers so that the
+// format is exactly what the static_asserts say. Any change to a size or
+// offset here changes kFormatStamp, and attach refuses a segment whose stamp
+// differs.
+//
+//   +------------------------+ 0
+//   | Header                 |  magic, format, geometry, offsets, global_gen
+//   +------------------------+ tags_off
+//   | uint64 tag_gen[T]      |  T = tag_slots, a power of two
+//   +------------------------+ stats_off
+//   | StatsSlot[S]           |  one cache line per process slot
+//   +------------------------+ flights_off
+//   | FlightSlot[F]          |  cross-process single flight (memoize)
+//   +------------------------+ methods_off
+//   | MethodSlot[M]          |  per memoized method statistics
+//   +------------------------+ stripes_off
+//   | stripe 0               |  StripeHeader | Bucket[groups*8] | arena
+//   | stripe 1 ...           |  each stripe_bytes long, 64-byte aligned
+//   +------------------------+ segment_bytes
+#pragma once
+
+#include <pthread.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace hostcache::layout {
+
+inline constexpr char kMagic[8] = {'H', 'O', 'S', 'T', 'C', 'A', 'C', 'H'};
+inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::size_t kCacheLine = 64;
+
+inline constexpr std::uint32_t kStateReady = 0x52454459;  // "REDY"
+
+// ---- header ----------------------------------------------------------------
+
+struct alignas(kCacheLine) Header {
+  char magic[8];                  // kMagic; written last by the creator
+  std::uint64_t format_stamp;     // kFormatStamp of the creator's build
+  std::uint32_t layout_version;   // kLayoutVersion
+  std::uint32_t state;            // kStateReady once fully initialized
+  std::uint64_t segment_bytes;    // == the mapped size == Config::capacity_bytes
+  std::uint32_t stripe_count;     // power of two, >= 1
+  std::uint32_t tag_slots;        // power of two
+  std::uint32_t stats_slots;      // number of StatsSlot
+  std::uint32_t flight_slots;     // power of two
+  std::uint32_t method_slots;     // number of MethodSlot
+  std::uint32_t groups_per_stripe;  // power of two; 8 buckets per group
+  std::uint64_t stripe_bytes;     // each stripe, header + buckets + arena; multiple of 64
+  std::uint64_t arena_bytes;      // each stripe's arena; multiple of 8
+  std::uint64_t max_key_bytes;    // creator's limits (attach() uses them)
+  std::uint64_t max_value_bytes;
+  std::int64_t default_ttl_ms;
+  std::uint64_t created_unix_ms;  // wall-clock creation time, for humans
+  std::uint32_t creator_uid;
+  std::uint32_t creator_pid;
+  std::uint64_t tags_off;         // byte offsets from the segment's start
+  std::uint64_t stats_off;
+  std::uint64_t flights_off;
+  std::uint64_t methods_off;
+  std::uint64_t stripes_off;
+  std::uint64_t reserved[3];
+
+  // Written by clear() (fetch_add); read by every get. Its own cache line so
+  // that bumping it does not disturb the geometry fields above.
+  alignas(kCacheLine) std::uint64_t global_gen;
+  std::uint64_t pad0[7];
+
+  // Counters of dead processes, folded in from their StatsSlot (fetch_add).
+  alignas(kCacheLine) std::uint64_t folded_hits;
+  std::uint64_t folded_misses;
+  std::uint64_t stats_lock;       // pid of the process folding slots, 0 if none
+  std::uint64_t pad1[5];
+};
+static_assert(sizeof(Header) == 320, "Header is part of the format: change kLayoutVersion");
+static_assert(offsetof(Header, global_gen) % kCacheLine == 0, "global_gen owns its cache line");
+
+// ---- per-process statistics -------------------------------------------------
+
+// One per process that used the segment. Only its owner writes the counters
+// (relaxed fetch_add: threads of one process share the slot); any process sums
+// them. A slot whose pid is dead is folded into the Header's totals and reused.
+struct alignas(kCacheLine) StatsSlot {
+  std::uint32_t pid;       // owner, 0 when free; claimed by CAS
+  std::uint32_t reserved;
+  std::uint64_t hits;
+  std::uint64_t misses;
+  std::uint64_t pad[5];
+};
+static_assert(sizeof(StatsSlot) == kCacheLine, "one cache line per process: no false sharing");
+
+// ---- single flight ----------------------------------------------------------
+
+// One in-flight computation. `word` is the futex waiters sleep on. The memoize
+// part owns the protocol; see memoize.cpp.
+struct alignas(kCacheLine) FlightSlot {
+  std::uint32_t word;            // futex word: 0 free, else a state/sequence owned by memoize
+  std::uint32_t owner_pid;       // computing process, 0 when free
+  std::uint64_t key_hash;        // xxh3 of the key being computed
+  std::int64_t lease_until_ms;   // clock::now_ms() deadline; a waiter may take over after it
+  std::uint32_t waiters;         // processes sleeping on `word`
+  std::uint32_t reserved;
+  std::uint64_t pad[4];
+};
+static_assert(sizeof(FlightSlot) == kCacheLine, "one cache line per flight");
+
+// ---- per-method statistics (memoize) ------------------------------------------
+
+inline constexpr std::size_t kMethodNameBytes = 64;
+
+struct alignas(kCacheLine) MethodSlot {
+  std::uint32_t claimed;           // 0 free, 1 being named, 2 named (CAS 0 -> 1 -> 2)
+  std::uint32_t name_len;
+  char name[kMethodNameBytes];     // method name, not NUL-terminated
+  std::uint64_t requests;          // fetch_add by any process
+  std::uint64_t hits;
+  std::uint64_t misses;
+  std::uint64_t hit_ns;            // total time of calls served from the cache
+  std::uint64_t miss_ns;           // total time of calls that computed
+  std::uint64_t bytes;             // bytes of values stored by this method
+  std::uint64_t pad[2];
+};
+static_assert(sizeof(MethodSlot) == 3 * kCacheLine, "MethodSlot is part of the format");
+
+// ---- stripes ----------------------------------------------------------------
+
+// Each stripe: StripeHeader, then groups_per_stripe * kGroupSlots buckets,
+// then the arena. The lock orders writers; `seq` lets readers run without it.
+struct alignas(kCacheLine) StripeHeader {
+  pthread_mutex_t lock;       // process-shared, robust (stripe_lock.cpp)
+  std::uint32_t owner_pid;    // pid holding `lock`, 0 if none (diagnostics, recovery log)
+  std::uint32_t reinit_guard; // pid reinitializing a not-recoverable lock, 0 if none
+  std::uint64_t pad0[(kCacheLine - sizeof(pthread_mutex_t) - 8) / 8];
+
+  // Everything below is written only while holding `lock`.
+  alignas(kCacheLine) std::uint64_t seq;  // even at rest, odd while a writer mutates
+  std::uint64_t head;         // arena offset where the next entry goes; head == tail <=> empty
+  std::uint64_t tail;         // arena offset of the oldest entry (or pad)
+  std::uint64_t used;         // bytes in [tail, head) ring order, pads included
+  std::uint64_t dead_bytes;   // bytes in the ring of entries known dead (live == 0)
+  std::uint64_t entries;      // entries referenced by the index
+  // Move journal: while move_size != 0 a live entry is being copied from
+  // move_src (== tail) to move_dst (== head). Recovery drops that entry:
+  // head = move_dst, tail = move_src + move_size.
+  std::uint64_t move_src;
+  std::uint64_t move_dst;
+  std::uint64_t move_size;
+  std::uint64_t sets;         // counters, monotonic
+  std::uint64_t erases;
+  std::uint64_t evictions;
+  std::uint64_t expired;
+  std::uint64_t stale;
+  std::uint64_t recoveries;
+  std::uint64_t resets;
+};
+static_assert(sizeof(pthread_mutex_t) <= kCacheLine - 8, "lock and owner share the first line");
+static_assert(sizeof(StripeHeader) == 3 * kCacheLine, "StripeHeader is part of the format");
+static_assert(offsetof(StripeHeader, seq) == kCacheLine, "seq starts the second line");
+
+// A bucket: 0 when empty, else
+//   bit 63      referenced since the arena last passed it (set by readers, CLOCK)
+//   bits 40-62  23-bit fingerprint of the key's hash
+//   bits 0-39   (entry offset in the arena / 8) + 1
+using Bucket = std::uint64_t;
+inline constexpr std::uint32_t kGroupSlots = 8;  // one cache line per group
+inline constexpr Bucket kRefBit = Bucket{1} << 63;
+inline constexpr unsigned kFingerprintShift = 40;
+inline constexpr Bucket kFingerprintMask = (Bucket{1} << 23) - 1;
+inline constexpr Bucket kOffsetMask = (Bucket{1} << 40) - 1;
+
+// ---- entries ----------------------------------------------------------------
+
+inline constexpr std::uint16_t kEntryMagic = 0x4845;  // "HE"
+inline constexpr std::uint8_t kKindEntry = 1;
+inline constexpr std::uint8_t kKindPad = 2;  // fills the arena's end before a wrap
+
+// An entry in the arena: EntryHeader, key, value, tags blob (each tag a length
+// byte then its bytes), padded to a multiple of 8. A pad is an EntryHeader's
+// first word only (size, magic, kind) and covers the arena's end.
+struct EntryHeader {
+  std::uint32_t size;         // whole entry, multiple of 8, >= sizeof(EntryHeader)
+  std::uint16_t magic;        // kEntryMagic
+  std::uint8_t kind;          // kKindEntry or kKindPad
+  std::uint8_t live;          // 1 iff a bucket refers to this entry
+  std::uint64_t checksum;     // xxh3 of bytes [kChecksumFrom, kHeaderBytes + payload), seeded by size
+  std::uint32_t key_len;      // --- checksummed from here
+  std::uint32_t value_len;
+  std::uint16_t tags_len;     // bytes of the tags blob
+  std::uint8_t ntags;         // <= kMaxTags
+  std::uint8_t reserved[5];
+  std::uint64_t hash;         // xxh3 of the key
+  std::int64_t expires_ms;    // clock::now_ms() deadline
+  std::uint64_t global_gen;   // Header::global_gen when written
+  std::uint32_t tag_slot[4];  // tag generation slots
+  std::uint64_t tag_gen[4];   // their generations when written
+};
+inline constexpr std::size_t kHeaderBytes = sizeof(EntryHeader);
+inline constexpr std::size_t kChecksumFrom = offsetof(EntryHeader, key_len);
+static_assert(sizeof(EntryHeader) == 104, "EntryHeader is part of the format");
+static_assert(kHeaderBytes % 8 == 0, "entries are 8-aligned: word-wise atomic copies");
+
+// ---- every struct is plain ------------------------------------------------------
+
+template <class T>
+constexpr bool kPlain = std::is_trivially_copyable_v<T> && std::is_standard_layout_v<T>;
+static_assert(kPlain<Header> && kPlain<StatsSlot> && kPlain<FlightSlot> && kPlain<MethodSlot> &&
+                  kPlain<StripeHeader> && kPlain<EntryHeader>,
+              "shared structs must be trivially copyable and standard-layout");
+
+// Stamp computed from every size the format depends on: a build whose structs
+// differ (another libc's pthread_mutex_t, another field) refuses to attach.
+constexpr std::uint64_t format_stamp() {
+  std::uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](std::uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  mix(kLayoutVersion);
+  mix(sizeof(Header));
+  mix(offsetof(Header, global_gen));
+  mix(sizeof(StatsSlot));
+  mix(sizeof(FlightSlot));
+  mix(sizeof(MethodSlot));
+  mix(sizeof(StripeHeader));
+  mix(sizeof(pthread_mutex_t));
+  mix(sizeof(EntryHeader));
+  mix(kGroupSlots);
+  mix(kFingerprintShift);
+  return h;
+}
+inline constexpr std::uint64_t kFormatStamp = format_stamp();
+
+// Round up to a multiple of `a` (a power of two).
+constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+}  // namespace hostcache::layout

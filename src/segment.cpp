@@ -1,0 +1,417 @@
+#include "segment.h"
+
+#include <hostcache/errors.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "atomic_words.h"
+#include "clock.h"
+#include "log.h"
+#include "stripe_lock.h"
+
+namespace bip = boost::interprocess;
+
+namespace hostcache {
+namespace {
+
+using layout::align_up;
+using layout::Header;
+using layout::kCacheLine;
+
+// Tuning, with reasons.
+constexpr std::uint32_t kTagSlots = 4096;    // 32 KiB; two tags collide with p = 1/4096 (safe)
+constexpr std::uint32_t kStatsSlots = 256;   // processes counted apart; more share the totals
+constexpr std::uint32_t kFlightSlots = 1024; // concurrent memoized computations per host
+constexpr std::uint32_t kMethodSlots = 64;   // memoized methods with their own statistics
+constexpr std::uint32_t kMaxStripes = 1024;
+constexpr std::uint64_t kMinStripeBytes = 256 << 10;  // smaller stripes evict too coarsely
+// One 64-byte group of 8 buckets per ~1 KiB of arena: index ~6% of a stripe,
+// and 2-choice groups hold every entry down to ~128-byte entries on average.
+constexpr std::uint64_t kArenaPerGroup = 1024;
+constexpr const char* kObjectPrefix = "hostcache.";
+constexpr const char* kTempPrefix = "hostcache~tmp~";  // '~' is never in a name
+
+[[noreturn]] void fail(Errc code, std::string_view name, const std::string& why) {
+  throw Error(code, "segment '" + std::string(name) + "': " + why);
+}
+
+bool is_pow2(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+std::uint64_t pow2_floor(std::uint64_t v) {
+  std::uint64_t p = 1;
+  while (p * 2 <= v) p *= 2;
+  return p;
+}
+
+// Offsets of the fixed regions, from the counts alone.
+void place_regions(Geometry& g) {
+  g.tags_off = align_up(sizeof(Header), kCacheLine);
+  g.stats_off = align_up(g.tags_off + std::uint64_t(g.tag_slots) * 8, kCacheLine);
+  g.flights_off = g.stats_off + std::uint64_t(g.stats_slots) * sizeof(layout::StatsSlot);
+  g.methods_off = g.flights_off + std::uint64_t(g.flight_slots) * sizeof(layout::FlightSlot);
+  g.stripes_off = align_up(g.methods_off + std::uint64_t(g.method_slots) * sizeof(layout::MethodSlot),
+                           kCacheLine);
+}
+
+// Splits stripe_bytes into header, buckets and arena.
+void split_stripe(Geometry& g) {
+  std::uint64_t room = g.stripe_bytes - sizeof(layout::StripeHeader);
+  g.groups_per_stripe = std::uint32_t(pow2_floor(std::max<std::uint64_t>(1, room / (kArenaPerGroup + 64))));
+  g.arena_bytes = (room - std::uint64_t(g.groups_per_stripe) * 64) & ~std::uint64_t{7};
+}
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+std::uint64_t max_entry_bytes(std::uint64_t max_key, std::uint64_t max_value) {
+  std::uint64_t tags = kMaxTags * (1 + kMaxTagBytes);
+  return align_up(layout::kHeaderBytes + max_key + max_value + tags, 8);
+}
+
+void Segment::validate_name(std::string_view name) {
+  bool ok = !name.empty() && name.size() <= kMaxNameBytes && name != "." && name != "..";
+  for (char c : name) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '.' || c == '_' || c == '-');
+  }
+  if (!ok) {
+    fail(Errc::invalid_name, name.substr(0, 64),
+         "invalid name: use 1 to 200 characters from [A-Za-z0-9._-]");
+  }
+}
+
+std::string Segment::object_of(std::string_view name) { return kObjectPrefix + std::string(name); }
+std::string Segment::path_of(std::string_view name) { return "/dev/shm/" + object_of(name); }
+
+Geometry Segment::plan(const Config& c) {
+  if (c.mode > 0777 || (c.mode & 0600) != 0600) {
+    fail(Errc::invalid_config, c.name, "mode must be within 0777 and give the owner rw (0600 at least)");
+  }
+  if (c.max_key_bytes == 0 || c.max_key_bytes > (1u << 20)) {
+    fail(Errc::invalid_config, c.name, "max_key_bytes must be 1..1 MiB");
+  }
+  if (c.max_value_bytes > (1ull << 30)) fail(Errc::invalid_config, c.name, "max_value_bytes must be <= 1 GiB");
+  if (c.default_ttl.count() <= 0) fail(Errc::invalid_config, c.name, "default_ttl must be positive");
+  if (c.stripes != 0 && (!is_pow2(c.stripes) || c.stripes > kMaxStripes)) {
+    fail(Errc::invalid_config, c.name, "stripes must be 0 (automatic) or a power of two up to 1024");
+  }
+  if (c.capacity_bytes > (1ull << 40)) fail(Errc::invalid_config, c.name, "capacity_bytes must be <= 1 TiB");
+
+  Geometry g;
+  g.tag_slots = kTagSlots;
+  g.stats_slots = kStatsSlots;
+  g.flight_slots = kFlightSlots;
+  g.method_slots = kMethodSlots;
+  place_regions(g);
+  g.segment_bytes = c.capacity_bytes;
+  const std::uint64_t biggest = max_entry_bytes(c.max_key_bytes, c.max_value_bytes);
+  const std::uint64_t fixed = g.stripes_off;
+  const std::uint64_t usable = c.capacity_bytes > fixed ? c.capacity_bytes - fixed : 0;
+  std::uint64_t n = c.stripes;
+  if (n == 0) {
+    // As many stripes as keep each one big enough for two of the largest
+    // entries and for sensible eviction; more stripes, less lock contention.
+    std::uint64_t floor_bytes = std::max<std::uint64_t>(kMinStripeBytes, 2 * biggest + 4096);
+    n = 1;
+    while (n * 2 <= kMaxStripes && usable / (n * 2) >= floor_bytes) n *= 2;
+  }
+  g.stripe_count = std::uint32_t(n);
+  g.stripe_bytes = (usable / n) & ~std::uint64_t{kCacheLine - 1};
+  if (g.stripe_bytes < sizeof(layout::StripeHeader) + 64 + 64) {
+    fail(Errc::capacity_too_small, c.name,
+         "capacity " + std::to_string(c.capacity_bytes) + " bytes cannot hold " + std::to_string(n) +
+             " stripe(s) after " + std::to_string(fixed) + " bytes of header");
+  }
+  split_stripe(g);
+  if (g.arena_bytes < biggest + 8) {
+    fail(Errc::capacity_too_small, c.name,
+         "capacity " + std::to_string(c.capacity_bytes) + " bytes gives each of " + std::to_string(n) +
+             " stripe(s) an arena of " + std::to_string(g.arena_bytes) +
+             " bytes, less than the largest entry (" + std::to_string(biggest) +
+             " bytes for max_key_bytes + max_value_bytes + tags): raise capacity_bytes or lower "
+             "max_value_bytes or stripes");
+  }
+  return g;
+}
+
+struct Segment::Mapping {
+  bip::mapped_region boost_region;  // creator's mapping
+  void* raw = nullptr;              // attacher's mapping
+  std::size_t raw_size = 0;
+  ~Mapping() {
+    if (raw != nullptr) ::munmap(raw, raw_size);
+  }
+};
+
+Segment::~Segment() = default;
+
+namespace {
+
+// Removes temporary objects left by creators that died before publishing.
+void sweep_dead_temporaries(std::string_view name) {
+  std::string prefix = std::string(kTempPrefix) + std::string(name) + "~";
+  DIR* dir = ::opendir("/dev/shm");
+  if (dir == nullptr) return;
+  while (dirent* e = ::readdir(dir)) {
+    std::string_view f = e->d_name;
+    if (f.substr(0, prefix.size()) != prefix) continue;
+    long pid = std::strtol(std::string(f.substr(prefix.size())).c_str(), nullptr, 10);
+    if (pid > 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH) {
+      ::unlink(("/dev/shm/" + std::string(f)).c_str());
+    }
+  }
+  ::closedir(dir);
+}
+
+void init_header(Header* h, const Config& c, const Geometry& g) {
+  std::memcpy(h->magic, "INITING!", 8);
+  h->format_stamp = layout::kFormatStamp;
+  h->layout_version = layout::kLayoutVersion;
+  h->segment_bytes = g.segment_bytes;
+  h->stripe_count = g.stripe_count;
+  h->tag_slots = g.tag_slots;
+  h->stats_slots = g.stats_slots;
+  h->flight_slots = g.flight_slots;
+  h->method_slots = g.method_slots;
+  h->groups_per_stripe = g.groups_per_stripe;
+  h->stripe_bytes = g.stripe_bytes;
+  h->arena_bytes = g.arena_bytes;
+  h->max_key_bytes = c.max_key_bytes;
+  h->max_value_bytes = c.max_value_bytes;
+  h->default_ttl_ms = c.default_ttl.count();
+  h->created_unix_ms = clock::unix_ms();
+  h->creator_uid = ::geteuid();
+  h->creator_pid = std::uint32_t(::getpid());
+  h->tags_off = g.tags_off;
+  h->stats_off = g.stats_off;
+  h->flights_off = g.flights_off;
+  h->methods_off = g.methods_off;
+  h->stripes_off = g.stripes_off;
+  h->global_gen = 1;
+}
+
+// Reads the geometry a header claims and checks that it is the one this build
+// would lay out, entirely inside `file_bytes`. Throws Error on any mismatch.
+Geometry verified_geometry(const Header* h, std::uint64_t file_bytes, std::string_view name) {
+  if (std::memcmp(h->magic, layout::kMagic, 8) != 0) {
+    if (std::memcmp(h->magic, "INITING!", 8) == 0) fail(Errc::corrupt, name, "header still initializing");
+    fail(Errc::corrupt, name, "bad magic: not a hostcache segment");
+  }
+  if (h->layout_version != layout::kLayoutVersion) {
+    fail(Errc::incompatible, name,
+         "layout version " + std::to_string(h->layout_version) + ", this library reads " +
+             std::to_string(layout::kLayoutVersion));
+  }
+  if (h->format_stamp != layout::kFormatStamp) {
+    fail(Errc::incompatible, name, "format stamp differs: written by a build with other struct sizes");
+  }
+  if (h->state != layout::kStateReady) fail(Errc::corrupt, name, "header not marked ready");
+  Geometry g;
+  g.stripe_count = h->stripe_count;
+  g.tag_slots = h->tag_slots;
+  g.stats_slots = h->stats_slots;
+  g.flight_slots = h->flight_slots;
+  g.method_slots = h->method_slots;
+  g.stripe_bytes = h->stripe_bytes;
+  g.segment_bytes = h->segment_bytes;
+  auto bad = [&](const char* what) { fail(Errc::corrupt, name, std::string("bad geometry: ") + what); };
+  if (g.segment_bytes != file_bytes) {
+    fail(Errc::corrupt, name,
+         "header says " + std::to_string(g.segment_bytes) + " bytes but the object has " +
+             std::to_string(file_bytes) + " (truncated or resized)");
+  }
+  if (!is_pow2(g.stripe_count) || g.stripe_count > kMaxStripes) bad("stripe count");
+  if (!is_pow2(g.tag_slots) || g.tag_slots > (1u << 20)) bad("tag slots");
+  if (g.stats_slots == 0 || g.stats_slots > 65536) bad("stats slots");
+  if (!is_pow2(g.flight_slots) || g.flight_slots > 65536) bad("flight slots");
+  if (g.method_slots > 65536) bad("method slots");
+  if (g.stripe_bytes % kCacheLine != 0 || g.stripe_bytes < sizeof(layout::StripeHeader) + 128 ||
+      g.stripe_bytes > (1ull << 40)) {
+    bad("stripe size");
+  }
+  place_regions(g);
+  split_stripe(g);
+  if (h->tags_off != g.tags_off || h->stats_off != g.stats_off || h->flights_off != g.flights_off ||
+      h->methods_off != g.methods_off || h->stripes_off != g.stripes_off) {
+    bad("region offsets");
+  }
+  if (h->groups_per_stripe != g.groups_per_stripe || h->arena_bytes != g.arena_bytes) bad("stripe split");
+  std::uint64_t stripes_total = 0, end = 0;
+  if (__builtin_mul_overflow(std::uint64_t(g.stripe_count), g.stripe_bytes, &stripes_total) ||
+      __builtin_add_overflow(g.stripes_off, stripes_total, &end) || end > file_bytes) {
+    bad("stripes extend past the end of the segment");
+  }
+  if (h->max_key_bytes == 0 || h->max_key_bytes > (1u << 20) || h->max_value_bytes > (1ull << 30) ||
+      max_entry_bytes(h->max_key_bytes, h->max_value_bytes) > g.arena_bytes || h->default_ttl_ms <= 0) {
+    bad("limits");
+  }
+  return g;
+}
+
+}  // namespace
+
+std::unique_ptr<Segment> Segment::attach(std::string_view name, bool allow_foreign, Access access) {
+  validate_name(name);
+  const std::string path = path_of(name);
+  const bool ro = access == Access::read_only;
+  Fd fd;
+  // O_NOFOLLOW: a symlink planted at the name is refused; O_NONBLOCK: a FIFO
+  // planted there cannot hang the open.
+  fd.fd = ::open(path.c_str(), (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd.fd < 0) {
+    int e = errno;
+    if (e == ENOENT) fail(Errc::not_found, name, "no such segment (" + path + ")");
+    if (e == EACCES || e == EPERM) fail(Errc::permission_denied, name, "permission denied opening " + path);
+    if (e == ELOOP) fail(Errc::corrupt, name, path + " is a symbolic link; refused");
+    if (e == EISDIR) fail(Errc::corrupt, name, path + " is a directory");
+    fail(Errc::io_error, name, "open " + path + ": " + std::strerror(e));
+  }
+  struct stat st;
+  if (::fstat(fd.fd, &st) != 0) fail(Errc::io_error, name, std::string("fstat: ") + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail(Errc::corrupt, name, path + " is not a regular shared-memory object");
+  if (!allow_foreign) {
+    if (st.st_uid != ::geteuid()) {
+      fail(Errc::permission_denied, name,
+           "owned by uid " + std::to_string(st.st_uid) + ", not by this process's uid " +
+               std::to_string(::geteuid()) + " (allow_foreign to accept)");
+    }
+    if (st.st_mode & 0002) {
+      fail(Errc::permission_denied, name, "world-writable (mode " + std::to_string(st.st_mode & 0777) +
+                                              " octal digits) ; refused unless allow_foreign");
+    }
+  }
+  if (std::uint64_t(st.st_size) < sizeof(Header)) {
+    fail(Errc::corrupt, name, "truncated: " + std::to_string(st.st_size) + " bytes, smaller than a header");
+  }
+  void* p = ::mmap(nullptr, std::size_t(st.st_size), ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED,
+                   fd.fd, 0);
+  if (p == MAP_FAILED) fail(Errc::io_error, name, std::string("mmap: ") + std::strerror(errno));
+  auto seg = std::unique_ptr<Segment>(new Segment());
+  seg->mapping_ = std::make_unique<Mapping>();
+  seg->mapping_->raw = p;
+  seg->mapping_->raw_size = std::size_t(st.st_size);
+  seg->name_ = std::string(name);
+  seg->base_ = static_cast<std::uint8_t*>(p);
+  seg->size_ = std::size_t(st.st_size);
+  seg->read_only_ = ro;
+  seg->owner_uid_ = st.st_uid;
+  seg->mode_ = st.st_mode & 0777;
+  // The creator publishes only complete segments, so one acquire of the
+  // magic orders every header field after it.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  seg->geo_ = verified_geometry(seg->header(), std::uint64_t(st.st_size), name);
+  return seg;
+}
+
+namespace {
+
+// Creates under a private temporary name, initializes, then publishes with
+// link(2). Returns nullptr if the name was taken meanwhile.
+std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, const Geometry& g) {
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^ std::uint64_t(::getpid()));
+  const std::string temp = std::string(kTempPrefix) + c.name + "~" + std::to_string(::getpid()) + "~" +
+                           std::to_string(rng());
+  bip::permissions perms(c.mode);
+  std::unique_ptr<bip::shared_memory_object> shm;
+  try {
+    shm = std::make_unique<bip::shared_memory_object>(bip::create_only, temp.c_str(), bip::read_write, perms);
+  } catch (const bip::interprocess_exception& e) {
+    fail(Errc::io_error, c.name, std::string("cannot create shared memory: ") + e.what());
+  }
+  struct Unlink {
+    std::string n;
+    ~Unlink() { bip::shared_memory_object::remove(n.c_str()); }
+  } unlink_temp{temp};
+  int fd = shm->get_mapping_handle().handle;
+  // Boost passes the mode to shm_open, where the umask narrows it: apply it exactly.
+  if (::fchmod(fd, c.mode) != 0) fail(Errc::io_error, c.name, std::string("fchmod: ") + std::strerror(errno));
+  std::unique_ptr<bip::mapped_region> region;
+  try {
+    shm->truncate(bip::offset_t(c.capacity_bytes));
+    region = std::make_unique<bip::mapped_region>(*shm, bip::read_write);
+  } catch (const bip::interprocess_exception& e) {
+    fail(Errc::io_error, c.name, std::string("cannot size or map the segment: ") + e.what());
+  }
+  auto* base = static_cast<std::uint8_t*>(region->get_address());
+  auto* h = reinterpret_cast<Header*>(base);
+  init_header(h, c, g);
+  for (std::uint32_t i = 0; i < g.stripe_count; ++i) {
+    auto* sh = reinterpret_cast<layout::StripeHeader*>(base + g.stripes_off + std::uint64_t(i) * g.stripe_bytes);
+    stripe_lock::init(sh->lock);
+  }
+  h->state = layout::kStateReady;
+  std::atomic_thread_fence(std::memory_order_release);
+  std::memcpy(h->magic, layout::kMagic, 8);
+  const std::string final_path = Segment::path_of(c.name);
+  if (::link(("/dev/shm/" + temp).c_str(), final_path.c_str()) != 0) {
+    if (errno == EEXIST) return nullptr;
+    fail(Errc::io_error, c.name, "publish " + final_path + ": " + std::strerror(errno));
+  }
+  return region;
+}
+
+}  // namespace
+
+std::unique_ptr<Segment> Segment::open(const Config& config, bool& created) {
+  validate_name(config.name);
+  const Geometry g = plan(config);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    try {
+      auto seg = attach(config.name, config.allow_foreign, Access::read_write);
+      if (!config.allow_foreign && (seg->mode_ & ~config.mode) != 0) {
+        fail(Errc::permission_denied, config.name,
+             "its mode is wider than the requested one; refused unless allow_foreign");
+      }
+      created = false;
+      return seg;
+    } catch (const Error& e) {
+      if (e.code() != Errc::not_found) throw;
+    }
+    sweep_dead_temporaries(config.name);
+    if (auto region = create_and_publish(config, g)) {
+      auto seg = std::unique_ptr<Segment>(new Segment());
+      seg->mapping_ = std::make_unique<Mapping>();
+      seg->mapping_->boost_region = std::move(*region);
+      seg->name_ = config.name;
+      seg->base_ = static_cast<std::uint8_t*>(seg->mapping_->boost_region.get_address());
+      seg->size_ = config.capacity_bytes;
+      seg->geo_ = g;
+      seg->owner_uid_ = ::geteuid();
+      seg->mode_ = config.mode;
+      created = true;
+      log::get().debug("created segment '{}' ({} bytes, {} stripes)", config.name, config.capacity_bytes,
+                       g.stripe_count);
+      return seg;
+    }
+    // Another process published it between our attach and our link: attach.
+  }
+  fail(Errc::io_error, config.name, "the name keeps appearing and disappearing; giving up");
+}
+
+bool Segment::remove(std::string_view name) {
+  validate_name(name);
+  if (::unlink(path_of(name).c_str()) == 0) return true;
+  if (errno == ENOENT) return false;
+  if (errno == EACCES || errno == EPERM) fail(Errc::permission_denied, name, "cannot remove: permission denied");
+  fail(Errc::io_error, name, std::string("cannot remove: ") + std::strerror(errno));
+}
+
+}  // namespace hostcache

@@ -1,0 +1,46 @@
+// stats.h — per-process counter slots in the segment, summed on read.
+//
+// Each process claims one StatsSlot (CAS on its pid) the first time it counts
+// and writes only there, so counting never touches a line another process
+// writes. A slot whose process is dead is folded into the header's totals and
+// reused; a child of fork() notices it is a new process and claims its own
+// slot. If every slot belongs to a live process, counts go to the header's
+// shared totals (correct, slower).
+#pragma once
+
+#include <hostcache/stats.h>
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+namespace hostcache {
+
+class Segment;
+
+class StatsRecorder {
+ public:
+  explicit StatsRecorder(Segment* segment) : segment_(segment) {}
+  StatsRecorder(const StatsRecorder&) = delete;
+  StatsRecorder& operator=(const StatsRecorder&) = delete;
+  ~StatsRecorder();  // releases the slot (folding it) when this process owns it
+
+  void hit() { std::atomic_ref<std::uint64_t>(*counter(0)).fetch_add(1, std::memory_order_relaxed); }
+  void miss() { std::atomic_ref<std::uint64_t>(*counter(1)).fetch_add(1, std::memory_order_relaxed); }
+
+  // Sums every slot, the folded totals and the stripes' counters.
+  static Stats read(const Segment& segment);
+
+ private:
+  std::uint64_t* counter(int which);   // 0 hits, 1 misses
+  void claim();
+  Segment* segment_;
+  std::mutex mu_;
+  std::atomic<std::uint64_t> epoch_{~0ull};  // fork epoch the slot was claimed in
+  std::atomic<std::uint64_t*> hits_{nullptr};
+  std::atomic<std::uint64_t*> misses_{nullptr};
+  std::int64_t slot_ = -1;                   // our slot, -1 for the shared totals
+  std::uint32_t pid_ = 0;
+};
+
+}  // namespace hostcache

@@ -1,0 +1,72 @@
+// stripe.h — reading and writing one stripe: the seqlock protocol.
+//
+// Writers lock the stripe, make its sequence odd, mutate, make it even,
+// unlock. Readers run without the lock: read the sequence (acquire), probe and
+// copy with relaxed atomic loads, fence, re-read the sequence; if it was odd
+// or changed they retry, and after a few tries fall back to the lock. A reader
+// that finds the sequence stuck odd (its writer died) gets the lock, learns of
+// the death from the robust mutex, and repairs the stripe (invariant 6).
+//
+// Thread-safety: all functions are safe concurrently from any thread or
+// process; each touches exactly one stripe.
+#pragma once
+
+#include <hostcache/cache.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "arena.h"
+#include "generations.h"
+#include "segment.h"
+
+namespace hostcache::stripe {
+
+// Which stripe a key hash belongs to (its top bits).
+inline std::uint32_t of(std::uint64_t hash, std::uint32_t stripe_count) {
+  return stripe_count == 1 ? 0 : std::uint32_t(hash >> (64 - __builtin_ctz(stripe_count)));
+}
+
+// Holds one stripe's lock for a scope; repairs the stripe first if its
+// previous owner died. begin()/end() bracket mutations with the sequence.
+class Locked {
+ public:
+  Locked(Segment& segment, std::uint32_t index);
+  ~Locked();
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+
+  const arena::StripeView& view() const { return view_; }
+  void begin();  // seq odd
+  void end();    // seq even
+
+ private:
+  Segment& segment_;
+  arena::StripeView view_;
+  bool writing_ = false;
+};
+
+enum class Lookup { hit, miss, expired, stale };
+
+// Looks `key` up, copying its value into `out` on a hit. Lock-free unless the
+// stripe stays busy. On a hit the bucket's ref bit is set if it was clear.
+Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, std::string& out);
+
+struct Write {
+  std::string_view key;
+  std::uint64_t hash = 0;
+  std::string_view value;
+  const std::vector<std::string_view>* tags = nullptr;
+  const std::uint32_t* tag_slots = nullptr;  // ntags entries
+  const GenerationStamp* stamp = nullptr;    // nullptr: read the generations under the lock
+  std::int64_t expires_ms = 0;
+};
+
+// Stores an entry, replacing the key's earlier one. Inputs already validated.
+void set(Segment& segment, const Write& w);
+
+// Removes the key's entry; true if there was one.
+bool erase(Segment& segment, std::string_view key, std::uint64_t hash);
+
+}  // namespace hostcache::stripe

@@ -1,0 +1,80 @@
+#include "stripe_lock.h"
+
+#include <hostcache/errors.h>
+
+#include <sched.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "atomic_words.h"
+
+namespace hostcache::stripe_lock {
+
+void init(pthread_mutex_t& mutex) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  int rc = pthread_mutex_init(&mutex, &attr);
+  pthread_mutexattr_destroy(&attr);
+  if (rc != 0) throw Error(Errc::io_error, std::string("pthread_mutex_init: ") + std::strerror(rc));
+}
+
+namespace {
+
+bool pid_dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
+
+}  // namespace
+
+Acquired lock(layout::StripeHeader& s) {
+  const auto me = std::uint32_t(::getpid());
+  for (;;) {
+    int rc = pthread_mutex_lock(&s.lock);
+    if (rc == 0 || rc == EOWNERDEAD) {
+      Acquired a;
+      a.owner_died = rc == EOWNERDEAD;
+      a.dead_pid = words::load(s.owner_pid);
+      words::store(s.owner_pid, me);
+      return a;
+    }
+    if (rc != ENOTRECOVERABLE) throw Error(Errc::io_error, std::string("stripe lock: ") + std::strerror(rc));
+    // Not recoverable: one process rebuilds the mutex; the others wait for it.
+    std::uint32_t holder = 0;
+    if (std::atomic_ref<std::uint32_t>(s.reinit_guard).compare_exchange_strong(holder, me)) {
+      init(s.lock);
+      rc = pthread_mutex_lock(&s.lock);
+      words::store(s.reinit_guard, 0u, std::memory_order_release);
+      if (rc != 0 && rc != EOWNERDEAD) {
+        throw Error(Errc::io_error, std::string("stripe lock after reinit: ") + std::strerror(rc));
+      }
+      Acquired a;
+      a.owner_died = true;
+      a.reinitialized = true;
+      a.dead_pid = words::load(s.owner_pid);
+      words::store(s.owner_pid, me);
+      return a;
+    }
+    if (pid_dead(holder)) {
+      std::atomic_ref<std::uint32_t>(s.reinit_guard).compare_exchange_strong(holder, 0u);
+    }
+    sched_yield();
+  }
+}
+
+void mark_consistent(layout::StripeHeader& s) { pthread_mutex_consistent(&s.lock); }
+
+void unlock(layout::StripeHeader& s) {
+  words::store(s.owner_pid, 0u);
+  pthread_mutex_unlock(&s.lock);
+}
+
+void unlock_inconsistent_for_testing(layout::StripeHeader& s) {
+  words::store(s.owner_pid, 0u);
+  pthread_mutex_unlock(&s.lock);
+}
+
+}  // namespace hostcache::stripe_lock

@@ -1,0 +1,68 @@
+// test_support.h — helpers every hostcache test shares.
+//
+// Unique segment names (removed at scope exit), fork-and-wait with real
+// processes, a fake clock, and shared anonymous memory for counting across
+// forked children.
+#pragma once
+
+#include <hostcache/cache.h>
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace hostcache::testing {
+
+// A fresh segment name, unique across processes and runs.
+std::string unique_name(const std::string& stem = "t");
+
+// Removes the segment (and its name) when the scope ends.
+struct ScopedName {
+  explicit ScopedName(const std::string& stem = "t") : name(unique_name(stem)) {}
+  ~ScopedName() { Cache::remove(name); }
+  std::string name;
+};
+
+// A small cache config for tests.
+Config small_config(const std::string& name, std::size_t capacity = 4u << 20, unsigned stripes = 0);
+
+// Forks a child that runs fn() and _exits with its return value (exceptions: 99).
+pid_t spawn(const std::function<int()>& fn);
+// Waits for pid; returns its exit status, or 128 + signal if it was killed.
+int wait_for(pid_t pid);
+// Forks n children running fn(i) and waits for all; returns their statuses.
+std::vector<int> run_children(int n, const std::function<int(int)>& fn);
+
+// Anonymous memory shared with forked children (MAP_SHARED), zero-filled.
+void* shared_memory(std::size_t bytes);
+
+// While alive, the library's clock reads `now_ms` (advance it with advance()).
+class FakeClock {
+ public:
+  explicit FakeClock(std::int64_t start_ms = 1'000'000);
+  ~FakeClock();
+  void advance(std::int64_t ms);
+  std::int64_t now() const;
+
+ private:
+  std::int64_t* now_;
+};
+
+// A value that embeds its key and a checksum: verify() tells if a read is
+// exactly what some writer wrote for that key.
+std::string make_value(const std::string& key, std::uint64_t version, std::size_t size);
+bool verify_value(const std::string& key, const std::string& value);
+
+// A pipe used to make a child wait until the parent says go (no sleeps).
+struct Gate {
+  Gate();
+  ~Gate();
+  void open();         // parent: release everyone waiting
+  void wait();         // child: block until opened (closes the child's write end)
+  int fds[2];
+};
+
+}  // namespace hostcache::testing

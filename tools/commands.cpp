@@ -1,0 +1,276 @@
+#include "commands.h"
+
+#include <hostcache/cache.h>
+#include <hostcache/inspect.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include "report.h"
+#include "snapshot_file.h"
+#include "tool_common.h"
+#include "value_json.h"
+
+namespace hostcache::tools {
+namespace {
+
+constexpr const char* kTool = "hostcache";
+
+std::string shown(std::string_view key) { return "'" + escape_bytes(key, 80) + "'"; }
+
+// Why the cache refused a set, in the user's terms.
+std::string refusal(Errc e, const Cache& cache) {
+  switch (e) {
+    case Errc::key_too_large:
+      return "key longer than this segment's " + std::to_string(cache.max_key_bytes()) + " bytes";
+    case Errc::empty_key:
+      return "a key must have at least one byte";
+    case Errc::value_too_large:
+      return "value longer than this segment's " + std::to_string(cache.max_value_bytes()) + " bytes";
+    case Errc::invalid_ttl:
+      return "TTL must be positive";
+    case Errc::too_many_tags:
+      return "at most " + std::to_string(kMaxTags) + " tags per entry";
+    case Errc::tag_too_large:
+      return "a tag must be 1 to " + std::to_string(kMaxTagBytes) + " bytes";
+    default:
+      return std::string("refused: ") + to_string(e);
+  }
+}
+
+// Checks a tag list before anything is written, so a bad tag changes nothing.
+std::optional<std::string> bad_tags(const std::vector<std::string>& tags) {
+  if (tags.size() > kMaxTags) return "at most " + std::to_string(kMaxTags) + " tags per entry";
+  for (const std::string& t : tags) {
+    if (t.empty() || t.size() > kMaxTagBytes) {
+      return "tag " + shown(t) + " must be 1 to " + std::to_string(kMaxTagBytes) + " bytes";
+    }
+  }
+  return std::nullopt;
+}
+
+// A positive TTL from --ttl, or 0 (the segment's default) when absent.
+std::optional<std::int64_t> ttl_of(const Options& o) {
+  if (o.ttl.empty()) return 0;
+  std::optional<std::int64_t> ms = parse_duration_ms(o.ttl);
+  if (!ms || *ms <= 0) return std::nullopt;
+  return ms;
+}
+
+}  // namespace
+
+int cmd_stats(const Options& o) {
+  std::optional<std::int64_t> interval_ms;
+  if (!o.watch.empty()) {
+    interval_ms = parse_duration_ms(o.watch);
+    if (!interval_ms || *interval_ms <= 0) {
+      return fail_exit(kTool, o.name, kExitUsage, "--watch wants a positive duration (2, 500ms)");
+    }
+  }
+  inspect::Filter headers_only;
+  headers_only.limit = 0;  // counters only: no entry is copied
+  const bool clear_screen = interval_ms && !o.json && !o.prometheus && ::isatty(STDOUT_FILENO);
+  std::optional<inspect::Snapshot> previous;
+  for (std::uint64_t n = 0;; ++n) {
+    inspect::Snapshot snap = inspect::read(o.name, headers_only);
+    if (o.json) {
+      // Watching prints one document per line (JSON Lines), so a consumer can
+      // parse each refresh as it comes.
+      std::cout << dump_json(stats_document(snap), interval_ms ? -1 : 2) << "\n";
+    } else if (o.prometheus) {
+      if (n > 0) std::cout << "\n";
+      print_prometheus(std::cout, snap);
+    } else {
+      if (clear_screen) std::cout << "\x1b[H\x1b[2J";
+      const double seconds = interval_ms ? double(*interval_ms) / 1000.0 : 0.0;
+      print_stats_table(std::cout, snap, previous ? &*previous : nullptr, seconds);
+    }
+    std::cout.flush();
+    if (!interval_ms || (o.count != 0 && n + 1 >= o.count)) break;
+    previous = std::move(snap);
+    std::this_thread::sleep_for(std::chrono::milliseconds(*interval_ms));  // the refresh period
+  }
+  return kExitOk;
+}
+
+int cmd_clear(const Options& o) {
+  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  cache.clear();
+  std::cout << "cleared " << o.name << "\n";
+  return kExitOk;
+}
+
+int cmd_invalidate(const Options& o) {
+  for (const std::string& t : o.tags) {
+    if (t.empty() || t.size() > kMaxTagBytes) {
+      return fail(kTool, o.name, Errc::tag_too_large,
+                  "tag " + shown(t) + " must be 1 to " + std::to_string(kMaxTagBytes) + " bytes");
+    }
+  }
+  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  for (const std::string& t : o.tags) cache.invalidate(t);
+  std::cout << "invalidated " << o.tags.size() << " tag" << (o.tags.size() == 1 ? "" : "s")
+            << " in " << o.name << "\n";
+  return kExitOk;
+}
+
+int cmd_get(const Options& o) {
+  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  std::string value;
+  if (!cache.get(o.key, value)) {
+    return fail_exit(kTool, o.name, kExitNotFound, "key " + shown(o.key) + " not found");
+  }
+  std::cout << value;
+  if (!o.raw) std::cout << "\n";
+  std::cout.flush();
+  return std::cout ? kExitOk : kExitSegment;
+}
+
+int cmd_set(const Options& o) {
+  const std::optional<std::int64_t> ttl = ttl_of(o);
+  if (!ttl) return fail(kTool, o.name, Errc::invalid_ttl, "--ttl wants a positive duration (30s, 15m)");
+  if (std::optional<std::string> why = bad_tags(o.tags)) {
+    return fail(kTool, o.name, Errc::tag_too_large, *why);
+  }
+  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  SetOptions options;
+  options.ttl = std::chrono::milliseconds(*ttl);
+  options.tags.assign(o.tags.begin(), o.tags.end());
+  const Errc e = cache.set(o.key, o.value, options);
+  if (e != Errc::ok) return fail(kTool, o.name, e, "set " + shown(o.key) + ": " + refusal(e, cache));
+  return kExitOk;
+}
+
+int cmd_erase(const Options& o) {
+  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  if (!cache.erase(o.key)) {
+    return fail_exit(kTool, o.name, kExitNotFound, "key " + shown(o.key) + " not found");
+  }
+  return kExitOk;
+}
+
+int cmd_create(const Options& o) {
+  Config config;
+  config.name = o.name;
+  auto usage = [&](const std::string& what) { return fail_exit(kTool, o.name, kExitUsage, what); };
+  std::optional<std::uint64_t> capacity = parse_size(o.capacity);
+  if (!capacity) return usage("--capacity wants a size such as 256M, not '" + o.capacity + "'");
+  config.capacity_bytes = *capacity;
+  config.stripes = o.stripes;
+  std::optional<unsigned> mode = parse_mode(o.mode);
+  if (!mode) return usage("--mode wants octal permissions such as 0600, not '" + o.mode + "'");
+  config.mode = *mode;
+  if (!o.ttl.empty()) {
+    std::optional<std::int64_t> ttl = ttl_of(o);
+    if (!ttl) return usage("--ttl wants a positive duration such as 30m, not '" + o.ttl + "'");
+    config.default_ttl = std::chrono::milliseconds(*ttl);
+  }
+  if (!o.max_key.empty()) {
+    std::optional<std::uint64_t> v = parse_size(o.max_key);
+    if (!v) return usage("--max-key wants a size, not '" + o.max_key + "'");
+    config.max_key_bytes = *v;
+  }
+  if (!o.max_value.empty()) {
+    std::optional<std::uint64_t> v = parse_size(o.max_value);
+    if (!v) return usage("--max-value wants a size, not '" + o.max_value + "'");
+    config.max_value_bytes = *v;
+  }
+  // Cache::open attaches when the name exists; `create` promises a new
+  // segment, so it refuses a taken name first (a racing creator can still
+  // win in between: then this attaches, which is harmless).
+  struct stat st;
+  if (::lstat(("/dev/shm/hostcache." + o.name).c_str(), &st) == 0) {
+    return fail(kTool, o.name, Errc::already_exists, "a segment of this name already exists");
+  }
+  Cache cache = Cache::open(config);
+  std::cout << "created " << o.name << ": " << format_bytes(config.capacity_bytes) << ", mode "
+            << format_mode(config.mode) << ", default TTL " << format_ttl(cache.default_ttl().count())
+            << "\n";
+  return kExitOk;
+}
+
+int cmd_remove(const Options& o) {
+  if (!Cache::remove(o.name)) return fail(kTool, o.name, Errc::not_found, "no such segment");
+  std::cout << "removed " << o.name << "\n";
+  return kExitOk;
+}
+
+int cmd_list(const Options& o) {
+  const std::vector<inspect::Listing> segments = inspect::list();
+  if (o.json) {
+    std::cout << dump_json(listing_json(segments), 2) << "\n";
+  } else {
+    print_listing(std::cout, segments);
+  }
+  return kExitOk;
+}
+
+int cmd_save(const Options& o) {
+  inspect::Filter valid_only;
+  valid_only.state = inspect::EntryState::valid;
+  const inspect::Snapshot snap = inspect::read(o.name, valid_only);
+  std::vector<SnapshotEntry> entries;
+  for (const inspect::EntryInfo& e : snap.entries) {
+    if (e.ttl_left_ms <= 0) continue;
+    SnapshotEntry s{e.key, e.value, e.ttl_left_ms, {}};
+    for (const inspect::TagInfo& t : e.tags) s.tags.push_back(t.name);
+    entries.push_back(std::move(s));
+  }
+  for (const std::string& p : snap.problems) {
+    std::cerr << kTool << ": " << o.name << ": warning, not saved: " << p << "\n";
+  }
+  std::string why;
+  if (!write_file_atomically(o.file, encode_snapshot(entries), why)) {
+    return fail_exit(kTool, o.name, kExitNotFound, "cannot write snapshot: " + why);
+  }
+  std::cout << "saved " << entries.size() << " entries of " << o.name << " to " << o.file << "\n";
+  return kExitOk;
+}
+
+int cmd_load(const Options& o) {
+  std::string bytes, why;
+  std::vector<SnapshotEntry> entries;
+  if (!read_file(o.file, bytes, why)) {
+    return fail_exit(kTool, o.name, kExitNotFound, "cannot read snapshot: " + why);
+  }
+  if (!decode_snapshot(bytes, entries, why)) {
+    return fail_exit(kTool, o.name, kExitNotFound,
+                     o.file + ": refused, nothing loaded: " + why);
+  }
+  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  // Everything the cache could refuse is checked before the first set, so a
+  // snapshot from a segment with larger limits loads nothing rather than part.
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const SnapshotEntry& e = entries[i];
+    Errc refused = Errc::ok;
+    if (e.key.empty()) refused = Errc::empty_key;
+    else if (e.key.size() > cache.max_key_bytes()) refused = Errc::key_too_large;
+    else if (e.value.size() > cache.max_value_bytes()) refused = Errc::value_too_large;
+    else if (bad_tags(e.tags)) refused = Errc::tag_too_large;
+    if (refused != Errc::ok) {
+      return fail(kTool, o.name, refused,
+                  o.file + ": refused, nothing loaded: entry " + std::to_string(i) + " (key " +
+                      shown(e.key) + "): " + refusal(refused, cache));
+    }
+  }
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const SnapshotEntry& e = entries[i];
+    SetOptions options;
+    options.ttl = std::chrono::milliseconds(e.ttl_ms);
+    options.tags.assign(e.tags.begin(), e.tags.end());
+    const Errc err = cache.set(e.key, e.value, options);
+    if (err != Errc::ok) {
+      return fail(kTool, o.name, err,
+                  "loaded " + std::to_string(i) + " of " + std::to_string(entries.size()) +
+                      " entries; key " + shown(e.key) + ": " + refusal(err, cache));
+    }
+  }
+  std::cout << "loaded " << entries.size() << " entries into " << o.name << "\n";
+  return kExitOk;
+}
+
+}  // namespace hostcache::tools

@@ -1,0 +1,146 @@
+// report_json.cpp — the JSON documents of both tools. Field names are the
+// inspect.h and stats.h member names, so the docs of those headers are the
+// docs of these documents.
+#include "report.h"
+#include "tool_common.h"
+#include "value_json.h"
+
+namespace hostcache::tools {
+
+using nlohmann::json;
+
+json segment_json(const inspect::SegmentInfo& s) {
+  return json{{"name", s.name},
+              {"path", s.path},
+              {"layout_version", s.layout_version},
+              {"format_stamp", s.format_stamp},
+              {"capacity_bytes", s.capacity_bytes},
+              {"stripes", s.stripes},
+              {"stripe_bytes", s.stripe_bytes},
+              {"arena_bytes", s.arena_bytes},
+              {"tag_slots", s.tag_slots},
+              {"max_key_bytes", s.max_key_bytes},
+              {"max_value_bytes", s.max_value_bytes},
+              {"default_ttl_ms", s.default_ttl_ms},
+              {"created_unix_ms", s.created_unix_ms},
+              {"creator_uid", s.creator_uid},
+              {"creator_pid", s.creator_pid},
+              {"global_gen", s.global_gen},
+              {"owner_uid", s.owner_uid},
+              {"mode", s.mode}};
+}
+
+json stats_json(const Stats& s) {
+  return json{{"gets", s.gets},
+              {"hits", s.hits},
+              {"misses", s.misses},
+              {"hit_ratio", s.hit_ratio()},
+              {"sets", s.sets},
+              {"erases", s.erases},
+              {"evictions", s.evictions},
+              {"expired", s.expired},
+              {"stale", s.stale},
+              {"recoveries", s.recoveries},
+              {"resets", s.resets},
+              {"entries", s.entries},
+              {"bytes_used", s.bytes_used},
+              {"capacity_bytes", s.capacity_bytes}};
+}
+
+json methods_json(const std::vector<inspect::MethodInfo>& methods) {
+  json out = json::array();
+  for (const inspect::MethodInfo& m : methods) {
+    out.push_back(json{{"name", text_json(m.name)},
+                       {"requests", m.requests},
+                       {"hits", m.hits},
+                       {"misses", m.misses},
+                       {"hit_ns", m.hit_ns},
+                       {"miss_ns", m.miss_ns},
+                       {"bytes", m.bytes}});
+  }
+  return out;
+}
+
+namespace {
+
+json stripe_json(const inspect::StripeInfo& s) {
+  return json{{"index", s.index},
+              {"entries", s.entries},
+              {"bytes_used", s.bytes_used},
+              {"dead_bytes", s.dead_bytes},
+              {"evictions", s.evictions},
+              {"recoveries", s.recoveries},
+              {"resets", s.resets},
+              {"seq", s.seq},
+              {"lock_owner_pid", s.lock_owner_pid},
+              {"consistent", s.consistent}};
+}
+
+json entry_json(const inspect::EntryInfo& e) {
+  json tags = json::array();
+  for (const inspect::TagInfo& t : e.tags) {
+    tags.push_back(json{{"name", text_json(t.name)},
+                        {"slot", t.slot},
+                        {"gen_at_write", t.gen_at_write},
+                        {"gen_now", t.gen_now}});
+  }
+  json j{{"key", text_json(e.key)},
+         {"stripe", e.stripe},
+         {"size", e.size},
+         {"ttl_left_ms", e.ttl_left_ms},
+         {"state", inspect::to_string(e.state)},
+         {"tags", std::move(tags)},
+         {"value_bytes", e.value.size()}};
+  if (std::optional<json> decoded = msgpack_to_json(e.value)) {
+    j["value_encoding"] = "msgpack";
+    j["value"] = std::move(*decoded);
+  } else {
+    j["value_encoding"] = "escaped";  // escape_bytes(): printable ASCII and \xNN
+    j["value"] = escape_bytes(e.value);
+  }
+  return j;
+}
+
+}  // namespace
+
+json snapshot_json(const inspect::Snapshot& snap) {
+  json stripes = json::array();
+  for (const inspect::StripeInfo& s : snap.stripes) stripes.push_back(stripe_json(s));
+  json entries = json::array();
+  for (const inspect::EntryInfo& e : snap.entries) entries.push_back(entry_json(e));
+  return json{{"segment", segment_json(snap.segment)},
+              {"stats", stats_json(snap.stats)},
+              {"methods", methods_json(snap.methods)},
+              {"stripes", std::move(stripes)},
+              {"entries", std::move(entries)},
+              {"problems", snap.problems}};
+}
+
+json violations_json(std::string_view name, const std::vector<inspect::Violation>& violations) {
+  json list = json::array();
+  for (const inspect::Violation& v : violations) {
+    list.push_back(json{{"where", v.where}, {"what", v.what}});
+  }
+  return json{{"segment", std::string(name)}, {"ok", violations.empty()}, {"violations", list}};
+}
+
+json stats_document(const inspect::Snapshot& snap) {
+  return json{{"segment", segment_json(snap.segment)},
+              {"stats", stats_json(snap.stats)},
+              {"methods", methods_json(snap.methods)},
+              {"problems", snap.problems}};
+}
+
+json listing_json(const std::vector<inspect::Listing>& segments) {
+  json out = json::array();
+  for (const inspect::Listing& l : segments) {
+    out.push_back(json{{"name", l.name},
+                       {"bytes", l.bytes},
+                       {"owner_uid", l.owner_uid},
+                       {"mode", l.mode},
+                       {"attached_processes", l.attached_processes}});
+  }
+  return out;
+}
+
+}  // namespace hostcache::tools

@@ -1,0 +1,65 @@
+// tool_common.h — what shm-dump and hostcache share: exit codes, argument
+// parsing (sizes, durations, modes) and human formatting.
+//
+// The tools are thin mains over public functions (inspect.h, cache.h); this
+// file holds only the glue they would otherwise each repeat. Everything here
+// is a pure function, safe from any thread.
+#pragma once
+
+#include <hostcache/errors.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace hostcache::tools {
+
+// The exit codes both tools document (docs/shm-dump.md, docs/hostcache.md).
+enum Exit : int {
+  kExitOk = 0,
+  kExitNotFound = 1,    // key not found, check failed, name already taken
+  kExitUsage = 2,       // bad arguments, or a value the cache refuses (too large, bad TTL)
+  kExitSegment = 3,     // segment missing, incompatible, corrupt, or an OS failure
+  kExitPermission = 4,  // the OS or the segment's owner/mode refused access
+};
+
+// The exit code for a hostcache::Error (or a refused set()) with code `e`.
+int exit_code_for(Errc e) noexcept;
+
+// Prints "TOOL: SEGMENT: WHAT" on stderr and returns exit_code_for(code), so a
+// command can end with `return fail(...)`.
+int fail(std::string_view tool, std::string_view segment, Errc code, std::string_view what);
+// Same, for outcomes that are not a library error (a missing key, a bad file).
+int fail_exit(std::string_view tool, std::string_view segment, int exit_code, std::string_view what);
+// For an exception thrown by the library: the code and message of an Error,
+// io_error for anything else.
+int fail(std::string_view tool, std::string_view segment, const std::exception& e);
+
+// "256M", "64K", "1G", "4096" (bytes; K/M/G are powers of 1024, an optional
+// trailing B or iB is accepted). nullopt on anything else or on overflow.
+std::optional<std::uint64_t> parse_size(std::string_view text);
+// "500ms", "30s", "15m", "2h"; a bare number is seconds. nullopt when the text
+// is not a non-negative duration or overflows.
+std::optional<std::int64_t> parse_duration_ms(std::string_view text);
+// An octal permission mode such as "0600" or "640", at most 0777.
+std::optional<unsigned> parse_mode(std::string_view text);
+
+// "1.5 MiB", "512 B".
+std::string format_bytes(std::uint64_t bytes);
+// "29m59s", "850ms", "2h03m", "expired" for <= 0.
+std::string format_ttl(std::int64_t ms);
+// "0600".
+std::string format_mode(std::uint32_t mode);
+// Local time "2024-05-01 12:00:00" of milliseconds since the epoch.
+std::string format_unix_ms(std::uint64_t ms);
+
+// Bytes as printable ASCII: printable characters as they are, `\\`, `\n`,
+// `\t`, `\r`, `\"` and `\xNN` for the rest. When the result would exceed
+// `max_chars` it is cut (never inside an escape) and ends with "...".
+std::string escape_bytes(std::string_view bytes, std::size_t max_chars = SIZE_MAX);
+
+// Columns of the terminal on stdout (TIOCGWINSZ), or 100 when it is not one.
+std::size_t terminal_width();
+
+}  // namespace hostcache::tools
