@@ -80,15 +80,20 @@ bool walk(const StripeView& s, std::uint64_t tail, std::uint64_t head,
   if (tail >= a || head >= a || tail % 8 != 0 || head % 8 != 0) {
     return broken("head " + std::to_string(head) + " or tail " + std::to_string(tail) + " out of bounds");
   }
+  // used == 0: empty, whatever head and tail say (used drops to 0 before
+  // they are reset). head == tail otherwise: the ring is full.
+  const std::uint64_t used = words::load(s.hdr->used);
   std::uint64_t p = tail, walked = 0;
-  while (p != head) {
+  bool first = used != 0 && head == tail;
+  while (used != 0 && (p != head || first)) {
+    first = false;
     EntryHeader h;
     if (!read_header(s, p, h)) return broken("unreadable entry header at offset " + std::to_string(p));
     if (p < head && p + h.size > head) {
       return broken("entry at offset " + std::to_string(p) + " crosses head " + std::to_string(head));
     }
     walked += h.size;
-    if (walked >= a) return broken("ring longer than the arena");
+    if (walked > a) return broken("ring longer than the arena");
     if (h.kind == layout::kKindEntry) fn(p, h);
     p += h.size;
     if (p == a) p = 0;
@@ -112,17 +117,24 @@ using words::store;
 
 void bump(std::uint64_t& counter) { store(counter, load(counter) + 1); }
 
-// Releases `size` bytes at the tail.
+// Releases `size` bytes at the tail. `used` shrinks first: a writer killed in
+// between leaves a ring that still includes the entry, which the walk recounts.
 void advance_tail(const StripeView& s, std::uint64_t size) {
   std::uint64_t tail = load(s.hdr->tail) + size;
   if (tail == s.arena_bytes) tail = 0;
-  std::uint64_t used = load(s.hdr->used) - size;
-  store(s.hdr->tail, tail);
+  const std::uint64_t used = load(s.hdr->used) - size;
   store(s.hdr->used, used);
   if (used == 0) {  // empty: restart at 0, the longest contiguous run
+    tail = 0;
     store(s.hdr->head, std::uint64_t{0});
-    store(s.hdr->tail, std::uint64_t{0});
   }
+  store(s.hdr->tail, tail);
+}
+
+// Clears the live byte of an entry leaving the ring, so that no walk, however
+// confused, could bring it back.
+void retire(const StripeView& s, std::uint64_t off) {
+  words::store_word(s.arena + off, words::load_word(s.arena + off) & ~(std::uint64_t{0xff} << 56));
 }
 
 void write_pad(const StripeView& s, std::uint64_t off) {
@@ -134,37 +146,36 @@ void write_pad(const StripeView& s, std::uint64_t off) {
   std::memcpy(&w, &pad, 8);
   words::store_word(s.arena + off, w);
   HOSTCACHE_CRASH_POINT("alloc.after_pad");
-  store(s.hdr->used, load(s.hdr->used) + pad.size);
+  // head before used: the ring grows only once head says so.
   store(s.hdr->head, std::uint64_t{0});
+  store(s.hdr->used, load(s.hdr->used) + pad.size);
 }
 
-// Moves the live entry at the tail to the head. False when it cannot move
-// without wrapping onto itself (then the caller evicts it).
-bool move_tail_to_head(const StripeView& s, const EntryHeader& h, layout::Bucket* bucket, bool keep_ref) {
+// Moves the live entry at the tail to the head. When the ring is full (head
+// == tail) the entry is rotated in place: it becomes the newest without a copy.
+void move_tail_to_head(const StripeView& s, const EntryHeader& h, layout::Bucket* bucket, bool keep_ref) {
   const std::uint64_t a = s.arena_bytes, src = load(s.hdr->tail);
   std::uint64_t head = load(s.hdr->head);
-  if (head >= src && a - head < h.size) {
-    if (src == 0) return false;
+  if (head > src && a - head < h.size) {
     write_pad(s, head);
     head = 0;
   }
-  // Now either head < src (free run [head, src), a forward copy is safe even
-  // if it overlaps the source) or the run [head, a) holds the whole entry.
+  // Now the entry fits at head: either in [head, a) with head > src, or head
+  // <= src and a forward copy is safe even where it overlaps the source.
   store(s.hdr->move_src, src);
   store(s.hdr->move_dst, head);
   store(s.hdr->move_size, std::uint64_t(h.size));
   HOSTCACHE_CRASH_POINT("move.journaled");
-  words::move_down(s.arena + head, s.arena + src, h.size);
+  if (head != src) words::move_down(s.arena + head, s.arena + src, h.size);
   HOSTCACHE_CRASH_POINT("move.copied");
   layout::Bucket b = index::encode(head, index::fingerprint_of(index::load(*bucket)));
   if (keep_ref) b |= index::load(*bucket) & layout::kRefBit;
   index::store(*bucket, b);
-  std::uint64_t new_head = head + h.size, new_tail = src + h.size;
+  const std::uint64_t new_head = head + h.size, new_tail = src + h.size;
   store(s.hdr->head, new_head == a ? 0 : new_head);
   store(s.hdr->tail, new_tail == a ? 0 : new_tail);
   HOSTCACHE_CRASH_POINT("move.committed");
   store(s.hdr->move_size, std::uint64_t{0});
-  return true;
 }
 
 // Processes the entry at the tail: frees it, moves it, or evicts it.
@@ -188,12 +199,14 @@ void reclaim_one(const StripeView& s, const generations::Judge& judge, std::uint
     const bool garbage = load(s.hdr->dead_bytes) > 0;
     const bool hot = (index::load(*bucket) & layout::kRefBit) != 0;
     // Compaction keeps the ref bit; a second chance spends it.
-    if ((garbage || hot) && moved < 2 * s.arena_bytes && move_tail_to_head(s, h, bucket, garbage)) {
+    if ((garbage || hot) && moved < 2 * s.arena_bytes) {
+      move_tail_to_head(s, h, bucket, garbage);
       moved += h.size;
       return;
     }
   }
   HOSTCACHE_CRASH_POINT("evict.before_unlink");
+  retire(s, tail);
   if (bucket == nullptr) {  // live but unindexed: only a repair can tell; treat as dead
     advance_tail(s, h.size);
     return;
@@ -217,27 +230,28 @@ std::uint64_t make_room(const StripeView& s, std::uint64_t bytes, const generati
   const std::uint64_t a = s.arena_bytes;
   std::uint64_t moved = 0;
   for (;;) {
-    const std::uint64_t head = load(s.hdr->head), tail = load(s.hdr->tail);
-    if (head >= tail) {  // data [tail, head); free [head, a) and [0, tail)
-      if (a - head > bytes || (a - head == bytes && tail > 0)) return head;
-      // Wrap, unless the data starts at 0 (head would meet tail: "empty").
-      if (tail > 0 && load(s.hdr->used) > 0) {
-        write_pad(s, head);
-        continue;
-      }
-    } else if (tail - head > bytes) {  // free [head, tail); never fill it exactly
-      return head;
+    if (load(s.hdr->used) == 0) {
+      store(s.hdr->head, std::uint64_t{0});
+      store(s.hdr->tail, std::uint64_t{0});
+      return 0;  // bytes <= arena_bytes: Segment::plan sized the arena for the largest entry
     }
-    reclaim_one(s, judge, moved);
+    const std::uint64_t head = load(s.hdr->head), tail = load(s.hdr->tail);
+    if (head > tail) {  // data [tail, head); free [head, a) and [0, tail)
+      if (a - head >= bytes) return head;
+      write_pad(s, head);  // wrap; with tail == 0 the ring is now full
+      continue;
+    }
+    if (head < tail && tail - head >= bytes) return head;  // free [head, tail)
+    reclaim_one(s, judge, moved);  // full (head == tail), or the free run is short
   }
 }
 
 void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes) {
   words::copy_in(s.arena + off, image, bytes);
   HOSTCACHE_CRASH_POINT("set.after_write");
-  std::uint64_t head = off + bytes;
+  const std::uint64_t head = off + bytes;
+  store(s.hdr->head, head == s.arena_bytes ? 0 : head);  // head before used, as in write_pad
   store(s.hdr->used, load(s.hdr->used) + bytes);
-  store(s.hdr->head, head == s.arena_bytes ? 0 : head);
   HOSTCACHE_CRASH_POINT("set.after_append");
 }
 
@@ -273,6 +287,9 @@ bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uin
     if (src < a && dst < a && size <= a - src) {
       store(s.hdr->head, dst);
       store(s.hdr->tail, tail == a ? 0 : tail);
+      // The ring had free space before the move (or it was a rotation in
+      // place, dst == src), so head == tail now means it held only that entry.
+      if (dst == (tail == a ? 0 : tail)) store(s.hdr->used, std::uint64_t{0});
     } else {
       store(s.hdr->head, a);  // out of bounds: the walk below fails and we reset
     }

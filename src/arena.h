@@ -3,8 +3,10 @@
 // The arena is a ring: entries are appended at `head` and reclaimed from
 // `tail`; an entry never wraps (a pad entry fills the end before a wrap), so
 // the ring from tail to head is a chain of entries whose sizes lead exactly
-// from one to the next. head == tail means empty (alloc never fills the ring
-// completely, so the two cases cannot be confused).
+// from one to the next. `used` tells empty (0) from full (head == tail, used
+// != 0). Its updates are ordered so that a writer killed anywhere leaves a
+// ring the walk reads correctly: it grows head first, then used; it shrinks
+// used first, then tail.
 //
 // That chain is the stripe's source of truth. The index and the counters are
 // derived from it, which is what makes recovery after a writer's death simple:
@@ -15,7 +17,8 @@
 //  - live while dead bytes elsewhere would make room: move it to head
 //    (compaction: a cache whose live data fits keeps all of it);
 //  - live under pressure: if referenced since last passed, clear the bit and
-//    move it to head (second chance, CLOCK); otherwise evict it.
+//    move it to head (second chance, CLOCK); otherwise evict it. In a full
+//    ring the move is a rotation in place (no copy).
 // A move is journaled in the stripe header (move_src, move_dst, move_size) so
 // that a writer killed mid-copy costs only the entry being moved.
 //

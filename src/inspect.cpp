@@ -5,27 +5,22 @@
 // parsed from that private copy, so a stripe is seen at one instant and a
 // writer changing it underneath cannot make a bounds check stale. The segment
 // is mapped PROT_READ: a bug here cannot damage it.
+#include <dirent.h>
 #include <hostcache/errors.h>
 #include <hostcache/inspect.h>
-
-#include <dirent.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <set>
-#include <thread>
 #include <unordered_map>
 
 #include "arena.h"
@@ -37,6 +32,7 @@
 #include "segment.h"
 #include "stats.h"
 #include "stripe.h"
+#include "stripe_copy.h"
 
 namespace hostcache::inspect {
 
@@ -57,76 +53,14 @@ namespace {
 using layout::EntryHeader;
 using layout::StripeHeader;
 
-// Waiting uses the steady clock, never clock::now_ms(): a test's frozen fake
-// clock must not turn a bounded retry into an endless one.
-using Steady = std::chrono::steady_clock;
-
-// How long busy stripes are waited for. A writer keeps a stripe's sequence
-// odd for microseconds; one odd for milliseconds belongs to a dead writer (or
-// the memory is garbage). The total keeps a segment of 1024 garbage stripes
-// from taking seconds: once it is spent, each stripe gets a few tries only.
-struct BusyBudget {
-  Steady::duration per_stripe = std::chrono::milliseconds(20);
-  Steady::duration total = std::chrono::milliseconds(500);
-  Steady::duration spent{};
-};
-
-// A private, 8-aligned copy of one stripe (or of its header only).
-class StripeCopy {
- public:
-  explicit StripeCopy(const Segment& seg) : seg_(seg) {}
-
-  // Copies stripe `i` between two equal, even readings of its sequence.
-  // False when it stayed busy for the whole budget; seq() then says what was seen.
-  bool take(std::uint32_t i, bool whole, BusyBudget& budget) {
-    const std::uint8_t* src = seg_.stripe_base(i);
-    const auto& live = *reinterpret_cast<const StripeHeader*>(src);
-    const std::size_t n = whole ? seg_.geometry().stripe_bytes / 8 : sizeof(StripeHeader) / 8;
-    if (buf_.size() < n) buf_.resize(n);
-    const Steady::time_point start = Steady::now();
-    for (int attempt = 0;; ++attempt) {
-      const std::uint64_t before = words::load(live.seq, std::memory_order_acquire);
-      seq_ = before;
-      if ((before & 1) == 0) {
-        for (std::size_t w = 0; w < n; ++w) buf_[w] = words::load_word(src + 8 * w);
-        // Seqlock reader: the fence keeps the relaxed copy before the second reading.
-        std::atomic_thread_fence(std::memory_order_acquire);
-        seq_ = words::load(live.seq, std::memory_order_acquire);
-        if (seq_ == before) return true;
-      }
-      if (attempt < 4) continue;
-      const Steady::duration waited = Steady::now() - start;
-      if (waited >= budget.per_stripe || budget.spent + waited >= budget.total) {
-        budget.spent += waited;
-        return false;
-      }
-      if (attempt < 64) {
-        sched_yield();
-      } else {
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-      }
-    }
-  }
-
-  arena::StripeView view() {
-    return arena::StripeView::over(reinterpret_cast<std::uint8_t*>(buf_.data()), seg_.geometry());
-  }
-  const StripeHeader& hdr() const { return *reinterpret_cast<const StripeHeader*>(buf_.data()); }
-  std::uint64_t seq() const { return seq_; }
-
- private:
-  const Segment& seg_;
-  std::vector<std::uint64_t> buf_;  // uint64_t: the copy is 8-aligned like the stripe
-  std::uint64_t seq_ = 0;
-};
-
 const StripeHeader& live_header(const Segment& seg, std::uint32_t i) {
   return *reinterpret_cast<const StripeHeader*>(seg.stripe_base(i));
 }
 
-std::string busy_text(std::uint64_t seq) {
-  return (seq & 1) ? "busy: sequence " + std::to_string(seq) + " stayed odd (a writer is slow or died)"
-                   : "busy: sequence kept changing (writers never paused long enough to copy it)";
+std::string busy_text(const StripeCopy& copy) {
+  if (copy.moving()) return "busy: live writers never left it at rest long enough to copy";
+  return "busy: sequence " + std::to_string(copy.seq()) +
+         " stayed odd (its writer is stalled or died without recovery)";
 }
 
 std::string at(std::uint32_t stripe, std::uint64_t off) {
@@ -217,7 +151,8 @@ void collect_entries(const Segment& seg, StripeCopy& copy, std::uint32_t stripe,
     EntryInfo e;
     e.key = payload(v, arena::key_off(off), h.key_len);
     if (e.key.compare(0, filter.prefix.size(), filter.prefix) != 0) return;
-    if (!filter.tag.empty() && std::find(tags.begin(), tags.end(), filter.tag) == tags.end()) return;
+    if (!filter.tag.empty() && std::find(tags.begin(), tags.end(), filter.tag) == tags.end())
+      return;
     e.state = state_of(judge.of(h));
     if (filter.state && *filter.state != e.state) return;
     e.value = payload(v, arena::value_off(off, h), h.value_len);
@@ -262,7 +197,7 @@ Snapshot read(std::string_view name, const Filter& filter) {
     if (!copy.take(i, want, budget)) {
       info.consistent = false;
       info.seq = copy.seq();
-      snap.problems.push_back("stripe " + std::to_string(i) + ": " + busy_text(copy.seq()) +
+      snap.problems.push_back("stripe " + std::to_string(i) + ": " + busy_text(copy) +
                               "; not read");
       snap.stripes.push_back(info);
       continue;
@@ -363,13 +298,14 @@ void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBud
     report.add(where, "lock held by dead pid " + std::to_string(owner) + " (not yet recovered)");
   }
   if (!copy.take(i, true, budget)) {
-    report.add(where, busy_text(copy.seq()) + " at rest");
+    report.add(where, "not verified: " + busy_text(copy));
     return;
   }
   const StripeHeader& h = copy.hdr();
   const arena::StripeView v = copy.view();
   if (h.move_size != 0) {
-    report.add(where, "move journal not empty at rest (move_size " + std::to_string(h.move_size) + ")");
+    report.add(where,
+               "move journal not empty at rest (move_size " + std::to_string(h.move_size) + ")");
   }
   std::unordered_map<std::uint64_t, SeenEntry> seen;
   std::uint64_t dead = 0, live = 0, ring = 0;
@@ -427,7 +363,8 @@ void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBud
     }
     auto it = seen.find(off);
     if (it == seen.end()) {
-      report.add(bw, "points to @" + std::to_string(off) + ", not the start of an entry in the ring");
+      report.add(bw,
+                 "points to @" + std::to_string(off) + ", not the start of an entry in the ring");
       continue;
     }
     if (!it->second.live) report.add(bw, "points to dead entry @" + std::to_string(off));
@@ -439,7 +376,8 @@ void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBud
     const std::uint64_t g = b / layout::kGroupSlots;
     if (g != p.g1 && g != p.g2) {
       report.add(bw, "in group " + std::to_string(g) + ", but entry @" + std::to_string(off) +
-                         " belongs in group " + std::to_string(p.g1) + " or " + std::to_string(p.g2));
+                         " belongs in group " + std::to_string(p.g1) + " or " +
+                         std::to_string(p.g2));
     }
   }
   for (const auto& [off, e] : seen) {

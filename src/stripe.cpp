@@ -156,7 +156,11 @@ layout::Bucket* make_bucket(const arena::StripeView& v, std::uint64_t hash, cons
   return victim;
 }
 
+std::atomic<RecoveryObserver> g_recovery_observer{nullptr};
+
 }  // namespace
+
+void set_recovery_observer(RecoveryObserver observer) noexcept { g_recovery_observer.store(observer); }
 
 Locked::Locked(Segment& segment, std::uint32_t index)
     : segment_(segment), view_(arena::StripeView::over(segment.stripe_base(index), segment.geometry())) {
@@ -171,6 +175,7 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   store(view_.hdr->recoveries, load(view_.hdr->recoveries) + 1);
   stripe_lock::mark_consistent(*view_.hdr);
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  if (RecoveryObserver observer = g_recovery_observer.load()) observer(std::uint64_t(us.count()), !repaired);
   if (repaired) {
     log::get().warn("segment '{}' stripe {}: process {} died holding its lock{}; repaired in {} us, kept {} "
                     "entries, dropped {}",

@@ -47,6 +47,11 @@ class Locked {
   bool writing_ = false;
 };
 
+// Test and benchmark hook: called in this process after every repair it
+// makes, with the repair's duration and whether the stripe had to be reset.
+using RecoveryObserver = void (*)(std::uint64_t micros, bool reset);
+void set_recovery_observer(RecoveryObserver observer) noexcept;
+
 enum class Lookup { hit, miss, expired, stale };
 
 // Looks `key` up, copying its value into `out` on a hit. Lock-free unless the

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <string>
 
 #include "atomic_words.h"
@@ -28,12 +29,35 @@ namespace {
 
 bool pid_dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
 
+// The owner's thread id, from the robust mutex's lock word (glibc keeps the
+// owner's TID in its low 30 bits).
+std::uint32_t owner_tid(pthread_mutex_t& m) {
+  return std::atomic_ref<int>(m.__data.__lock).load(std::memory_order_relaxed) & 0x3fffffff;
+}
+
+// Locks, but wakes every second to ask whether the lock is held by a thread
+// that exists. A robust mutex is released by the kernel when its owner dies;
+// one whose lock word names no living thread (scribbled over, or its robust
+// list was lost) would block forever, so it is reported as not recoverable
+// and rebuilt like one.
+int lock_or_detect_stuck(pthread_mutex_t& m) {
+  for (;;) {
+    timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 1;
+    int rc = pthread_mutex_timedlock(&m, &deadline);
+    if (rc != ETIMEDOUT) return rc;
+    const std::uint32_t tid = owner_tid(m);
+    if (tid != 0 && pid_dead(tid)) return ENOTRECOVERABLE;
+  }
+}
+
 }  // namespace
 
 Acquired lock(layout::StripeHeader& s) {
   const auto me = std::uint32_t(::getpid());
   for (;;) {
-    int rc = pthread_mutex_lock(&s.lock);
+    int rc = lock_or_detect_stuck(s.lock);
     if (rc == 0 || rc == EOWNERDEAD) {
       Acquired a;
       a.owner_died = rc == EOWNERDEAD;
