@@ -21,7 +21,7 @@ build build -DHOSTCACHE_CRASH_POINTS=OFF
 [[ "${1:-}" == "--quick" ]] && exit 0
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
-build build-asan -DHOSTCACHE_SANITIZE=address -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF
+build build-asan -DHOSTCACHE_SANITIZE=address -DHOSTCACHE_CRASH_POINTS=ON -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j "$jobs" --timeout 900 -LE "nosan")
 
 echo "== ThreadSanitizer (in-process concurrency tests) =="
