@@ -266,6 +266,13 @@ void kill(const StripeView& s, std::uint64_t off, const EntryHeader& h, layout::
   store(s.hdr->entries, load(s.hdr->entries) - 1);
 }
 
+bool header_sane(const StripeView& s) {
+  const std::uint64_t a = s.arena_bytes, head = load(s.hdr->head), tail = load(s.hdr->tail);
+  const std::uint64_t used = load(s.hdr->used), move = load(s.hdr->move_size);
+  return head < a && tail < a && head % 8 == 0 && tail % 8 == 0 && used <= a && used % 8 == 0 &&
+         load(s.hdr->dead_bytes) <= used && (move == 0 || move <= a);
+}
+
 void reset(const StripeView& s) {
   for (std::uint64_t i = 0; i < std::uint64_t(s.groups) * layout::kGroupSlots; ++i) index::store(s.buckets[i], 0);
   store(s.hdr->head, std::uint64_t{0});

@@ -112,6 +112,11 @@ void kill(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h, 
 // in `resets`) when the ring cannot be walked. `kept`/`dropped` count entries.
 bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped);
 
+// True when the ring's header fields are in bounds (head, tail, used, the
+// move journal). Checked on every lock: a segment someone scribbled on is
+// repaired, never followed out of bounds.
+bool header_sane(const StripeView& s);
+
 // Empties the stripe: no entries, no buckets; counters other than the
 // accounting are kept.
 void reset(const StripeView& s);

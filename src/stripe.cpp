@@ -165,7 +165,12 @@ void set_recovery_observer(RecoveryObserver observer) noexcept { g_recovery_obse
 Locked::Locked(Segment& segment, std::uint32_t index)
     : segment_(segment), view_(arena::StripeView::over(segment.stripe_base(index), segment.geometry())) {
   const stripe_lock::Acquired a = stripe_lock::lock(*view_.hdr);
-  if (!a.owner_died) return;
+  const bool sane = arena::header_sane(view_);
+  if (!a.owner_died && sane) return;
+  if (!a.owner_died) {
+    log::get().warn("segment '{}' stripe {}: header out of bounds (head, tail or used); repairing", segment.name(),
+                    index);
+  }
   const auto t0 = std::chrono::steady_clock::now();
   std::string why;
   std::uint64_t kept = 0, dropped = 0;
@@ -173,7 +178,7 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   const std::uint64_t seq = load(view_.hdr->seq);
   if (seq & 1) store(view_.hdr->seq, seq + 1, std::memory_order_release);
   store(view_.hdr->recoveries, load(view_.hdr->recoveries) + 1);
-  stripe_lock::mark_consistent(*view_.hdr);
+  if (a.owner_died) stripe_lock::mark_consistent(*view_.hdr);
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
   if (RecoveryObserver observer = g_recovery_observer.load()) observer(std::uint64_t(us.count()), !repaired);
   if (repaired) {

@@ -46,6 +46,7 @@ int lock_or_detect_stuck(pthread_mutex_t& m) {
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += 1;
     int rc = pthread_mutex_timedlock(&m, &deadline);
+    if (rc == EDEADLK) return ENOTRECOVERABLE;  // the word names us, yet we hold no stripe lock: scribbled
     if (rc != ETIMEDOUT) return rc;
     const std::uint32_t tid = owner_tid(m);
     if (tid != 0 && pid_dead(tid)) return ENOTRECOVERABLE;
