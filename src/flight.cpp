@@ -67,8 +67,8 @@ std::uint32_t load_word(const FlightSlot& s) {
   return words::load(s.word, std::memory_order_acquire);
 }
 bool cas_word(FlightSlot& s, std::uint32_t expected, std::uint32_t desired) {
-  return std::atomic_ref<std::uint32_t>(s.word).compare_exchange_strong(
-      expected, desired, std::memory_order_seq_cst);
+  return std::atomic_ref<std::uint32_t>(s.word).compare_exchange_strong(expected, desired,
+                                                                        std::memory_order_seq_cst);
 }
 
 void futex_wait(std::uint32_t* word, std::uint32_t expected, std::int64_t ms) {
@@ -86,9 +86,7 @@ bool process_gone(std::uint32_t pid) {
   return pid == 0 || (kill(pid_t(pid), 0) == -1 && errno == ESRCH);
 }
 
-bool overdue(const Owner& o) {
-  return process_gone(o.pid) || clock::now_ms() >= o.lease_until_ms;
-}
+bool overdue(const Owner& o) { return process_gone(o.pid) || clock::now_ms() >= o.lease_until_ms; }
 
 bool read_busy(const FlightSlot& s, std::uint32_t w, Owner& o) {
   o.pid = words::load(s.owner_pid);

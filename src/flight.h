@@ -53,7 +53,8 @@ class Flights {
  private:
   layout::FlightSlot& slot(std::uint32_t i) const { return slots_[(key_hash_ + i) & mask_]; }
   bool claim(layout::FlightSlot& s, std::uint32_t seen, std::int64_t lease_ms, Flight& out);
-  Outcome wait(layout::FlightSlot& s, std::uint32_t w, const Owner& o, std::int64_t lease_ms, Flight& out);
+  Outcome wait(layout::FlightSlot& s, std::uint32_t w, const Owner& o, std::int64_t lease_ms,
+               Flight& out);
 
   layout::FlightSlot* slots_;
   std::uint32_t mask_;

@@ -2,13 +2,13 @@
 // segment, the stale-while-revalidate envelope, the key builder, warming at
 // startup. The cross-process single flight it runs is in flight.cpp.
 #include <hostcache/memoize.h>
-
 #include <sched.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "atomic_words.h"
 #include "cache_impl.h"
@@ -50,12 +50,16 @@ MethodSlot* method_slot(const Segment& segment, std::string_view name) {
     }
     // Being named: a few stores, unless its process died there (then skip it).
     const steady::time_point give_up = steady::now() + std::chrono::milliseconds(kNamingGraceMs);
-    while ((c = claimed.load(std::memory_order_acquire)) == 1 && steady::now() < give_up) sched_yield();
-    if (c == 2 && words::load(s.name_len) == name.size() && std::memcmp(s.name, name.data(), name.size()) == 0) {
+    while ((c = claimed.load(std::memory_order_acquire)) == 1 && steady::now() < give_up) {
+      sched_yield();
+    }
+    if (c == 2 && words::load(s.name_len) == name.size() &&
+        std::memcmp(s.name, name.data(), name.size()) == 0) {
       return &s;
     }
   }
-  log::get().warn("memoize: no free method slot for '{}': its calls are not counted per method", name);
+  log::get().warn("memoize: no free method slot for '{}': its calls are not counted per method",
+                  name);
   return nullptr;
 }
 
@@ -94,7 +98,8 @@ Opened open_envelope(std::string_view bytes) {
 
 class Call {
  public:
-  Call(Cache& cache, std::string_view key, const ComputeOptions& options, const detail::ComputeHooks& hooks)
+  Call(Cache& cache, std::string_view key, const ComputeOptions& options,
+       const detail::ComputeHooks& hooks)
       : cache_(cache),
         segment_(detail::Access::segment(cache)),
         key_(key),
@@ -104,7 +109,11 @@ class Call {
         start_(steady::now()) {}
 
   void run() {
-    Flights flights(segment_, XXH3_64bits(key_.data(), key_.size()));
+    std::optional<Flights> flights;  // hashing the key is for misses only
+    auto flights_of_key = [&]() -> Flights& {
+      if (!flights) flights.emplace(segment_, XXH3_64bits(key_.data(), key_.size()));
+      return *flights;
+    };
     const std::int64_t lease_ms = options_.lease.count();
     for (;;) {
       Flight flight;
@@ -112,10 +121,10 @@ class Call {
         case Found::fresh:
           return record(true, 0);
         case Found::stale:  // in the revalidate window: one caller refreshes, the others return it
-          if (!flights.try_claim(lease_ms, flight)) return record(true, 0);
+          if (!flights_of_key().try_claim(lease_ms, flight)) return record(true, 0);
           return recheck_and_compute(&flight);
         case Found::nothing:
-          switch (flights.acquire_or_wait(lease_ms, flight)) {
+          switch (flights_of_key().acquire_or_wait(lease_ms, flight)) {
             case Flights::Outcome::waited:
               continue;  // the owner is done (or gone): look again
             case Flights::Outcome::unshared:
@@ -151,7 +160,8 @@ class Call {
 
   void compute_and_store(const Flight* flight) {
     flight::ReleaseGuard guard{flight};  // after the set below, so that waiters find the value
-    const GenerationStamp stamp = cache_.generations(options_.set.tags);  // before compute (invariant 3)
+    const GenerationStamp stamp =
+        cache_.generations(options_.set.tags);  // before compute (invariant 3)
     std::string bytes;
     try {
       hooks_.compute(hooks_.ctx, bytes);
@@ -240,6 +250,11 @@ void get_or_compute(Cache& cache, std::string_view key, const ComputeOptions& op
     throw Error(Errc::invalid_ttl, "get_or_compute on segment '" + std::string(cache.name()) +
                                        "': ttl and stale_while_revalidate must be >= 0, lease > 0");
   }
+  if (key.empty() || key.size() > cache.max_key_bytes()) {
+    throw Error(Errc::key_too_large, "get_or_compute on segment '" + std::string(cache.name()) +
+                                         "': key of " + std::to_string(key.size()) + " bytes (1.." +
+                                         std::to_string(cache.max_key_bytes()) + " allowed)");
+  }
   Call(cache, key, options, hooks).run();
 }
 
@@ -299,8 +314,10 @@ std::vector<MethodStats> method_stats(const Cache& cache) {
   for (std::uint32_t i = 0; i < segment.header()->method_slots; ++i) {
     const MethodSlot& s = slots[i];
     if (words::load(s.claimed, std::memory_order_acquire) != 2) continue;
-    std::string name(s.name, std::min<std::size_t>(words::load(s.name_len), layout::kMethodNameBytes));
-    auto it = std::find_if(out.begin(), out.end(), [&](const MethodStats& m) { return m.method == name; });
+    std::string name(s.name,
+                     std::min<std::size_t>(words::load(s.name_len), layout::kMethodNameBytes));
+    auto it = std::find_if(out.begin(), out.end(),
+                           [&](const MethodStats& m) { return m.method == name; });
     if (it == out.end()) it = out.insert(out.end(), MethodStats{.method = name});
     it->requests += words::load(s.requests);
     it->hits += words::load(s.hits);

@@ -1,3 +1,4 @@
-# memoize: get_or_compute with cross-process single flight, the memoizer,
-# per-method statistics, warming (issue 4). Forks real processes.
+# memoize (issue 4): get_or_compute with cross-process single flight, the
+# memoizer, per-method statistics, warming. Both fork real processes.
 hostcache_test(test_memoize test_memoize.cpp LABELS multiprocess TIMEOUT 300)
+hostcache_test(test_memoizer test_memoizer.cpp LABELS multiprocess TIMEOUT 300)

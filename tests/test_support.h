@@ -6,7 +6,6 @@
 #pragma once
 
 #include <hostcache/cache.h>
-
 #include <sys/types.h>
 
 #include <cstdint>
@@ -60,8 +59,8 @@ bool verify_value(const std::string& key, const std::string& value);
 struct Gate {
   Gate();
   ~Gate();
-  void open();         // parent: release everyone waiting
-  void wait();         // child: block until opened (closes the child's write end)
+  void open();  // parent: release everyone waiting
+  void wait();  // child: block until opened (closes the child's write end)
   int fds[2];
 };
 

@@ -47,14 +47,13 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <msgpack.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <msgpack.hpp>
 
 namespace hostcache {
 
@@ -77,9 +76,9 @@ struct ComputeOptions {
 
 // The seed's decorator settings, per memoized method.
 struct MemoizeOptions {
-  std::string method;                  // names the key and the statistics slot; at most 64 bytes counted
-  std::chrono::milliseconds ttl{0};    // 0: the cache's default ttl
-  bool user_specific = true;           // false: one entry serves every user
+  std::string method;  // names the key and the statistics slot; at most 64 bytes counted
+  std::chrono::milliseconds ttl{0};  // 0: the cache's default ttl
+  bool user_specific = true;         // false: one entry serves every user
   std::chrono::milliseconds stale_while_revalidate{0};
   std::chrono::milliseconds lease = std::chrono::seconds(30);
   std::string key_prefix = "metadata";
@@ -227,7 +226,8 @@ struct ComputeContext {
 };
 
 template <class T, class Compute>
-using result_t = std::conditional_t<std::is_void_v<T>, std::decay_t<std::invoke_result_t<Compute&>>, T>;
+using result_t =
+    std::conditional_t<std::is_void_v<T>, std::decay_t<std::invoke_result_t<Compute&>>, T>;
 
 }  // namespace detail
 
@@ -239,12 +239,15 @@ using result_t = std::conditional_t<std::is_void_v<T>, std::decay_t<std::invoke_
 // top of this file). T defaults to compute()'s return type.
 // REQUIRES: T is msgpack-serializable and default-constructible by msgpack-c's
 // as<T>(); `compute` returns something convertible to T.
-// Throws what compute() throws. A value the cache refuses (too large, a bad
-// ttl or tag) is returned uncached and logged.
+// Throws what compute() throws; before calling it, Error(key_too_large) for
+// an empty key or one over max_key_bytes, Error(invalid_ttl) for a negative
+// ttl or window or a lease <= 0. A value the cache refuses (too large, too
+// many tags, a tag too long) is returned uncached and logged.
 template <class T = void, class Compute>
 detail::result_t<T, Compute> get_or_compute(Cache& cache, std::string_view key, Compute&& compute,
                                             const ComputeOptions& options) {
   using R = detail::result_t<T, Compute>;
+  if (!cache.enabled()) return compute();  // the seed's ENABLED = False: nothing encoded or stored
   std::optional<R> result;
   detail::ComputeContext<R, std::remove_reference_t<Compute>> ctx{&result, &compute};
   detail::ComputeHooks hooks{&ctx, &decltype(ctx)::accept, &decltype(ctx)::run};
@@ -280,15 +283,16 @@ class Memoized {
   // Costs a key build (a few hashes for non-string arguments) and one
   // get_or_compute.
   template <class App, class Model, class User, class... Params>
-  T operator()(const App& app, const Model& model, const User& user, const Params&... params) const {
+  T operator()(const App& app, const Model& model, const User& user,
+               const Params&... params) const {
     auto call = [&]() -> T { return fn_(app, model, user, params...); };
     if (!cache_->enabled()) return call();
     std::vector<std::string> rendered{detail::render(params)...};
     std::string app_text = detail::render(app), model_text = detail::render(model);
     std::string user_text = options_.user_specific ? detail::user_token(user_bytes(user)) : "any";
-    std::string key = detail::build_key({options_.key_prefix, options_.method, app_text, model_text,
-                                         user_text, &rendered},
-                                        cache_->max_key_bytes());
+    std::string key = detail::build_key(
+        {options_.key_prefix, options_.method, app_text, model_text, user_text, &rendered},
+        cache_->max_key_bytes());
     std::vector<std::string> tags{detail::join_model_tag(app_text, model_text)};
     if (options_.extra_tags) {
       for (std::string& t : options_.extra_tags(rendered)) tags.push_back(std::move(t));
@@ -308,8 +312,8 @@ class Memoized {
   // What a user is hashed from: its text, its decimal, or its msgpack encoding.
   template <class User>
   static std::string user_bytes(const User& user) {
-    if constexpr (std::is_convertible_v<const User&, std::string_view> || std::is_integral_v<User> ||
-                  std::is_enum_v<User>) {
+    if constexpr (std::is_convertible_v<const User&, std::string_view> ||
+                  std::is_integral_v<User> || std::is_enum_v<User>) {
       return detail::render(user);
     } else {
       msgpack::sbuffer packed;
@@ -325,7 +329,8 @@ class Memoized {
 
 // Wraps `fn` as the seed's decorator does:
 //   auto extract = hostcache::memoize<Metadata>(
-//       cache, {.method = "extract_model_metadata", .ttl = 30min, .user_specific = true}, extract_fn);
+//       cache, {.method = "extract_model_metadata", .ttl = 30min, .user_specific = true},
+//       extract_fn);
 //   Metadata m = extract(app, model, user);
 // REQUIRES: `cache` outlives the result.
 template <class T, class Fn>
