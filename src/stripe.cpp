@@ -167,10 +167,6 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   const stripe_lock::Acquired a = stripe_lock::lock(*view_.hdr);
   const bool sane = arena::header_sane(view_);
   if (!a.owner_died && sane) return;
-  if (!a.owner_died) {
-    log::get().warn("segment '{}' stripe {}: header out of bounds (head, tail or used); repairing", segment.name(),
-                    index);
-  }
   const auto t0 = std::chrono::steady_clock::now();
   std::string why;
   std::uint64_t kept = 0, dropped = 0;
@@ -181,15 +177,15 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   if (a.owner_died) stripe_lock::mark_consistent(*view_.hdr);
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
   if (RecoveryObserver observer = g_recovery_observer.load()) observer(std::uint64_t(us.count()), !repaired);
+  std::string cause = !a.owner_died      ? std::string("its header was out of bounds")
+                      : a.reinitialized ? std::string("its lock was not recoverable (owner gone) and was rebuilt")
+                                        : "process " + std::to_string(a.dead_pid) + " died holding its lock";
   if (repaired) {
-    log::get().warn("segment '{}' stripe {}: process {} died holding its lock{}; repaired in {} us, kept {} "
-                    "entries, dropped {}",
-                    segment.name(), index, a.dead_pid, a.reinitialized ? " (mutex rebuilt)" : "", us.count(),
-                    kept, dropped);
+    log::get().warn("segment '{}' stripe {}: {}; repaired in {} us, kept {} entries, dropped {}", segment.name(),
+                    index, cause, us.count(), kept, dropped);
   } else {
-    log::get().warn("segment '{}' stripe {}: process {} died holding its lock and the stripe could not be "
-                    "verified ({}); stripe reset",
-                    segment.name(), index, a.dead_pid, why);
+    log::get().warn("segment '{}' stripe {}: {}; the stripe could not be verified ({}) and was reset",
+                    segment.name(), index, cause, why);
   }
 }
 

@@ -138,6 +138,47 @@ TEST(Recovery, NotRecoverableMutexIsRebuilt) {
   EXPECT_GE(f.cache.stats().recoveries, 1u);
 }
 
+TEST(Recovery, LockWordNamingNoLivingThreadIsRebuilt) {
+  Fixture f;
+  f.fill(100);
+  const std::uint32_t s = f.stripe_of("e2");
+  // A pid that existed and is gone: its lock word was never released by the
+  // kernel (no robust list entry), as after a scribble or a lost mapping.
+  const pid_t gone = testing::spawn([] { return 0; });
+  ASSERT_EQ(testing::wait_for(gone), 0);
+  std::atomic_ref<int>(f.header(s).lock.__data.__lock).store(gone);
+  ASSERT_EQ(f.cache.set("e2", "after a stuck lock"), Errc::ok);  // waits ~1 s, then rebuilds
+  EXPECT_EQ(f.cache.get("e2").value_or(""), "after a stuck lock");
+  f.expect_all(100, 2);
+  EXPECT_EQ(f.cache.stats().recoveries, 1u);
+}
+
+TEST(Recovery, ScribbledRingHeaderIsRepairedNotFollowed) {
+  Fixture f;
+  f.fill(200);
+  const std::uint32_t s = f.stripe_of("e4");
+  f.header(s).head = ~std::uint64_t{0} - 7;  // far outside the arena
+  ASSERT_EQ(f.cache.set("e4", "x"), Errc::ok);
+  EXPECT_EQ(f.cache.get("e4").value_or(""), "x");
+  EXPECT_EQ(f.cache.stats().resets, 1u);
+}
+
+TEST(Recovery, BucketPointingOutsideTheArenaIsAMiss) {
+  Fixture f;
+  f.fill(50);
+  const std::uint32_t s = f.stripe_of("e6");
+  auto v = arena::StripeView::over(f.segment().stripe_base(s), f.segment().geometry());
+  for (std::uint64_t i = 0; i < std::uint64_t(v.groups) * layout::kGroupSlots; ++i) {
+    if (v.buckets[i] != 0) v.buckets[i] |= layout::kOffsetMask;  // offsets past the end
+  }
+  for (int i = 0; i < 50; ++i) {
+    const std::string k = "e" + std::to_string(i);
+    if (f.stripe_of(k) == s) EXPECT_FALSE(f.cache.get(k).has_value()) << k;
+  }
+  ASSERT_EQ(f.cache.set("e6", "again"), Errc::ok);
+  EXPECT_EQ(f.cache.get("e6").value_or(""), "again");
+}
+
 TEST(Recovery, KilledWhileMovingAnEntryCostsOnlyThatEntry) {
   Fixture f;
   f.fill(50);
