@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -60,7 +61,9 @@ class StripeCopy {
       seq_ = before;
       moving_ = moving_ || before != first;
       if ((before & 1) == 0) {
-        for (std::size_t w = 0; w < n; ++w) buf_[w] = words::load_word(src + 8 * w);
+        // The first line (the mutex, its owner) is not copied: it changes
+        // without the sequence, and nothing parsed from the copy needs it.
+        for (std::size_t w = kSkipWords; w < n; ++w) buf_[w] = words::load_word(src + 8 * w);
         // Seqlock reader: the fence keeps the relaxed copy before the second reading.
         std::atomic_thread_fence(std::memory_order_acquire);
         seq_ = words::load(live.seq, std::memory_order_acquire);
@@ -80,6 +83,7 @@ class StripeCopy {
     }
   }
 
+  // hdr().lock and hdr().owner_pid are not part of the copy; read the live header.
   arena::StripeView view() {
     return arena::StripeView::over(reinterpret_cast<std::uint8_t*>(buf_.data()), seg_.geometry());
   }
@@ -92,6 +96,9 @@ class StripeCopy {
   bool moving() const { return moving_; }
 
  private:
+  static constexpr std::size_t kSkipWords = layout::kCacheLine / 8;
+  static_assert(offsetof(layout::StripeHeader, seq) == layout::kCacheLine,
+                "everything after the lock line is copied");
   const Segment& seg_;
   std::vector<std::uint64_t> buf_;  // uint64_t: the copy is 8-aligned like the stripe
   std::uint64_t seq_ = 0;

@@ -1,11 +1,11 @@
 // inspect::read / check / list: what they report on sound segments, on
 // segments with one planted defect each, on garbage, on a stripe whose lock
 // another process holds, and on a segment under live write load.
-#include <hostcache/inspect.h>
-
 #include <gtest/gtest.h>
+#include <hostcache/inspect.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -78,6 +78,25 @@ std::string describe(const std::vector<inspect::Violation>& vs) {
   std::string out;
   for (const auto& v : vs) out += v.where + ": " + v.what + "\n";
   return out;
+}
+
+// Waits (yielding, no sleep) until every writer has counted `n` sets. False
+// as soon as one of them has exited instead (peeked at, not reaped), so a
+// writer that crashed fails the test rather than hanging it.
+bool await_progress(const std::atomic<std::uint64_t>* sets, const std::vector<pid_t>& writers,
+                    std::uint64_t n) {
+  for (;;) {
+    bool all = true;
+    for (std::size_t w = 0; w < writers.size(); ++w) all = all && sets[w].load() >= n;
+    if (all) return true;
+    for (pid_t p : writers) {
+      siginfo_t info{};
+      if (::waitid(P_PID, id_t(p), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == p) {
+        return false;
+      }
+    }
+    sched_yield();
+  }
 }
 
 const inspect::EntryInfo* find(const inspect::Snapshot& s, const std::string& key) {
@@ -190,10 +209,22 @@ TEST(Inspect, StatsAndMethods) {
 
 TEST(Inspect, CheckFindsNothingOnASoundSegment) {
   Fixture f(1u << 20, 4);
-  for (int round = 0; round < 6; ++round) f.fill(400);  // overwrites: dead bytes, moves, evictions
+  // Enough overwrites to wrap every ring several times: pads, moves, evictions.
+  for (int round = 0; round < 40; ++round) {
+    for (int i = 0; i < 400; ++i) {
+      const std::string key = "k" + std::to_string(i);
+      ASSERT_EQ(f.cache.set(key, std::string(40 + (i * 7 + round) % 200, 'v')), Errc::ok);
+    }
+  }
   for (int i = 0; i < 400; i += 3) f.cache.erase("k" + std::to_string(i));
+  for (int i = 0; i < 3000; ++i) {  // more live data than fits: evictions
+    ASSERT_EQ(f.cache.set("big" + std::to_string(i), std::string(1000, 'b')), Errc::ok);
+  }
+  Stats st = f.cache.stats();
+  EXPECT_GT(st.evictions, 0u) << "the test meant to reach eviction";
   SetOptions tagged{std::chrono::minutes(1), {"m:a", "m:b"}};
-  for (int i = 0; i < 50; ++i) ASSERT_EQ(f.cache.set("t" + std::to_string(i), "v", tagged), Errc::ok);
+  for (int i = 0; i < 50; ++i)
+    ASSERT_EQ(f.cache.set("t" + std::to_string(i), "v", tagged), Errc::ok);
   const auto violations = inspect::check(f.name.name);
   EXPECT_TRUE(violations.empty()) << describe(violations);
   EXPECT_TRUE(inspect::read(f.name.name).problems.empty());
@@ -283,12 +314,14 @@ TEST(Inspect, BrokenRingIsReported) {
 TEST(Inspect, SurvivesRandomDamage) {
   Fixture f(1u << 20, 2);
   SetOptions tagged{std::chrono::minutes(5), {"x", "y"}};
-  for (int i = 0; i < 300; ++i) ASSERT_EQ(f.cache.set("k" + std::to_string(i), "v", tagged), Errc::ok);
+  for (int i = 0; i < 300; ++i)
+    ASSERT_EQ(f.cache.set("k" + std::to_string(i), "v", tagged), Errc::ok);
   const Geometry& g = f.segment().geometry();
   std::uint8_t* base = f.segment().stripe_base(0);
   const std::vector<std::uint8_t> pristine(base, base + g.stripe_bytes);
   std::mt19937_64 rng(12345);
-  const std::size_t skip = sizeof(layout::StripeHeader::lock);  // keep the mutex: remove() is fine either way
+  const std::size_t skip =
+      sizeof(layout::StripeHeader::lock);  // keep the mutex: remove() is fine either way
   for (int round = 0; round < 300; ++round) {
     std::memcpy(base, pristine.data(), pristine.size());
     const int flips = 1 + int(rng() % 16);
@@ -379,7 +412,7 @@ TEST(Inspect, ReadsUnderLiveWriteLoad) {
       return 0;
     }));
   }
-  while (shared->sets[0].load() < 2000 || shared->sets[1].load() < 2000) sched_yield();
+  ASSERT_TRUE(await_progress(shared->sets, writers, 2000)) << "a writer exited early";
   for (int round = 0; round < 5; ++round) {
     const inspect::Snapshot s = inspect::read(f.name.name);
     EXPECT_EQ(s.stripes.size(), 4u);

@@ -18,7 +18,8 @@ TEST(ToolUnits, Sizes) {
   EXPECT_EQ(parse_size("256MiB"), 256u << 20);
   EXPECT_EQ(parse_size("1g"), 1ull << 30);
   EXPECT_EQ(parse_size("10B"), 10u);
-  for (const char* bad : {"", "M", "12X", "1.5M", "-1", "99999999999999999999", "17179869184G", "1MM"}) {
+  for (const char* bad :
+       {"", "M", "12X", "1.5M", "-1", "99999999999999999999", "17179869184G", "1MM"}) {
     EXPECT_FALSE(parse_size(bad).has_value()) << bad;
   }
 }
@@ -38,7 +39,8 @@ TEST(ToolUnits, Durations) {
 TEST(ToolUnits, Modes) {
   EXPECT_EQ(parse_mode("0600"), 0600u);
   EXPECT_EQ(parse_mode("640"), 0640u);
-  for (const char* bad : {"", "8", "0999", "07777", "rw"}) EXPECT_FALSE(parse_mode(bad).has_value()) << bad;
+  for (const char* bad : {"", "8", "0999", "07777", "rw"})
+    EXPECT_FALSE(parse_mode(bad).has_value()) << bad;
 }
 
 TEST(ToolUnits, Formatting) {
@@ -76,6 +78,8 @@ TEST(ToolUnits, MsgpackIsShownAsJsonOnlyWhenTheWholeBufferIsOneObject) {
   EXPECT_EQ(msgpack_to_json(packed(-7))->dump(), "-7");
   EXPECT_FALSE(msgpack_to_json("hello world").has_value());  // 'h' is a fixint, then more bytes
   EXPECT_FALSE(msgpack_to_json("").has_value());
+  EXPECT_FALSE(msgpack_to_json("1").has_value());  // text, not the fixint 49
+  EXPECT_EQ(msgpack_to_json(packed(5))->dump(), "5");
   EXPECT_FALSE(msgpack_to_json(packed(1) + packed(2)).has_value());  // two objects
   const std::string map = packed(std::map<std::string, int>{{"a", 1}, {"b", 2}});
   EXPECT_FALSE(msgpack_to_json(map.substr(0, map.size() - 1)).has_value());  // truncated

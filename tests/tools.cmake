@@ -4,12 +4,16 @@
 hostcache_test(test_inspect test_inspect.cpp LABELS tools TIMEOUT 180)
 
 if(TARGET shm-dump AND TARGET hostcache_cli)
+  find_package(nlohmann_json 3 REQUIRED CONFIG)
   hostcache_test(test_tools test_tools.cpp LABELS tools TIMEOUT 300)
-  target_link_libraries(test_tools PRIVATE hostcache_tools_common)
-  target_compile_definitions(test_tools PRIVATE
-    SHM_DUMP_BIN="$<TARGET_FILE:shm-dump>"
-    HOSTCACHE_BIN="$<TARGET_FILE:hostcache_cli>")
-  add_dependencies(test_tools shm-dump hostcache_cli)
+  hostcache_test(test_shm_dump test_shm_dump.cpp LABELS tools TIMEOUT 300)
+  foreach(t test_tools test_shm_dump)
+    target_link_libraries(${t} PRIVATE nlohmann_json::nlohmann_json)
+    target_compile_definitions(${t} PRIVATE
+      SHM_DUMP_BIN="$<TARGET_FILE:shm-dump>"
+      HOSTCACHE_BIN="$<TARGET_FILE:hostcache_cli>")
+    add_dependencies(${t} shm-dump hostcache_cli)
+  endforeach()
 
   # The parsers, formatters, msgpack detection and snapshot codec, directly.
   hostcache_test(test_tool_units test_tool_units.cpp LABELS tools TIMEOUT 60)

@@ -30,7 +30,8 @@ std::string refusal(Errc e, const Cache& cache) {
     case Errc::empty_key:
       return "a key must have at least one byte";
     case Errc::value_too_large:
-      return "value longer than this segment's " + std::to_string(cache.max_value_bytes()) + " bytes";
+      return "value longer than this segment's " + std::to_string(cache.max_value_bytes()) +
+             " bytes";
     case Errc::invalid_ttl:
       return "TTL must be positive";
     case Errc::too_many_tags:
@@ -132,7 +133,8 @@ int cmd_get(const Options& o) {
 
 int cmd_set(const Options& o) {
   const std::optional<std::int64_t> ttl = ttl_of(o);
-  if (!ttl) return fail(kTool, o.name, Errc::invalid_ttl, "--ttl wants a positive duration (30s, 15m)");
+  if (!ttl)
+    return fail(kTool, o.name, Errc::invalid_ttl, "--ttl wants a positive duration (30s, 15m)");
   if (std::optional<std::string> why = bad_tags(o.tags)) {
     return fail(kTool, o.name, Errc::tag_too_large, *why);
   }
@@ -141,7 +143,8 @@ int cmd_set(const Options& o) {
   options.ttl = std::chrono::milliseconds(*ttl);
   options.tags.assign(o.tags.begin(), o.tags.end());
   const Errc e = cache.set(o.key, o.value, options);
-  if (e != Errc::ok) return fail(kTool, o.name, e, "set " + shown(o.key) + ": " + refusal(e, cache));
+  if (e != Errc::ok)
+    return fail(kTool, o.name, e, "set " + shown(o.key) + ": " + refusal(e, cache));
   return kExitOk;
 }
 
@@ -188,8 +191,8 @@ int cmd_create(const Options& o) {
   }
   Cache cache = Cache::open(config);
   std::cout << "created " << o.name << ": " << format_bytes(config.capacity_bytes) << ", mode "
-            << format_mode(config.mode) << ", default TTL " << format_ttl(cache.default_ttl().count())
-            << "\n";
+            << format_mode(config.mode) << ", default TTL "
+            << format_ttl(cache.default_ttl().count()) << "\n";
   return kExitOk;
 }
 
@@ -238,8 +241,7 @@ int cmd_load(const Options& o) {
     return fail_exit(kTool, o.name, kExitNotFound, "cannot read snapshot: " + why);
   }
   if (!decode_snapshot(bytes, entries, why)) {
-    return fail_exit(kTool, o.name, kExitNotFound,
-                     o.file + ": refused, nothing loaded: " + why);
+    return fail_exit(kTool, o.name, kExitNotFound, o.file + ": refused, nothing loaded: " + why);
   }
   Cache cache = Cache::attach(o.name, o.allow_foreign);
   // Everything the cache could refuse is checked before the first set, so a
@@ -247,10 +249,14 @@ int cmd_load(const Options& o) {
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const SnapshotEntry& e = entries[i];
     Errc refused = Errc::ok;
-    if (e.key.empty()) refused = Errc::empty_key;
-    else if (e.key.size() > cache.max_key_bytes()) refused = Errc::key_too_large;
-    else if (e.value.size() > cache.max_value_bytes()) refused = Errc::value_too_large;
-    else if (bad_tags(e.tags)) refused = Errc::tag_too_large;
+    if (e.key.empty())
+      refused = Errc::empty_key;
+    else if (e.key.size() > cache.max_key_bytes())
+      refused = Errc::key_too_large;
+    else if (e.value.size() > cache.max_value_bytes())
+      refused = Errc::value_too_large;
+    else if (bad_tags(e.tags))
+      refused = Errc::tag_too_large;
     if (refused != Errc::ok) {
       return fail(kTool, o.name, refused,
                   o.file + ": refused, nothing loaded: entry " + std::to_string(i) + " (key " +

@@ -19,18 +19,18 @@ struct Options {
   std::string value;
   std::string file;
   std::vector<std::string> tags;
-  std::string ttl;                 // a duration ("30m"); empty: the segment's default
-  std::string capacity = "64M";    // create
-  std::string max_key;             // create; empty: Config's default
-  std::string max_value;           // create
-  std::string mode = "0600";       // create
-  unsigned stripes = 0;            // create; 0: automatic
-  std::string watch;               // stats: refresh interval; empty: once
-  std::uint64_t count = 0;         // stats --watch: refreshes; 0: until interrupted
+  std::string ttl;               // a duration ("30m"); empty: the segment's default
+  std::string capacity = "64M";  // create
+  std::string max_key;           // create; empty: Config's default
+  std::string max_value;         // create
+  std::string mode = "0600";     // create
+  unsigned stripes = 0;          // create; 0: automatic
+  std::string watch;             // stats: refresh interval; empty: once
+  std::uint64_t count = 0;       // stats --watch: refreshes; 0: until interrupted
   bool json = false;
   bool prometheus = false;
-  bool raw = false;                // get: exact bytes, no newline
-  bool allow_foreign = false;      // attach a segment of another uid or a wider mode
+  bool raw = false;            // get: exact bytes, no newline
+  bool allow_foreign = false;  // attach a segment of another uid or a wider mode
 };
 
 int cmd_stats(const Options& o);

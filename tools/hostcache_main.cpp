@@ -3,7 +3,6 @@
 // Only argument parsing lives here; each subcommand is one function in
 // commands.cpp over the public API.
 #include <CLI/CLI.hpp>
-
 #include <iostream>
 
 #include "commands.h"
@@ -15,7 +14,7 @@ using hostcache::tools::Options;
 
 CLI::App* command(CLI::App& app, const char* name, const char* what, const char* example) {
   CLI::App* sub = app.add_subcommand(name, what);
-  sub->footer(std::string("Example:\n  ") + example);
+  sub->footer(std::string("Example:\n  ") + example + "\n");
   return sub;
 }
 
@@ -38,21 +37,23 @@ int main(int argc, char** argv) {
   app.footer(
       "Run 'hostcache COMMAND --help' for a command's options and an example.\n"
       "Exit status: 0 ok, 1 not found, 2 usage, 3 segment missing or invalid, 4 permission "
-      "denied.");
+      "denied.\n");
   std::vector<std::pair<CLI::App*, int (*)(const Options&)>> commands;
 
   CLI::App* stats = command(app, "stats", "show counters summed over every process",
                             "hostcache stats web --watch 2 --count 10");
   add_name(stats, o);
-  CLI::Option* json = stats->add_flag("--json", o.json, "one JSON document (one per line with --watch)");
-  stats->add_flag("--prometheus", o.prometheus, "Prometheus text exposition format")->excludes(json);
+  CLI::Option* json =
+      stats->add_flag("--json", o.json, "one JSON document (one per line with --watch)");
+  stats->add_flag("--prometheus", o.prometheus, "Prometheus text exposition format")
+      ->excludes(json);
   CLI::Option* watch =
       stats->add_option("--watch", o.watch, "refresh every SECONDS (or 500ms, 1m) like top");
   stats->add_option("--count", o.count, "with --watch: stop after N refreshes")->needs(watch);
   commands.emplace_back(stats, cmd_stats);
 
-  CLI::App* clear = command(app, "clear", "invalidate every entry (O(1), one increment)",
-                            "hostcache clear web");
+  CLI::App* clear =
+      command(app, "clear", "invalidate every entry (O(1), one increment)", "hostcache clear web");
   add_name(clear, o);
   add_foreign(clear, o);
   commands.emplace_back(clear, cmd_clear);
@@ -84,7 +85,8 @@ int main(int argc, char** argv) {
   add_foreign(set, o);
   commands.emplace_back(set, cmd_set);
 
-  CLI::App* erase = command(app, "erase", "remove KEY (exit 1 if absent)", "hostcache erase web greeting");
+  CLI::App* erase =
+      command(app, "erase", "remove KEY (exit 1 if absent)", "hostcache erase web greeting");
   add_name(erase, o);
   erase->add_option("KEY", o.key, "the key")->required();
   add_foreign(erase, o);

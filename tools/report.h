@@ -8,7 +8,6 @@
 #include <hostcache/inspect.h>
 
 #include <nlohmann/json.hpp>
-
 #include <ostream>
 #include <string_view>
 #include <vector>

@@ -108,12 +108,9 @@ json snapshot_json(const inspect::Snapshot& snap) {
   for (const inspect::StripeInfo& s : snap.stripes) stripes.push_back(stripe_json(s));
   json entries = json::array();
   for (const inspect::EntryInfo& e : snap.entries) entries.push_back(entry_json(e));
-  return json{{"segment", segment_json(snap.segment)},
-              {"stats", stats_json(snap.stats)},
-              {"methods", methods_json(snap.methods)},
-              {"stripes", std::move(stripes)},
-              {"entries", std::move(entries)},
-              {"problems", snap.problems}};
+  return json{{"segment", segment_json(snap.segment)}, {"stats", stats_json(snap.stats)},
+              {"methods", methods_json(snap.methods)}, {"stripes", std::move(stripes)},
+              {"entries", std::move(entries)},         {"problems", snap.problems}};
 }
 
 json violations_json(std::string_view name, const std::vector<inspect::Violation>& violations) {

@@ -52,8 +52,8 @@ void print_header(std::ostream& out, const inspect::SegmentInfo& s) {
       << "capacity  " << format_bytes(s.capacity_bytes) << ": " << s.stripes << " stripes of "
       << format_bytes(s.stripe_bytes) << " (arena " << format_bytes(s.arena_bytes) << " each)\n"
       << "limits    key " << format_bytes(s.max_key_bytes) << ", value "
-      << format_bytes(s.max_value_bytes) << ", default TTL " << format_ttl(s.default_ttl_ms)
-      << ", " << s.tag_slots << " tag slots\n"
+      << format_bytes(s.max_value_bytes) << ", default TTL " << format_ttl(s.default_ttl_ms) << ", "
+      << s.tag_slots << " tag slots\n"
       << "created   " << format_unix_ms(s.created_unix_ms) << " by uid " << s.creator_uid
       << ", pid " << s.creator_pid << "\n"
       << "global generation " << s.global_gen << "\n";
@@ -72,7 +72,8 @@ void print_stripe_summary(std::ostream& out, const inspect::Snapshot& snap) {
     min_e = std::min(min_e, s.entries), max_e = std::max(max_e, s.entries);
     locked += s.lock_owner_pid != 0, busy += !s.consistent;
     const std::uint64_t arena = snap.segment.arena_bytes;
-    const std::uint64_t tenth = arena == 0 ? 0 : std::min<std::uint64_t>(9, 10 * s.bytes_used / arena);
+    const std::uint64_t tenth =
+        arena == 0 ? 0 : std::min<std::uint64_t>(9, 10 * s.bytes_used / arena);
     ++bins[tenth];
   }
   if (st.empty()) min_e = 0;
@@ -83,11 +84,11 @@ void print_stripe_summary(std::ostream& out, const inspect::Snapshot& snap) {
       << "          evictions " << evictions << ", recoveries " << recoveries << ", resets "
       << resets << ", locked now " << locked << ", unreadable " << busy << "\n";
   const std::size_t most = *std::max_element(std::begin(bins), std::end(bins));
-  out << "  fill    stripes\n";
+  out << "  arena fill  stripes\n";
   for (int b = 0; b < 10; ++b) {
     const std::size_t bar = most == 0 ? 0 : (bins[b] * 40 + most - 1) / most;
-    out << printf_string("  %3d-%3d%% %6zu ", b * 10, b * 10 + 10, bins[b]) << std::string(bar, '#')
-        << "\n";
+    out << printf_string("  %3d-%3d%% %6zu", b * 10, b * 10 + 10, bins[b])
+        << (bar ? " " + std::string(bar, '#') : "") << "\n";
   }
 }
 
@@ -111,8 +112,8 @@ void print_stats_lines(std::ostream& out, const Stats& s) {
       << s.erases << "\n"
       << "          evictions " << s.evictions << ", expired " << s.expired << ", stale " << s.stale
       << ", recoveries " << s.recoveries << ", resets " << s.resets << "\n"
-      << "          entries " << s.entries << ", bytes used " << format_bytes(s.bytes_used) << " of "
-      << format_bytes(s.capacity_bytes) << " (" << percent(s.bytes_used, s.capacity_bytes)
+      << "          entries " << s.entries << ", bytes used " << format_bytes(s.bytes_used)
+      << " of " << format_bytes(s.capacity_bytes) << " (" << percent(s.bytes_used, s.capacity_bytes)
       << ")\n";
 }
 
@@ -196,7 +197,8 @@ void print_stats_table(std::ostream& out, const inspect::Snapshot& snap,
     out << printf_string("  %-12s %14" PRIu64, name, value);
     if (previous != nullptr && field != nullptr && interval_s > 0) {
       const std::uint64_t before = previous->stats.*field;
-      out << printf_string("  %10.1f/s", value >= before ? double(value - before) / interval_s : 0.0);
+      out << printf_string("  %10.1f/s",
+                           value >= before ? double(value - before) / interval_s : 0.0);
     }
     out << "\n";
   };
@@ -212,9 +214,9 @@ void print_stats_table(std::ostream& out, const inspect::Snapshot& snap,
   row("recoveries", s.recoveries, &Stats::recoveries);
   row("resets", s.resets, &Stats::resets);
   row("entries", s.entries, nullptr);
-  out << printf_string("  %-12s %14s  (%s of %s)\n", "bytes used", format_bytes(s.bytes_used).c_str(),
-                       percent(s.bytes_used, s.capacity_bytes).c_str(),
-                       format_bytes(s.capacity_bytes).c_str());
+  out << printf_string(
+      "  %-12s %14s  (%s of %s)\n", "bytes used", format_bytes(s.bytes_used).c_str(),
+      percent(s.bytes_used, s.capacity_bytes).c_str(), format_bytes(s.capacity_bytes).c_str());
   print_methods(out, snap.methods);
   for (const std::string& p : snap.problems) out << "  note: " << p << "\n";
 }
@@ -225,9 +227,12 @@ namespace {
 std::string label(std::string_view v) {
   std::string out;
   for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\', out += c;
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\' || c == '"')
+      out += '\\', out += c;
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -238,8 +243,9 @@ void print_prometheus(std::ostream& out, const inspect::Snapshot& snap) {
   const std::string seg = "segment=\"" + label(snap.segment.name) + "\"";
   const Stats& s = snap.stats;
   auto metric = [&](const char* name, const char* type, const char* help, double value) {
-    out << "# HELP hostcache_" << name << " " << help << "\n# TYPE hostcache_" << name << " " << type
-        << "\nhostcache_" << name << "{" << seg << "} " << printf_string("%.17g", value) << "\n";
+    out << "# HELP hostcache_" << name << " " << help << "\n# TYPE hostcache_" << name << " "
+        << type << "\nhostcache_" << name << "{" << seg << "} " << printf_string("%.17g", value)
+        << "\n";
   };
   metric("gets_total", "counter", "Lookups, hits plus misses.", double(s.gets));
   metric("hits_total", "counter", "Lookups that found a valid entry.", double(s.hits));
@@ -249,11 +255,13 @@ void print_prometheus(std::ostream& out, const inspect::Snapshot& snap) {
   metric("evictions_total", "counter", "Live entries dropped to make room.", double(s.evictions));
   metric("expired_total", "counter", "Entries reclaimed after their TTL.", double(s.expired));
   metric("stale_total", "counter", "Entries reclaimed after clear or invalidate.", double(s.stale));
-  metric("recoveries_total", "counter", "Stripes repaired after a holder died.", double(s.recoveries));
+  metric("recoveries_total", "counter", "Stripes repaired after a holder died.",
+         double(s.recoveries));
   metric("resets_total", "counter", "Stripes emptied because they could not be verified.",
          double(s.resets));
   metric("entries", "gauge", "Entries in the index.", double(s.entries));
-  metric("bytes_used", "gauge", "Arena bytes held by entries not known dead.", double(s.bytes_used));
+  metric("bytes_used", "gauge", "Arena bytes held by entries not known dead.",
+         double(s.bytes_used));
   metric("capacity_bytes", "gauge", "Size of the segment.", double(s.capacity_bytes));
   metric("global_generation", "gauge", "Clears since creation, plus one.",
          double(snap.segment.global_gen));
@@ -291,9 +299,10 @@ void print_prometheus(std::ostream& out, const inspect::Snapshot& snap) {
 void print_listing(std::ostream& out, const std::vector<inspect::Listing>& segments) {
   out << printf_string("%-32s %12s %-20s %6s %10s\n", "name", "size", "owner", "mode", "processes");
   for (const inspect::Listing& l : segments) {
-    out << printf_string("%-32s %12s %-20s %6s %10s\n", l.name.c_str(), format_bytes(l.bytes).c_str(),
-                         user_of(l.owner_uid).c_str(), format_mode(l.mode).c_str(),
-                         l.attached_processes < 0 ? "?" : std::to_string(l.attached_processes).c_str());
+    out << printf_string(
+        "%-32s %12s %-20s %6s %10s\n", l.name.c_str(), format_bytes(l.bytes).c_str(),
+        user_of(l.owner_uid).c_str(), format_mode(l.mode).c_str(),
+        l.attached_processes < 0 ? "?" : std::to_string(l.attached_processes).c_str());
   }
 }
 

@@ -8,7 +8,6 @@
 #include <hostcache/inspect.h>
 
 #include <CLI/CLI.hpp>
-
 #include <iostream>
 
 #include "report.h"
@@ -40,7 +39,7 @@ int main(int argc, char** argv) {
       "  shm-dump web --tag model:user --state stale --json | jq .entries\n"
       "  shm-dump web --check                  exit 1 and list violations if unsound\n"
       "\nExit status: 0 ok, 1 check failed, 2 usage, 3 segment missing or invalid,\n"
-      "4 permission denied.");
+      "4 permission denied.\n");
   std::string name, prefix, tag, state, width_text;
   std::size_t limit = SIZE_MAX;
   bool json = false, check = false, all_stripes = false;
@@ -50,7 +49,8 @@ int main(int argc, char** argv) {
   app.add_option("--state", state, "only entries in STATE")
       ->check(CLI::IsMember({"valid", "stale", "expired"}));
   app.add_option("--limit", limit, "show at most N entries (0: none)");
-  app.add_option("--width", width_text, "cut values to N columns (default: the terminal's, or 100)");
+  app.add_option("--width", width_text,
+                 "cut values to N columns (default: the terminal's, or 100)");
   app.add_flag("--stripes", all_stripes, "one line per stripe instead of a histogram");
   app.add_flag("--json", json, "print one JSON document instead of text");
   app.add_flag("--check", check, "run the full checker instead of dumping; exit 1 on a violation");

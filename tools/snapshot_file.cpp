@@ -1,6 +1,7 @@
 #include "snapshot_file.h"
 
 #include <fcntl.h>
+#include <hostcache/config.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -8,8 +9,6 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
-
-#include <hostcache/config.h>
 
 namespace hostcache::tools {
 namespace {
@@ -29,7 +28,8 @@ class Reader {
   bool get(int bytes, std::uint64_t& v) {
     if (rest_.size() < std::size_t(bytes)) return false;
     v = 0;
-    for (int i = 0; i < bytes; ++i) v |= std::uint64_t(static_cast<unsigned char>(rest_[i])) << (8 * i);
+    for (int i = 0; i < bytes; ++i)
+      v |= std::uint64_t(static_cast<unsigned char>(rest_[i])) << (8 * i);
     rest_.remove_prefix(std::size_t(bytes));
     return true;
   }
@@ -107,7 +107,8 @@ bool decode_snapshot(std::string_view file, std::vector<SnapshotEntry>& out, std
   for (std::uint64_t i = 0; i < count; ++i) {
     SnapshotEntry e;
     std::uint64_t key_len = 0, value_len = 0, ttl = 0, ntags = 0;
-    bool ok = body.get(4, key_len) && body.get(4, value_len) && body.get(8, ttl) && body.get(1, ntags);
+    bool ok =
+        body.get(4, key_len) && body.get(4, value_len) && body.get(8, ttl) && body.get(1, ntags);
     if (ok && (ntags > kMaxTags || std::int64_t(ttl) <= 0)) ok = false;
     for (std::uint64_t t = 0; ok && t < ntags; ++t) {
       std::uint64_t len = 0;

@@ -45,7 +45,8 @@ int fail(std::string_view tool, std::string_view segment, Errc code, std::string
   return exit_code_for(code);
 }
 
-int fail_exit(std::string_view tool, std::string_view segment, int exit_code, std::string_view what) {
+int fail_exit(std::string_view tool, std::string_view segment, int exit_code,
+              std::string_view what) {
   std::cerr << tool << ": ";
   if (!segment.empty()) std::cerr << segment << ": ";
   std::cerr << what << "\n";
@@ -92,11 +93,16 @@ std::optional<std::uint64_t> parse_size(std::string_view text) {
   std::uint64_t unit = 1;
   if (!suffix.empty()) {
     char c = suffix[0];
-    if (c == 'k' || c == 'K') unit = 1ull << 10;
-    else if (c == 'm' || c == 'M') unit = 1ull << 20;
-    else if (c == 'g' || c == 'G') unit = 1ull << 30;
-    else if (c == 'b' || c == 'B') unit = 1;
-    else return std::nullopt;
+    if (c == 'k' || c == 'K')
+      unit = 1ull << 10;
+    else if (c == 'm' || c == 'M')
+      unit = 1ull << 20;
+    else if (c == 'g' || c == 'G')
+      unit = 1ull << 30;
+    else if (c == 'b' || c == 'B')
+      unit = 1;
+    else
+      return std::nullopt;
     std::string_view rest = suffix.substr(1);
     if (unit != 1 && (rest == "i" || rest == "iB" || rest == "B")) rest = {};
     if (!rest.empty()) return std::nullopt;
@@ -111,11 +117,16 @@ std::optional<std::int64_t> parse_duration_ms(std::string_view text) {
   std::string_view suffix;
   if (!split_number(text, n, suffix)) return std::nullopt;
   std::uint64_t unit = 0;
-  if (suffix == "ms") unit = 1;
-  else if (suffix.empty() || suffix == "s") unit = 1000;
-  else if (suffix == "m" || suffix == "min") unit = 60'000;
-  else if (suffix == "h") unit = 3'600'000;
-  else return std::nullopt;
+  if (suffix == "ms")
+    unit = 1;
+  else if (suffix.empty() || suffix == "s")
+    unit = 1000;
+  else if (suffix == "m" || suffix == "min")
+    unit = 60'000;
+  else if (suffix == "h")
+    unit = 3'600'000;
+  else
+    return std::nullopt;
   std::uint64_t ms = 0;
   if (!checked_mul(n, unit, ms) || ms > std::uint64_t(std::numeric_limits<std::int64_t>::max())) {
     return std::nullopt;
@@ -188,11 +199,21 @@ std::string escape_bytes(std::string_view bytes, std::size_t max_chars) {
     unsigned char c = static_cast<unsigned char>(bytes[i]);
     char piece[5] = {};
     switch (c) {
-      case '\\': piece[0] = '\\', piece[1] = '\\'; break;
-      case '"': piece[0] = '\\', piece[1] = '"'; break;
-      case '\n': piece[0] = '\\', piece[1] = 'n'; break;
-      case '\t': piece[0] = '\\', piece[1] = 't'; break;
-      case '\r': piece[0] = '\\', piece[1] = 'r'; break;
+      case '\\':
+        piece[0] = '\\', piece[1] = '\\';
+        break;
+      case '"':
+        piece[0] = '\\', piece[1] = '"';
+        break;
+      case '\n':
+        piece[0] = '\\', piece[1] = 'n';
+        break;
+      case '\t':
+        piece[0] = '\\', piece[1] = 't';
+        break;
+      case '\r':
+        piece[0] = '\\', piece[1] = 'r';
+        break;
       default:
         if (c >= 0x20 && c < 0x7f) {
           piece[0] = char(c);

@@ -31,7 +31,8 @@ int exit_code_for(Errc e) noexcept;
 // command can end with `return fail(...)`.
 int fail(std::string_view tool, std::string_view segment, Errc code, std::string_view what);
 // Same, for outcomes that are not a library error (a missing key, a bad file).
-int fail_exit(std::string_view tool, std::string_view segment, int exit_code, std::string_view what);
+int fail_exit(std::string_view tool, std::string_view segment, int exit_code,
+              std::string_view what);
 // For an exception thrown by the library: the code and message of an Error,
 // io_error for anything else.
 int fail(std::string_view tool, std::string_view segment, const std::exception& e);

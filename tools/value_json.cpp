@@ -78,7 +78,8 @@ nlohmann::json to_json(const msgpack::object& o) {
         const msgpack::object_kv& kv = o.via.map.ptr[i];
         std::string key;
         if (kv.key.type == msgpack::type::STR) {
-          key = text_json(std::string_view(kv.key.via.str.ptr, kv.key.via.str.size)).get<std::string>();
+          key = text_json(std::string_view(kv.key.via.str.ptr, kv.key.via.str.size))
+                    .get<std::string>();
         } else {
           key = dump_json(to_json(kv.key));
         }
@@ -94,6 +95,9 @@ nlohmann::json to_json(const msgpack::object& o) {
 
 std::optional<nlohmann::json> msgpack_to_json(std::string_view bytes) {
   if (bytes.empty()) return std::nullopt;
+  // Every printable ASCII byte is also a msgpack positive fixint, so a
+  // one-character value such as "1" would read as 49: text wins that tie.
+  if (bytes.size() == 1 && bytes[0] >= 0x20 && bytes[0] < 0x7f) return std::nullopt;
   // Every element takes at least one byte, so no count may exceed the length:
   // a 5-byte value claiming 2^32 elements is refused before anything is allocated.
   const std::size_t n = bytes.size();
