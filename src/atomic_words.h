@@ -36,18 +36,27 @@ inline void store_word(std::uint8_t* p, std::uint64_t v) {
 }
 
 // Copies `len` bytes starting at base + off into dst. `base` is 8-aligned and
-// the words covering [off, off + len) are readable.
+// the words covering [off, off + len) are readable. Whole words in the middle
+// are copied with a constant-size memcpy (one move each).
 inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len, char* dst) {
+  if (len == 0) return;
   std::size_t word = off & ~std::size_t{7};
   std::size_t skip = off - word;
-  while (len > 0) {
-    std::uint64_t w = load_word(base + word);
-    std::size_t n = 8 - skip < len ? 8 - skip : len;
+  if (skip != 0) {  // leading partial word
+    const std::uint64_t w = load_word(base + word);
+    const std::size_t n = 8 - skip < len ? 8 - skip : len;
     std::memcpy(dst, reinterpret_cast<const char*>(&w) + skip, n);
     dst += n;
     len -= n;
     word += 8;
-    skip = 0;
+  }
+  for (; len >= 8; len -= 8, word += 8, dst += 8) {
+    const std::uint64_t w = load_word(base + word);
+    std::memcpy(dst, &w, 8);
+  }
+  if (len > 0) {  // trailing partial word
+    const std::uint64_t w = load_word(base + word);
+    std::memcpy(dst, &w, len);
   }
 }
 
@@ -55,14 +64,22 @@ inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len,
 inline bool equal(const std::uint8_t* base, std::size_t off, const char* s, std::size_t len) {
   std::size_t word = off & ~std::size_t{7};
   std::size_t skip = off - word;
-  while (len > 0) {
-    std::uint64_t w = load_word(base + word);
-    std::size_t n = 8 - skip < len ? 8 - skip : len;
+  if (skip != 0 && len > 0) {
+    const std::uint64_t w = load_word(base + word);
+    const std::size_t n = 8 - skip < len ? 8 - skip : len;
     if (std::memcmp(s, reinterpret_cast<const char*>(&w) + skip, n) != 0) return false;
     s += n;
     len -= n;
     word += 8;
-    skip = 0;
+  }
+  for (; len >= 8; len -= 8, word += 8, s += 8) {
+    std::uint64_t mine;
+    std::memcpy(&mine, s, 8);
+    if (load_word(base + word) != mine) return false;
+  }
+  if (len > 0) {
+    const std::uint64_t w = load_word(base + word);
+    return std::memcmp(s, &w, len) == 0;
   }
   return true;
 }

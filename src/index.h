@@ -9,9 +9,10 @@
 //   bucket (64 bits): [ref:1][fingerprint:23][offset/8 + 1:40]   0 = empty
 //
 // Readers load buckets with relaxed atomics (the stripe's seq validates what
-// they saw) and may set the ref bit with fetch_or — the one write a reader
-// makes, only when the bit is clear. A ref bit set on a bucket that a writer
-// has since reused marks another entry hot: harmless.
+// they saw) and may set the ref bit with a compare-and-swap from the value
+// they saw — the one write a reader makes, only when the bit is clear. A ref
+// bit set on a bucket that a writer has since reused for the same offset
+// marks another entry hot: harmless.
 #pragma once
 
 #include <cstdint>
@@ -54,10 +55,14 @@ inline bool offset_of(layout::Bucket b, std::uint64_t arena_bytes, std::uint64_t
 inline layout::Bucket load(const layout::Bucket& b) { return words::load(b); }
 inline void store(layout::Bucket& b, layout::Bucket v) { words::store(b, v); }
 
-// Marks a bucket referenced, writing only if the bit is clear.
+// Marks a bucket referenced, writing only if the bit is clear, and only if
+// the bucket still holds what the reader saw: a blind fetch_or could land on
+// a bucket a writer has just emptied and leave a bucket that is "ref bit, no
+// entry" (the SIGKILL storm's checker caught exactly that).
 inline void touch(layout::Bucket& b, layout::Bucket seen) {
   if ((seen & layout::kRefBit) == 0) {
-    std::atomic_ref<layout::Bucket>(b).fetch_or(layout::kRefBit, std::memory_order_relaxed);
+    std::atomic_ref<layout::Bucket>(b).compare_exchange_strong(seen, seen | layout::kRefBit,
+                                                               std::memory_order_relaxed);
   }
 }
 

@@ -178,7 +178,8 @@ int main(int argc, char** argv) {
   };
 
   const auto t0 = Clock::now();
-  for (long k = 1; k <= kills && failures == 0; ++k) {
+  long done = 0;
+  for (long k = 1; k <= kills && failures == 0; ++k, ++done) {
     std::this_thread::sleep_for(std::chrono::microseconds(1000 + rng() % 19000));  // the storm's pace
     watchdog();
     const int victim = int(rng() % workers);
@@ -216,7 +217,7 @@ int main(int argc, char** argv) {
       "storm: %ld kills of %d workers in %.1f s; %ld ops, %ld verified hits, %ld corrupt reads\n"
       "  recoveries %llu (resets %llu); recovery latency p50 %u us, p99 %u us, max %u us (%zu samples)\n"
       "  sentinels intact %d of %d (%.3f%%); longest operation in flight seen by the watchdog %.1f ms\n",
-      kills, workers, seconds, g_board->ops.load(), g_board->hits.load(), g_board->corrupt.load(),
+      done, workers, seconds, g_board->ops.load(), g_board->hits.load(), g_board->corrupt.load(),
       static_cast<unsigned long long>(s.recoveries), static_cast<unsigned long long>(s.resets), percentile(lat, 0.5),
       percentile(lat, 0.99), percentile(lat, 1.0), lat.size(), survived, sentinels, survival, max_op_ns / 1e6);
   std::printf("%s\n", failures == 0 ? "storm: PASS" : "storm: FAIL");
