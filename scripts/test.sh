@@ -8,11 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 
-build() {  # build DIR [cmake args...]
+build() {  # build DIR [cmake args...]  (TARGETS="a b" builds only those)
   local dir=$1
   shift
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
-  cmake --build "$dir" -j "$jobs"
+  if [[ -n "${TARGETS:-}" ]]; then
+    cmake --build "$dir" -j "$jobs" --target ${TARGETS}
+  else
+    cmake --build "$dir" -j "$jobs"
+  fi
 }
 
 echo "== plain build =="
@@ -25,5 +29,8 @@ build build-asan -DHOSTCACHE_SANITIZE=address -DHOSTCACHE_CRASH_POINTS=ON -DHOST
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j "$jobs" --timeout 900 -LE "nosan")
 
 echo "== ThreadSanitizer (in-process concurrency tests) =="
-build build-tsan -DHOSTCACHE_SANITIZE=thread -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF -DHOSTCACHE_BUILD_TOOLS=OFF
-(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" --timeout 900 -L threads)
+TARGETS="test_threads test_memoize" build build-tsan -DHOSTCACHE_SANITIZE=thread -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF -DHOSTCACHE_BUILD_TOOLS=OFF
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" --timeout 900 -R "^(test_threads|test_memoize)$")
+
+echo "== libFuzzer (clang, ASan + UBSan), bounded =="
+scripts/fuzz.sh "${HOSTCACHE_FUZZ_SECONDS:-60}"
