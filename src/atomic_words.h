@@ -50,6 +50,14 @@ inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len,
     len -= n;
     word += 8;
   }
+  for (; len >= 32; len -= 32, word += 32, dst += 32) {  // four words per turn
+    const std::uint64_t w0 = load_word(base + word), w1 = load_word(base + word + 8);
+    const std::uint64_t w2 = load_word(base + word + 16), w3 = load_word(base + word + 24);
+    std::memcpy(dst, &w0, 8);
+    std::memcpy(dst + 8, &w1, 8);
+    std::memcpy(dst + 16, &w2, 8);
+    std::memcpy(dst + 24, &w3, 8);
+  }
   for (; len >= 8; len -= 8, word += 8, dst += 8) {
     const std::uint64_t w = load_word(base + word);
     std::memcpy(dst, &w, 8);
