@@ -1,5 +1,8 @@
 #include "arena.h"
 
+// Inlined xxHash: a get hashes a short key, where a call into the shared
+// library costs as much as the hash itself.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include <cstring>
@@ -10,16 +13,6 @@ namespace hostcache::arena {
 
 using layout::EntryHeader;
 using layout::kHeaderBytes;
-
-StripeView StripeView::over(std::uint8_t* stripe_base, const Geometry& geo) {
-  StripeView v;
-  v.hdr = reinterpret_cast<layout::StripeHeader*>(stripe_base);
-  v.buckets = reinterpret_cast<layout::Bucket*>(stripe_base + sizeof(layout::StripeHeader));
-  v.arena = stripe_base + sizeof(layout::StripeHeader) + std::uint64_t(geo.groups_per_stripe) * 64;
-  v.arena_bytes = geo.arena_bytes;
-  v.groups = geo.groups_per_stripe;
-  return v;
-}
 
 std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, std::uint64_t tags_len) {
   return layout::align_up(kHeaderBytes + key_len + value_len + tags_len, 8);

@@ -49,7 +49,15 @@ struct StripeView {
 
   // `stripe_base` points at a StripeHeader laid out per `geo` (the segment's
   // own memory, or a private copy of stripe_bytes bytes).
-  static StripeView over(std::uint8_t* stripe_base, const Geometry& geo);
+  static StripeView over(std::uint8_t* stripe_base, const Geometry& geo) {
+    StripeView v;
+    v.hdr = reinterpret_cast<layout::StripeHeader*>(stripe_base);
+    v.buckets = reinterpret_cast<layout::Bucket*>(stripe_base + sizeof(layout::StripeHeader));
+    v.arena = stripe_base + sizeof(layout::StripeHeader) + std::uint64_t(geo.groups_per_stripe) * 64;
+    v.arena_bytes = geo.arena_bytes;
+    v.groups = geo.groups_per_stripe;
+    return v;
+  }
 };
 
 // Bytes an entry with these lengths occupies (header + payload, 8-aligned).
