@@ -17,6 +17,15 @@ std::int64_t now_ms() noexcept {
   return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
+std::int64_t coarse_ms() noexcept {
+  if (std::int64_t* fake = g_fake.load(std::memory_order_relaxed)) {
+    return std::atomic_ref<std::int64_t>(*fake).load(std::memory_order_relaxed);
+  }
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
 std::uint64_t unix_ms() noexcept {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);

@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "atomic_words.h"
+#include "clock.h"
 #include "layout.h"
 #include "segment.h"
 
@@ -30,16 +31,25 @@ void bump_tag(Segment& segment, std::string_view tag);
 enum class State { valid, expired, stale };
 
 // Judges entries against the generations and the clock of one operation.
+//
+// The precise clock costs more than the rest of a hit, so it is read only
+// for an entry whose expiry is within kCoarseSlackMs of the coarse clock:
+// for any other, the coarse clock proves it unexpired (it lags the precise
+// one by less than the slack). An entry is never judged valid at or after
+// its expiry.
 class Judge {
  public:
+  explicit Judge(const Segment& segment) : Judge(segment, -1) { coarse_ms_ = clock::coarse_ms(); }
+  // With a known precise time (tools): no clock is read.
   Judge(const Segment& segment, std::int64_t now_ms)
       : global_(&segment.header()->global_gen),
         tags_(segment.tag_gens()),
         tag_mask_(segment.geometry().tag_slots - 1),
+        coarse_ms_(now_ms),
         now_ms_(now_ms) {}
 
   State of(const layout::EntryHeader& h) const {
-    if (h.expires_ms <= now_ms_) return State::expired;
+    if (h.expires_ms <= coarse_ms_ + clock::kCoarseSlackMs && h.expires_ms <= now_ms()) return State::expired;
     if (h.global_gen != words::load(*global_, std::memory_order_acquire)) return State::stale;
     for (unsigned i = 0; i < h.ntags && i < 4; ++i) {
       if (h.tag_gen[i] != words::load(tags_[h.tag_slot[i] & tag_mask_], std::memory_order_acquire)) {
@@ -48,13 +58,18 @@ class Judge {
     }
     return State::valid;
   }
-  std::int64_t now_ms() const { return now_ms_; }
+  // The precise time of this operation, read once on first use.
+  std::int64_t now_ms() const {
+    if (now_ms_ < 0) now_ms_ = clock::now_ms();
+    return now_ms_;
+  }
 
  private:
   const std::uint64_t* global_;
   const std::uint64_t* tags_;
   std::uint32_t tag_mask_;
-  std::int64_t now_ms_;
+  std::int64_t coarse_ms_;
+  mutable std::int64_t now_ms_;
 };
 
 }  // namespace hostcache::generations

@@ -42,13 +42,19 @@ struct Found {
 // bounds-checked (read_header) before it is followed; the full key is compared.
 bool find(const arena::StripeView& v, std::string_view key, std::uint64_t hash, Found& f) {
   const index::Probe p = index::probe(hash, v.groups);
+  // The key is in either group (inserts go to the emptier one): start both
+  // cache misses at once rather than one after the other.
+  __builtin_prefetch(index::group(v.buckets, p.g2));
   for (std::uint32_t g : {p.g1, p.g2}) {
     layout::Bucket* grp = index::group(v.buckets, g);
     for (std::uint32_t i = 0; i < layout::kGroupSlots; ++i) {
       const layout::Bucket b = index::load(grp[i]);
       if (b == 0 || index::fingerprint_of(b) != p.fingerprint) continue;
       std::uint64_t off;
-      if (!index::offset_of(b, v.arena_bytes, off) || !arena::read_header(v, off, f.h)) continue;
+      if (!index::offset_of(b, v.arena_bytes, off)) continue;
+      // Header, key and the value's start: one miss's latency instead of four.
+      for (int line = 1; line < 4; ++line) __builtin_prefetch(v.arena + off + 64 * line);
+      if (!arena::read_header(v, off, f.h)) continue;
       if (f.h.kind != layout::kKindEntry || f.h.live != 1 || f.h.hash != hash || f.h.key_len != key.size()) continue;
       if (!words::equal(v.arena, arena::key_off(off), key.data(), key.size())) continue;
       f.off = off;
@@ -208,7 +214,7 @@ void Locked::end() {
 Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, std::string& out) {
   const std::uint32_t index = of(hash, segment.geometry().stripe_count);
   const arena::StripeView v = arena::StripeView::over(segment.stripe_base(index), segment.geometry());
-  const generations::Judge judge(segment, clock::now_ms());
+  const generations::Judge judge(segment);
   for (int attempt = 0; attempt < kOptimisticTries; ++attempt) {
     std::uint64_t s1 = load(v.hdr->seq, std::memory_order_acquire);
     for (int spin = 0; (s1 & 1) && spin < kSpinsWhileOdd; ++spin) {
@@ -252,7 +258,7 @@ void set(Segment& segment, const Write& w) {
   const std::uint8_t* image = build_image(w, stamp, size);
   Locked locked(segment, index);
   const arena::StripeView& v = locked.view();
-  const generations::Judge judge(segment, clock::now_ms());
+  const generations::Judge judge(segment);
   locked.begin();
   HOSTCACHE_CRASH_POINT("set.begin");
   Found old;

@@ -4,6 +4,7 @@
 
 #include <map>
 
+#include "clock.h"
 #include "test_support.h"
 
 namespace hostcache {
@@ -152,6 +153,25 @@ TEST(CacheTtl, HitBeforeExpiryMissAtAndAfter) {
   EXPECT_TRUE(cache.get("default"));
   clock.advance(1);
   EXPECT_FALSE(cache.get("default"));
+}
+
+// The real clock: the get path judges expiry with the coarse clock and reads
+// the precise one only near an entry's expiry; never is a value served late.
+TEST(CacheTtl, RealClockNeverServesLate) {
+  ScopedName name("ttlreal");
+  Cache cache = Cache::open(testing::small_config(name.name));
+  SetOptions o;
+  o.ttl = 20ms;
+  for (int round = 0; round < 20; ++round) {
+    ASSERT_EQ(cache.set("k", "v", o), Errc::ok);
+    const std::int64_t after_set = clock::now_ms();
+    bool seen_before_expiry = false;
+    while (clock::now_ms() < after_set + 19) seen_before_expiry |= cache.get("k").has_value();
+    while (clock::now_ms() < after_set + 20) {
+    }
+    EXPECT_FALSE(cache.get("k").has_value()) << "served at or after its expiry, round " << round;
+    EXPECT_TRUE(seen_before_expiry || round > 0);
+  }
 }
 
 struct Metadata {
