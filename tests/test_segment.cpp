@@ -142,6 +142,31 @@ TEST_F(HostileSegment, WrongMagic) {
   EXPECT_EQ(attach_error(name_.name), Errc::corrupt);
 }
 
+TEST_F(HostileSegment, HeaderStuckInitializingIsRefusedNotReinitialized) {
+  // Creators publish a segment only once it is whole (link(2) of a complete
+  // temporary), so a published header that says "initializing" was not made
+  // by this library: refuse it, and leave it for its owner to remove.
+  std::memcpy(RawSegment(name_.name).header()->magic, "INITING!", 8);
+  EXPECT_EQ(attach_error(name_.name), Errc::corrupt);
+  EXPECT_EQ(open_error(testing::small_config(name_.name)), Errc::corrupt);
+  struct stat st;
+  EXPECT_EQ(::stat(Segment::path_of(name_.name).c_str(), &st), 0);
+}
+
+TEST(Segment, TemporaryOfACreatorKilledBeforePublishingIsSwept) {
+  ScopedName name("swept");
+  const pid_t dead = testing::spawn([] { return 0; });
+  ASSERT_EQ(testing::wait_for(dead), 0);
+  const std::string temp = "/dev/shm/hostcache~tmp~" + name.name + "~" + std::to_string(dead) + "~1";
+  const int fd = ::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  Cache cache = Cache::open(testing::small_config(name.name));
+  struct stat st;
+  EXPECT_NE(::stat(temp.c_str(), &st), 0) << "a dead creator's temporary was left behind";
+  EXPECT_EQ(cache.set("k", "v"), Errc::ok);
+}
+
 TEST_F(HostileSegment, LayoutVersionPlusOrMinusOne) {
   {
     RawSegment raw(name_.name);
