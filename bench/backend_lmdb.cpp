@@ -18,7 +18,8 @@ namespace hcbench {
 namespace {
 
 void check(int rc, const char* what) {
-  if (rc != MDB_SUCCESS) throw std::runtime_error(std::string("lmdb: ") + what + ": " + mdb_strerror(rc));
+  if (rc != MDB_SUCCESS)
+    throw std::runtime_error(std::string("lmdb: ") + what + ": " + mdb_strerror(rc));
 }
 
 class LmdbBackend final : public Backend {
@@ -28,7 +29,8 @@ class LmdbBackend final : public Backend {
     check(mdb_env_create(&env_), "env_create");
     check(mdb_env_set_mapsize(env_, opts.lmdb_map_bytes), "set_mapsize");
     check(mdb_env_set_maxreaders(env_, 512), "set_maxreaders");
-    const int rc = mdb_env_open(env_, opts.dir.c_str(), MDB_NOSYNC | MDB_NOMETASYNC | MDB_WRITEMAP, 0600);
+    const int rc =
+        mdb_env_open(env_, opts.dir.c_str(), MDB_NOSYNC | MDB_NOMETASYNC | MDB_WRITEMAP, 0600);
     if (rc != MDB_SUCCESS) {
       mdb_env_close(env_);
       check(rc, "env_open");

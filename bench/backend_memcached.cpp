@@ -42,8 +42,7 @@ class MemcachedBackend final : public Backend {
   }
 
   void set(std::string_view key, std::string_view value, std::string_view) override {
-    check(memcached_set(mc_, key.data(), key.size(), value.data(), value.size(), ttl_s_, 0),
-          "set");
+    check(memcached_set(mc_, key.data(), key.size(), value.data(), value.size(), ttl_s_, 0), "set");
   }
 
   void clear() override { check(memcached_flush(mc_, 0), "flush"); }
@@ -51,8 +50,8 @@ class MemcachedBackend final : public Backend {
  private:
   void check(memcached_return_t rc, const char* what) {
     if (rc != MEMCACHED_SUCCESS)
-      throw std::runtime_error(std::string("memcached: ") + what + " failed: " +
-                               memcached_strerror(mc_, rc));
+      throw std::runtime_error(std::string("memcached: ") + what +
+                               " failed: " + memcached_strerror(mc_, rc));
   }
 
   memcached_st* mc_ = nullptr;

@@ -92,8 +92,8 @@ class RedisBackend final : public Backend {
     if (r == nullptr || r->type != REDIS_REPLY_STATUS) fail("SET");
   }
   [[noreturn]] void fail(const char* what) {
-    throw std::runtime_error(std::string("redis: ") + what + " failed: " +
-                             (ctx_->err ? ctx_->errstr : "error reply"));
+    throw std::runtime_error(std::string("redis: ") + what +
+                             " failed: " + (ctx_->err ? ctx_->errstr : "error reply"));
   }
 
   redisContext* ctx_ = nullptr;
@@ -105,9 +105,9 @@ class RedisBackend final : public Backend {
 
 std::unique_ptr<Backend> make_redis(const BackendOptions& opts, Role role) {
   // The prefill always pipelines: it is setup, not measurement.
-  const unsigned depth = role == Role::setup ? 64u
+  const unsigned depth = role == Role::setup                 ? 64u
                          : opts.backend == "redis-pipelined" ? std::max(opts.pipeline, 2u)
-                                                            : 1u;
+                                                             : 1u;
   return std::make_unique<RedisBackend>(opts, depth);
 }
 

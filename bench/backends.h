@@ -32,11 +32,11 @@ struct BackendOptions {
   unsigned stripes = 0;               // hostcache stripes (0: the library's choice)
   std::string host = "127.0.0.1";     // redis, memcached
   int port = 0;
-  std::string dir;                    // lmdb environment directory
+  std::string dir;  // lmdb environment directory
   std::uint64_t lmdb_map_bytes = 0;
-  std::int64_t ttl_ms = 0;            // 0: no TTL (hostcache: its default)
+  std::int64_t ttl_ms = 0;  // 0: no TTL (hostcache: its default)
   std::size_t max_value_bytes = 0;
-  unsigned pipeline = 1;              // ops per round trip (redis-pipelined)
+  unsigned pipeline = 1;  // ops per round trip (redis-pipelined)
 };
 
 enum class Role { setup, worker };
@@ -44,10 +44,10 @@ enum class Role { setup, worker };
 struct Op {
   enum class Kind : std::uint8_t { get, set } kind = Kind::get;
   std::string_view key;
-  std::string_view value;              // set: the value to store
-  std::string_view tag;                // set: empty, or one invalidation tag (hostcache only)
-  bool hit = false;                    // get: filled by run()
-  std::string* out = nullptr;          // get: where the value goes on a hit
+  std::string_view value;      // set: the value to store
+  std::string_view tag;        // set: empty, or one invalidation tag (hostcache only)
+  bool hit = false;            // get: filled by run()
+  std::string* out = nullptr;  // get: where the value goes on a hit
 };
 
 class Backend {

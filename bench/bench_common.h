@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
@@ -28,6 +29,13 @@
 #include <vector>
 
 namespace hcbench {
+
+// Prefix of every segment a benchmark creates: compare.sh sets HCBENCH_PREFIX
+// to a per-run value so that it can remove what a crashed benchmark left behind.
+inline std::string segment_prefix() {
+  const char* p = std::getenv("HCBENCH_PREFIX");
+  return p != nullptr && *p != '\0' ? p : "hcbench";
+}
 
 inline std::uint64_t now_ns() {
   return std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -209,11 +217,16 @@ enum class Verdict { ok, too_short, wrong_length, wrong_key, bad_checksum };
 
 inline const char* to_string(Verdict v) {
   switch (v) {
-    case Verdict::ok: return "ok";
-    case Verdict::too_short: return "too short";
-    case Verdict::wrong_length: return "length differs from the embedded length";
-    case Verdict::wrong_key: return "value belongs to another key";
-    case Verdict::bad_checksum: return "checksum mismatch (torn or corrupt)";
+    case Verdict::ok:
+      return "ok";
+    case Verdict::too_short:
+      return "too short";
+    case Verdict::wrong_length:
+      return "length differs from the embedded length";
+    case Verdict::wrong_key:
+      return "value belongs to another key";
+    case Verdict::bad_checksum:
+      return "checksum mismatch (torn or corrupt)";
   }
   return "?";
 }

@@ -11,10 +11,10 @@
 // the same for invalidate("model"). Then `loop` back-to-back calls of each,
 // for a mean free of clock overhead. std::unordered_map's clear() under one
 // mutex is timed on the same entries as the O(n) contrast.
-#include <CLI/CLI.hpp>
 #include <hostcache/cache.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -57,7 +57,8 @@ Row run_one(const Params& p, std::uint64_t n) {
       values.replace(i * p.value_size, p.value_size, v);
     }
   }
-  const std::string name = "hcbench-clear-" + std::to_string(::getpid()) + "-" + std::to_string(n);
+  const std::string name =
+      segment_prefix() + "-clear-" + std::to_string(::getpid()) + "-" + std::to_string(n);
   hostcache::Config c;
   c.name = name;
   c.capacity_bytes = std::uint64_t(p.capacity_mb * 1048576);
@@ -69,7 +70,8 @@ Row run_one(const Params& p, std::uint64_t n) {
     const std::uint64_t t0 = now_ns();
     for (std::uint64_t i = 0; i < n; ++i) {
       const std::string_view v(values.data() + i * p.value_size, p.value_size);
-      if (cache.set(keys[i], v, tagged) != hostcache::Errc::ok) throw std::runtime_error("set failed");
+      if (cache.set(keys[i], v, tagged) != hostcache::Errc::ok)
+        throw std::runtime_error("set failed");
     }
     return double(now_ns() - t0) / double(n);
   };
@@ -104,10 +106,12 @@ Row run_one(const Params& p, std::uint64_t n) {
   row.refill_after_clear_ns = median(refills);
   row.clear_loop_ns = timed([&] {
                         for (std::uint64_t i = 0; i < p.loop; ++i) cache.clear();
-                      }) / double(p.loop);
+                      }) /
+                      double(p.loop);
   row.inval_loop_ns = timed([&] {
                         for (std::uint64_t i = 0; i < p.loop; ++i) cache.invalidate("model");
-                      }) / double(p.loop);
+                      }) /
+                      double(p.loop);
   hostcache::Cache::remove(name);
 
   MutexMap map;
@@ -125,8 +129,10 @@ int main(int argc, char** argv) {
   CLI::App app{"clear_cost: clear() and invalidate() with few and many entries"};
   app.add_option("--entries", p.sizes, "entry counts to compare");
   app.add_option("--capacity-mb", p.capacity_mb, "segment MiB, the same for every count");
-  app.add_option("--value-size", p.value_size, "value bytes")->check(CLI::Range(std::size_t(kMinValueBytes), std::size_t(1) << 20));
-  app.add_option("--repeats", p.repeats, "fills per count (median of single calls)")->check(CLI::Range(1u, 100u));
+  app.add_option("--value-size", p.value_size, "value bytes")
+      ->check(CLI::Range(std::size_t(kMinValueBytes), std::size_t(1) << 20));
+  app.add_option("--repeats", p.repeats, "fills per count (median of single calls)")
+      ->check(CLI::Range(1u, 100u));
   app.add_option("--loop", p.loop, "back-to-back calls for the mean");
   app.add_option("--csv", csv, "write CSV");
   app.add_option("--markdown", md, "write a Markdown table");
@@ -136,12 +142,13 @@ int main(int argc, char** argv) {
     for (std::uint64_t n : p.sizes) {
       rows.push_back(run_one(p, n));
       const Row& r = rows.back();
-      std::printf("%8llu entries (%llu held): clear first %.0f ns, loop %.1f ns | invalidate first "
-                  "%.0f ns, loop %.1f ns | set into empty %.0f ns, after clear %.0f ns | "
-                  "unordered_map clear %.0f ns\n",
-                  (unsigned long long)r.entries, (unsigned long long)r.held, r.clear_first_ns,
-                  r.clear_loop_ns, r.inval_first_ns, r.inval_loop_ns, r.fill_ns,
-                  r.refill_after_clear_ns, r.map_clear_ns);
+      std::printf(
+          "%8llu entries (%llu held): clear first %.0f ns, loop %.1f ns | invalidate first "
+          "%.0f ns, loop %.1f ns | set into empty %.0f ns, after clear %.0f ns | "
+          "unordered_map clear %.0f ns\n",
+          (unsigned long long)r.entries, (unsigned long long)r.held, r.clear_first_ns,
+          r.clear_loop_ns, r.inval_first_ns, r.inval_loop_ns, r.fill_ns, r.refill_after_clear_ns,
+          r.map_clear_ns);
       std::fflush(stdout);
     }
     if (!csv.empty()) {

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # compare.sh — hostcache against its peers on this machine, end to end.
 #
-#   bench/compare.sh [--quick] [--no-build] [--no-install]
+#   [RESULTS_DIR=dir] [JOBS=n] bench/compare.sh [--quick] [--no-build] [--no-install]
 #
 # Installs the peers (scripts/install-deps.sh --bench), builds build-bench,
 # starts Redis and memcached on 127.0.0.1 at random free ports (each with its
 # own pid file and directory, stopped by pid on exit), runs every benchmark
 # with a bounded duration (a few minutes on 2 cores; --quick: well under one),
 # and writes bench/results/<hostname>-<date>.md with gnuplot PNGs beside it.
+#
+# Google Benchmark results are JSON (its CSV reporter aborts when runs carry
+# different counters), read with jq.
 #
 # Exits non-zero if any hostcache run failed or read a corrupt value; a peer
 # that cannot be started or run is reported as missing, not fatal.
@@ -29,13 +32,14 @@ done
 
 HOST=$(hostname -s)
 STAMP=$(date +%Y-%m-%d)
-OUT=$ROOT/bench/results
+OUT=${RESULTS_DIR:-$ROOT/bench/results}  # RESULTS_DIR: somewhere else (a trial run)
 BASE=$OUT/$HOST-$STAMP
 REPORT=$BASE.md
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hostcache-compare.XXXXXX")
 RAW=$WORK/raw
 mkdir -p "$OUT" "$RAW"
 SEG_PREFIX="hcbench-cmp-$$"
+export HCBENCH_PREFIX=$SEG_PREFIX  # every segment the benchmarks create starts with it
 failed=0
 
 # ---- peers: started here, stopped by pid ---------------------------------------
@@ -101,13 +105,16 @@ if ((BUILD_IT)); then
 fi
 [[ -x $BIN/hostcache-bench ]] || { echo "compare.sh: $BIN/hostcache-bench not built" >&2; exit 1; }
 
+cut -d' ' -f1-3 /proc/loadavg >"$RAW/loadavg_start"
 start_redis || echo "compare.sh: redis not available; skipped" >&2
 start_memcached || echo "compare.sh: memcached not available; skipped" >&2
 
 NPROC=$(nproc)
 PROCS=()
 for p in 1 2 4 8 16; do ((p <= (NPROC > 4 ? NPROC : 4))) && PROCS+=("$p"); done
-if ((QUICK)); then DUR=0.5 WARM=0.2 KEYS=20000; else DUR=2 WARM=0.5 KEYS=100000; fi
+# Each load run REPEAT times; the report takes the median (a shared 2-core
+# machine makes single runs noisy).
+if ((QUICK)); then DUR=0.5 WARM=0.2 KEYS=20000 REPEAT=1; else DUR=1.5 WARM=0.5 KEYS=100000 REPEAT=3; fi
 BACKENDS=(hostcache mutex-map lmdb)
 [[ -n $REDIS_PORT ]] && BACKENDS+=(redis redis-pipelined)
 [[ -n $MEMCACHED_PORT ]] && BACKENDS+=(memcached)
@@ -121,15 +128,18 @@ run_load() {  # run_load LABEL BACKEND PROCS [extra args...]
   local port=()
   [[ $backend == redis* ]] && port=(--port "$REDIS_PORT")
   [[ $backend == memcached ]] && port=(--port "$MEMCACHED_PORT")
-  echo "== $label: $backend x$procs"
-  timeout 120 "$BIN/hostcache-bench" --backend "$backend" -p "$procs" --keys "$KEYS" \
-    --key-size 48 --value-size 256 --duration "$DUR" --warmup "$WARM" --max-seconds 60 \
-    --name "$SEG_PREFIX-$label-$backend-$procs" --lmdb-dir "/dev/shm/$SEG_PREFIX-lmdb" \
-    --label "$label" --csv "$CSV" "${port[@]}" "$@" || rc=$?
-  if ((rc != 0)); then
-    echo "compare.sh: $label $backend x$procs exited $rc" >&2
-    [[ $backend == hostcache ]] && failed=1
-  fi
+  for ((r = 1; r <= REPEAT; r++)); do
+    echo "== $label: $backend x$procs ($r/$REPEAT)"
+    rc=0
+    timeout 120 "$BIN/hostcache-bench" --backend "$backend" -p "$procs" --keys "$KEYS" \
+      --key-size 48 --value-size 256 --duration "$DUR" --warmup "$WARM" --max-seconds 60 \
+      --name "$SEG_PREFIX-$label-$backend-$procs" --lmdb-dir "/dev/shm/$SEG_PREFIX-lmdb" \
+      --seed "$r" --label "$label" --csv "$CSV" "${port[@]}" "$@" || rc=$?
+    if ((rc != 0)); then
+      echo "compare.sh: $label $backend x$procs exited $rc" >&2
+      [[ $backend == hostcache ]] && failed=1
+    fi
+  done
   return 0
 }
 
@@ -150,7 +160,7 @@ if [[ -x $BIN/bench_cache ]]; then
   echo "== bench_cache"
   timeout 300 "$BIN/bench_cache" --benchmark_min_time="$MIN_TIME" --benchmark_repetitions="$REPS" \
     --benchmark_report_aggregates_only=$([[ $REPS == 1 ]] && echo false || echo true) \
-    --benchmark_out="$RAW/bench_cache.csv" --benchmark_out_format=csv || failed=1
+    --benchmark_out="$RAW/bench_cache.json" --benchmark_out_format=json || failed=1
 fi
 if [[ -x $BIN/eviction_quality ]]; then
   echo "== eviction_quality"
@@ -168,14 +178,16 @@ fi
 if [[ -x $BIN/bench_memoize ]]; then  # the memoize work's headline (issue: memoize)
   echo "== bench_memoize"
   timeout 300 "$BIN/bench_memoize" --benchmark_min_time="$MIN_TIME" \
-    --benchmark_out="$RAW/bench_memoize.csv" --benchmark_out_format=csv || failed=1
+    --benchmark_out="$RAW/bench_memoize.json" --benchmark_out_format=json || failed=1
 fi
 
 # ---- report --------------------------------------------------------------------------
 
+cut -d' ' -f1-3 /proc/loadavg >"$RAW/loadavg_end"
 cp "$CSV" "$BASE-load.csv" 2>/dev/null || true
-for f in bench_cache eviction clear bench_memoize; do
-  [[ -f $RAW/$f.csv ]] && cp "$RAW/$f.csv" "$BASE-$f.csv"
+# Raw rows beside the report (CSV is git-ignored: the report carries the tables).
+for f in eviction.csv clear.csv; do
+  [[ -f $RAW/$f ]] && cp "$RAW/$f" "$BASE-$f"
 done
 "$ROOT/bench/report.sh" "$RAW" "$BASE" "$((failed))" "${PROCS[*]}"
 echo "compare.sh: wrote $REPORT"

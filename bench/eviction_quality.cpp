@@ -14,11 +14,11 @@
 //    is the price of the index and the per-entry headers.
 // Every hit is verified (bench_common.h), so a figure never comes from a cache
 // that returned wrong bytes.
-#include <CLI/CLI.hpp>
 #include <hostcache/cache.h>
 #include <hostcache/inspect.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
 
@@ -80,7 +80,7 @@ struct Params {
 };
 
 std::string seg_name(const char* what) {
-  return "hcbench-evict-" + std::to_string(::getpid()) + "-" + what;
+  return segment_prefix() + "-evict-" + std::to_string(::getpid()) + "-" + what;
 }
 
 // What hostcache charges for an entry beyond its key and value bytes: the
@@ -169,8 +169,10 @@ int main(int argc, char** argv) {
   app.add_option("--keys", p.keys, "distinct keys");
   app.add_option("--requests", p.requests, "measured requests per configuration");
   app.add_option("--warmup", p.warmup, "requests replayed first, not measured");
-  app.add_option("--key-size", p.key_size, "key bytes")->check(CLI::Range(std::size_t(kMinKeyBytes), std::size_t(1024)));
-  app.add_option("--value-size", value_size, "value bytes: N or MIN-MAX (per key, fixed for the run)");
+  app.add_option("--key-size", p.key_size, "key bytes")
+      ->check(CLI::Range(std::size_t(kMinKeyBytes), std::size_t(1024)));
+  app.add_option("--value-size", value_size,
+                 "value bytes: N or MIN-MAX (per key, fixed for the run)");
   app.add_option("--zipf", p.exponents, "Zipf exponents");
   app.add_option("--fractions", p.fractions, "cache sizes as fractions of the working set");
   app.add_option("--seed", p.seed, "trace seed");
@@ -200,13 +202,14 @@ int main(int argc, char** argv) {
       for (double f : p.fractions) {
         rows.push_back(run_one(p, keys, vsize, working_set, overhead, s, f));
         const Row& r = rows.back();
-        std::printf("zipf %.2f  cache %2.0f%% of %llu B: capacity %llu B, arena %llu B (%.1f%%), "
-                    "%llu stripes | hostcache %.4f  LRU(arena) %.4f  LRU(nominal) %.4f  "
-                    "diff %+.2f pts\n",
-                    r.s, r.fraction * 100, (unsigned long long)r.working_set,
-                    (unsigned long long)r.capacity, (unsigned long long)r.arena,
-                    100.0 * double(r.arena) / double(r.capacity), (unsigned long long)r.stripes,
-                    r.hostcache, r.lru_arena, r.lru_nominal, 100 * (r.hostcache - r.lru_arena));
+        std::printf(
+            "zipf %.2f  cache %2.0f%% of %llu B: capacity %llu B, arena %llu B (%.1f%%), "
+            "%llu stripes | hostcache %.4f  LRU(arena) %.4f  LRU(nominal) %.4f  "
+            "diff %+.2f pts\n",
+            r.s, r.fraction * 100, (unsigned long long)r.working_set,
+            (unsigned long long)r.capacity, (unsigned long long)r.arena,
+            100.0 * double(r.arena) / double(r.capacity), (unsigned long long)r.stripes,
+            r.hostcache, r.lru_arena, r.lru_nominal, 100 * (r.hostcache - r.lru_arena));
         std::fflush(stdout);
       }
     std::printf("per-entry overhead charged to LRU(arena): %llu B (measured)\n",
@@ -228,12 +231,12 @@ int main(int argc, char** argv) {
              "|---|---|---|---|---|---|---|---|\n";
       char line[400];
       for (const Row& r : rows) {
-        std::snprintf(line, sizeof(line),
-                      "| %.1f | %.0f%% | %llu | %llu (%.1f%%) | %.2f%% | %.2f%% | %+.2f | %.2f%% |\n",
-                      r.s, r.fraction * 100, (unsigned long long)r.capacity,
-                      (unsigned long long)r.arena, 100.0 * double(r.arena) / double(r.capacity),
-                      100 * r.hostcache, 100 * r.lru_arena, 100 * (r.hostcache - r.lru_arena),
-                      100 * r.lru_nominal);
+        std::snprintf(
+            line, sizeof(line),
+            "| %.1f | %.0f%% | %llu | %llu (%.1f%%) | %.2f%% | %.2f%% | %+.2f | %.2f%% |\n", r.s,
+            r.fraction * 100, (unsigned long long)r.capacity, (unsigned long long)r.arena,
+            100.0 * double(r.arena) / double(r.capacity), 100 * r.hostcache, 100 * r.lru_arena,
+            100 * (r.hostcache - r.lru_arena), 100 * r.lru_nominal);
         out << line;
       }
       out << "\nWorking set " << working_set << " B (" << p.keys << " keys of " << p.key_size

@@ -10,16 +10,17 @@
 // verify (corrupt); 3 the run overran its bound and was killed; 64 bad usage.
 // The whole run is bounded: workers stop by max_seconds, and the parent kills
 // any that outlive it by a grace period.
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "load.h"
@@ -41,9 +42,35 @@ std::string host_name() {
   return buf;
 }
 
+// CPU time the whole machine spent busy, from /proc/stat, in seconds.
+struct MachineCpu {
+  double busy = 0, total = 0;
+  static MachineCpu now() {
+    std::ifstream in("/proc/stat");
+    std::string cpu;
+    unsigned long long v[8] = {};
+    in >> cpu >> v[0] >> v[1] >> v[2] >> v[3] >> v[4] >> v[5] >> v[6] >> v[7];
+    const double tick = double(::sysconf(_SC_CLK_TCK));
+    MachineCpu m;
+    for (auto x : v) m.total += double(x) / tick;
+    m.busy = m.total - double(v[3] + v[4]) / tick;  // minus idle and iowait
+    return m;
+  }
+};
+
+double cpu_seconds(int who) {
+  rusage u{};
+  ::getrusage(who, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
 struct Totals {
   std::uint64_t ops = 0, gets = 0, hits = 0, sets = 0, clears = 0, invalidates = 0, corrupt = 0;
   double ops_per_s = 0, min_proc = 0, max_proc = 0, seconds = 0;
+  // Share of the machine's CPU time that other programs used during the run:
+  // on a shared machine, the figure that says whether the others are trustworthy.
+  double other_cpu_pct = 0;
   Histogram get_lat{}, set_lat{}, batch_lat{}, control_lat{};
   std::vector<double> per_proc;
 };
@@ -74,7 +101,9 @@ Totals sum(const SharedBlock& shared) {
 }
 
 nlohmann::json percentiles(const Histogram& h) {
-  return {{"samples", h.total}, {"p50", h.quantile(0.5)}, {"p99", h.quantile(0.99)},
+  return {{"samples", h.total},
+          {"p50", h.quantile(0.5)},
+          {"p99", h.quantile(0.99)},
           {"p999", h.quantile(0.999)}};
 }
 
@@ -92,7 +121,7 @@ void write_csv(const std::string& path, const std::string& label, const LoadSpec
     out << "label,backend,processes,keys,key_size,value_size,read_ratio,dist,zipf_s,ttl_ms,tags,"
            "clear_per_s,invalidate_per_s,pipeline,seconds,ops,ops_per_s,min_proc_ops_per_s,"
            "max_proc_ops_per_s,hit_ratio,get_p50_ns,get_p99_ns,get_p999_ns,set_p50_ns,set_p99_ns,"
-           "set_p999_ns,batch_p50_ns,batch_p99_ns,batch_p999_ns,corrupt,host,cpu\n";
+           "set_p999_ns,batch_p50_ns,batch_p99_ns,batch_p999_ns,corrupt,host,cpu,other_cpu_pct\n";
   }
   auto clean = [](std::string v) {
     for (char& c : v) c = c == ',' ? ';' : c;
@@ -102,13 +131,14 @@ void write_csv(const std::string& path, const std::string& label, const LoadSpec
   out << clean(label) << ',' << s.backend.backend << ',' << s.processes << ',' << s.keys << ','
       << s.key_size << ',' << s.value_size.str() << ',' << s.read_ratio << ',' << dist_name(s)
       << ',' << s.zipf << ',' << s.backend.ttl_ms << ',' << s.tags << ',' << s.clear_per_s << ','
-      << s.invalidate_per_s << ',' << s.backend.pipeline << ',' << t.seconds << ',' << t.ops
-      << ',' << std::uint64_t(t.ops_per_s) << ',' << std::uint64_t(t.min_proc) << ','
+      << s.invalidate_per_s << ',' << s.backend.pipeline << ',' << t.seconds << ',' << t.ops << ','
+      << std::uint64_t(t.ops_per_s) << ',' << std::uint64_t(t.min_proc) << ','
       << std::uint64_t(t.max_proc) << ',' << hit;
   for (const Histogram* h : {&t.get_lat, &t.set_lat, &t.batch_lat}) {
     out << ',' << h->quantile(0.5) << ',' << h->quantile(0.99) << ',' << h->quantile(0.999);
   }
-  out << ',' << t.corrupt << ',' << clean(host_name()) << ',' << clean(cpu_model()) << '\n';
+  out << ',' << t.corrupt << ',' << clean(host_name()) << ',' << clean(cpu_model()) << ','
+      << t.other_cpu_pct << '\n';
 }
 
 nlohmann::json to_json(const std::string& label, const LoadSpec& s, const Totals& t,
@@ -118,37 +148,61 @@ nlohmann::json to_json(const std::string& label, const LoadSpec& s, const Totals
   j["machine"] = {{"host", host_name()},
                   {"cpu", cpu_model()},
                   {"online_cpus", ::sysconf(_SC_NPROCESSORS_ONLN)}};
-  j["config"] = {{"backend", s.backend.backend}, {"processes", s.processes},
-                 {"threaded", is_threaded(s.backend.backend)}, {"keys", s.keys},
-                 {"key_size", s.key_size}, {"value_size", s.value_size.str()},
-                 {"read_ratio", s.read_ratio}, {"distribution", dist_name(s)},
-                 {"zipf_s", s.zipf}, {"ttl_ms", s.backend.ttl_ms}, {"tags", s.tags},
-                 {"clear_per_s", s.clear_per_s}, {"invalidate_per_s", s.invalidate_per_s},
-                 {"pipeline", s.backend.pipeline}, {"warmup_s", s.warmup_s},
-                 {"duration_s", s.duration_s}, {"ops_per_worker", s.ops},
-                 {"set_on_miss", s.set_on_miss}, {"sample_every", s.sample_every},
+  j["config"] = {{"backend", s.backend.backend},
+                 {"processes", s.processes},
+                 {"threaded", is_threaded(s.backend.backend)},
+                 {"keys", s.keys},
+                 {"key_size", s.key_size},
+                 {"value_size", s.value_size.str()},
+                 {"read_ratio", s.read_ratio},
+                 {"distribution", dist_name(s)},
+                 {"zipf_s", s.zipf},
+                 {"ttl_ms", s.backend.ttl_ms},
+                 {"tags", s.tags},
+                 {"clear_per_s", s.clear_per_s},
+                 {"invalidate_per_s", s.invalidate_per_s},
+                 {"pipeline", s.backend.pipeline},
+                 {"warmup_s", s.warmup_s},
+                 {"duration_s", s.duration_s},
+                 {"ops_per_worker", s.ops},
+                 {"set_on_miss", s.set_on_miss},
+                 {"sample_every", s.sample_every},
                  {"capacity_bytes", s.backend.capacity_bytes}};
-  j["totals"] = {{"ops", t.ops}, {"ops_per_s", t.ops_per_s}, {"seconds", t.seconds},
-                 {"gets", t.gets}, {"hits", t.hits}, {"sets", t.sets}, {"clears", t.clears},
-                 {"invalidates", t.invalidates}, {"corrupt", t.corrupt},
+  j["totals"] = {{"ops", t.ops},
+                 {"ops_per_s", t.ops_per_s},
+                 {"seconds", t.seconds},
+                 {"gets", t.gets},
+                 {"hits", t.hits},
+                 {"sets", t.sets},
+                 {"clears", t.clears},
+                 {"invalidates", t.invalidates},
+                 {"corrupt", t.corrupt},
+                 {"other_cpu_pct", t.other_cpu_pct},
                  {"hit_ratio", t.gets ? double(t.hits) / double(t.gets) : 0.0}};
-  j["latency_ns"] = {{"get", percentiles(t.get_lat)}, {"set", percentiles(t.set_lat)},
-                     {"batch", percentiles(t.batch_lat)}, {"control", percentiles(t.control_lat)}};
+  j["latency_ns"] = {{"get", percentiles(t.get_lat)},
+                     {"set", percentiles(t.set_lat)},
+                     {"batch", percentiles(t.batch_lat)},
+                     {"control", percentiles(t.control_lat)}};
   for (unsigned i = 0; i < shared.count; ++i) {
     const WorkerResult& r = shared.workers[i];
-    j["workers"].push_back({{"ops", r.ops}, {"ops_per_s", t.per_proc[i]},
-                            {"seconds", double(r.elapsed_ns) / 1e9}, {"hits", r.hits},
-                            {"gets", r.gets}, {"corrupt", r.corrupt}});
+    j["workers"].push_back({{"ops", r.ops},
+                            {"ops_per_s", t.per_proc[i]},
+                            {"seconds", double(r.elapsed_ns) / 1e9},
+                            {"hits", r.hits},
+                            {"gets", r.gets},
+                            {"corrupt", r.corrupt}});
   }
   return j;
 }
 
 void print(const LoadSpec& s, const Totals& t) {
   const double hit = t.gets ? double(t.hits) / double(t.gets) : 0;
-  std::printf("%s x%u (%s): %.0f ops/s total, per worker %.0f..%.0f, %.2fs, hit ratio %.4f\n",
-              s.backend.backend.c_str(), s.processes,
-              is_threaded(s.backend.backend) ? "threads" : "processes", t.ops_per_s, t.min_proc,
-              t.max_proc, t.seconds, hit);
+  std::printf(
+      "%s x%u (%s): %.0f ops/s total, per worker %.0f..%.0f, %.2fs, hit ratio %.4f, other "
+      "programs used %.0f%% of the CPU\n",
+      s.backend.backend.c_str(), s.processes,
+      is_threaded(s.backend.backend) ? "threads" : "processes", t.ops_per_s, t.min_proc, t.max_proc,
+      t.seconds, hit, t.other_cpu_pct);
   auto line = [](const char* what, const Histogram& h) {
     if (h.total == 0) return;
     std::printf("  %-8s p50 %7llu ns  p99 %7llu ns  p999 %7llu ns  (%llu samples)\n", what,
@@ -208,17 +262,23 @@ int run(const LoadSpec& spec, const std::string& label, const std::string& csv,
   std::memset(static_cast<void*>(shared->workers), 0, spec.processes * sizeof(WorkerResult));
   shared->count = spec.processes;
 
-  const double bound_s = std::min(spec.max_seconds,
-                                  spec.ops > 0 ? spec.max_seconds : spec.warmup_s + spec.duration_s);
+  const double bound_s =
+      std::min(spec.max_seconds, spec.ops > 0 ? spec.max_seconds : spec.warmup_s + spec.duration_s);
   bool ok = true, overran = false;
+  MachineCpu machine_before;
+  double own_before = 0, own = 0;
   std::fflush(nullptr);
   if (is_threaded(spec.backend.backend)) {
     std::vector<std::thread> threads;
     for (unsigned i = 0; i < spec.processes; ++i)
       threads.emplace_back([&, i] { run_worker(i, spec, wl, *shared); });
-    while (shared->ready.load() < spec.processes) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    while (shared->ready.load() < spec.processes)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    own_before = cpu_seconds(RUSAGE_SELF);
+    machine_before = MachineCpu::now();
     shared->go.store(1);
     for (auto& t : threads) t.join();  // workers bound themselves by max_seconds
+    own = cpu_seconds(RUSAGE_SELF) - own_before;
   } else {
     std::vector<pid_t> pids;
     for (unsigned i = 0; i < spec.processes; ++i) {
@@ -234,8 +294,10 @@ int run(const LoadSpec& spec, const std::string& label, const std::string& csv,
     const std::uint64_t ready_deadline = now_ns() + 60'000'000'000ull;
     while (shared->ready.load() < spec.processes && now_ns() < ready_deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    machine_before = MachineCpu::now();
     shared->go.store(1);
     ok = reap(pids, now_ns() + std::uint64_t((bound_s + 15) * 1e9), overran);
+    own = cpu_seconds(RUSAGE_CHILDREN);  // includes each worker's attach: a slight overcount
   }
   for (unsigned i = 0; i < spec.processes; ++i) {
     const WorkerResult& r = shared->workers[i];
@@ -253,7 +315,12 @@ int run(const LoadSpec& spec, const std::string& label, const std::string& csv,
     std::fprintf(stderr, "hostcache-bench: a worker failed; no figures reported\n");
     return 1;
   }
-  const Totals t = sum(*shared);
+  Totals t = sum(*shared);
+  const MachineCpu machine_after = MachineCpu::now();
+  const double window = machine_after.total - machine_before.total;
+  if (window > 0)
+    t.other_cpu_pct =
+        std::max(0.0, 100.0 * (machine_after.busy - machine_before.busy - own) / window);
   print(spec, t);
   if (t.corrupt > 0) {
     std::fprintf(stderr, "hostcache-bench: %llu CORRUPT reads; no figures written\n",
@@ -261,7 +328,8 @@ int run(const LoadSpec& spec, const std::string& label, const std::string& csv,
     return 2;
   }
   if (!csv.empty()) write_csv(csv, label, spec, t);
-  if (!json_path.empty()) std::ofstream(json_path) << to_json(label, spec, t, *shared).dump(2) << '\n';
+  if (!json_path.empty())
+    std::ofstream(json_path) << to_json(label, spec, t, *shared).dump(2) << '\n';
   ::munmap(mem, bytes);
   return 0;
 }
@@ -279,22 +347,33 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(available_backends()));
   app.add_option("-p,--processes", spec.processes, "worker processes (threads for mutex-map)")
       ->check(CLI::Range(1u, 1024u));
-  app.add_option("--keys", spec.keys, "distinct keys")->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 32));
-  app.add_option("--key-size", spec.key_size, "key bytes")->check(CLI::Range(std::size_t(kMinKeyBytes), std::size_t(250)));
+  app.add_option("--keys", spec.keys, "distinct keys")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 32));
+  app.add_option("--key-size", spec.key_size, "key bytes")
+      ->check(CLI::Range(std::size_t(kMinKeyBytes), std::size_t(250)));
   app.add_option("--value-size", value_size, "value bytes: N, or MIN-MAX (uniform)");
-  app.add_option("--read-ratio", spec.read_ratio, "fraction of ops that are gets")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--read-ratio", spec.read_ratio, "fraction of ops that are gets")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--dist", dist, "key distribution")->check(CLI::IsMember({"uniform", "zipf"}));
   app.add_option("--zipf", spec.zipf, "Zipf exponent (with --dist zipf)")->default_val(0.99);
-  app.add_option("--ttl-ms", spec.backend.ttl_ms, "TTL of every set (0: the store's default)")->check(CLI::NonNegativeNumber);
+  app.add_option("--ttl-ms", spec.backend.ttl_ms, "TTL of every set (0: the store's default)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--tags", spec.tags, "distinct tags (key k carries tag k % N; hostcache only)");
-  app.add_option("--duration", spec.duration_s, "measured seconds")->check(CLI::Range(0.01, 3600.0));
-  app.add_option("--warmup", spec.warmup_s, "discarded seconds before measuring")->check(CLI::Range(0.0, 600.0));
+  app.add_option("--duration", spec.duration_s, "measured seconds")
+      ->check(CLI::Range(0.01, 3600.0));
+  app.add_option("--warmup", spec.warmup_s, "discarded seconds before measuring")
+      ->check(CLI::Range(0.0, 600.0));
   app.add_option("--ops", spec.ops, "measured ops per worker (instead of --duration)");
-  app.add_option("--max-seconds", spec.max_seconds, "hard bound on a run")->check(CLI::Range(0.1, 3600.0));
-  app.add_option("--clear-per-s", spec.clear_per_s, "clear() calls per second (worker 0)")->check(CLI::NonNegativeNumber);
-  app.add_option("--invalidate-per-s", spec.invalidate_per_s, "invalidate(tag) calls per second (worker 0)")->check(CLI::NonNegativeNumber);
+  app.add_option("--max-seconds", spec.max_seconds, "hard bound on a run")
+      ->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--clear-per-s", spec.clear_per_s, "clear() calls per second (worker 0)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--invalidate-per-s", spec.invalidate_per_s,
+                 "invalidate(tag) calls per second (worker 0)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("!--no-set-on-miss", spec.set_on_miss, "do not refill after a miss");
-  app.add_option("--pipeline", spec.backend.pipeline, "ops per round trip (redis-pipelined)")->check(CLI::Range(1u, 4096u));
+  app.add_option("--pipeline", spec.backend.pipeline, "ops per round trip (redis-pipelined)")
+      ->check(CLI::Range(1u, 4096u));
   auto* sample_opt = app.add_option("--sample-every", spec.sample_every,
                                     "time one batch in N (default: 32 in memory, 1 over a socket)")
                          ->check(CLI::Range(1u, 1u << 20));
@@ -321,7 +400,8 @@ int main(int argc, char** argv) {
   if (dist == "uniform") spec.zipf = 0;
   // Two clock reads cost ~40 ns: sampling keeps them from taxing a 100 ns op,
   // and over a socket (tens of microseconds) they are free, so time every op.
-  const bool socket = spec.backend.backend.rfind("redis", 0) == 0 || spec.backend.backend == "memcached";
+  const bool socket =
+      spec.backend.backend.rfind("redis", 0) == 0 || spec.backend.backend == "memcached";
   if (sample_opt->count() == 0) spec.sample_every = socket ? 1 : 32;
   if (spec.ops == 0 && spec.warmup_s + spec.duration_s > spec.max_seconds) {
     std::fprintf(stderr, "hostcache-bench: --warmup + --duration exceed --max-seconds\n");
@@ -330,12 +410,14 @@ int main(int argc, char** argv) {
   const std::string pid = std::to_string(::getpid());
   const double set_bytes = double(spec.keys) * double(spec.key_size + spec.value_size.max + 160);
   spec.backend.max_value_bytes = spec.value_size.max;
-  if (spec.backend.name.empty()) spec.backend.name = "hcbench-" + pid;
-  spec.backend.capacity_bytes =
-      capacity_mb > 0 ? std::uint64_t(capacity_mb * 1048576) : std::uint64_t(std::max(2 * set_bytes, 64.0 * 1048576));
+  if (spec.backend.name.empty()) spec.backend.name = segment_prefix() + "-" + pid;
+  spec.backend.capacity_bytes = capacity_mb > 0
+                                    ? std::uint64_t(capacity_mb * 1048576)
+                                    : std::uint64_t(std::max(2 * set_bytes, 64.0 * 1048576));
   if (spec.backend.dir.empty()) spec.backend.dir = "/dev/shm/hcbench-lmdb-" + pid;
-  spec.backend.lmdb_map_bytes =
-      lmdb_map_mb > 0 ? std::uint64_t(lmdb_map_mb * 1048576) : std::uint64_t(std::max(4 * set_bytes, 64.0 * 1048576));
+  spec.backend.lmdb_map_bytes = lmdb_map_mb > 0
+                                    ? std::uint64_t(lmdb_map_mb * 1048576)
+                                    : std::uint64_t(std::max(4 * set_bytes, 64.0 * 1048576));
   if (label.empty()) label = spec.backend.backend + "-p" + std::to_string(spec.processes);
   try {
     return run(spec, label, csv, json);

@@ -28,16 +28,16 @@ struct LoadSpec {
   std::size_t key_size = 48;
   SizeSpec value_size;
   double read_ratio = 0.95;
-  double zipf = 0;                  // 0: uniform; else the Zipf exponent
-  unsigned tags = 0;                // 0: no tags; else key k carries tag "tag-(k % tags)"
-  double warmup_s = 0.5;            // not measured
-  double duration_s = 3;            // measured (ignored when ops > 0)
-  std::uint64_t ops = 0;            // > 0: measured ops per worker instead of a duration
-  double max_seconds = 120;         // hard bound on a worker's whole run
-  double clear_per_s = 0;           // clear() calls per second, issued by worker 0
-  double invalidate_per_s = 0;      // invalidate(random tag) per second, by worker 0
-  bool set_on_miss = true;          // cache-aside: a miss is followed by a set
-  unsigned sample_every = 32;       // time one batch in this many
+  double zipf = 0;              // 0: uniform; else the Zipf exponent
+  unsigned tags = 0;            // 0: no tags; else key k carries tag "tag-(k % tags)"
+  double warmup_s = 0.5;        // not measured
+  double duration_s = 3;        // measured (ignored when ops > 0)
+  std::uint64_t ops = 0;        // > 0: measured ops per worker instead of a duration
+  double max_seconds = 120;     // hard bound on a worker's whole run
+  double clear_per_s = 0;       // clear() calls per second, issued by worker 0
+  double invalidate_per_s = 0;  // invalidate(random tag) per second, by worker 0
+  bool set_on_miss = true;      // cache-aside: a miss is followed by a set
+  unsigned sample_every = 32;   // time one batch in this many
   std::uint64_t seed = 1;
 };
 
@@ -49,15 +49,16 @@ struct Workload {
     for (unsigned t = 0; t < spec.tags; ++t) tag_names.push_back("tag-" + std::to_string(t));
   }
   std::string_view tag_of(std::uint64_t key) const {
-    return tag_names.empty() ? std::string_view() : std::string_view(tag_names[key % tag_names.size()]);
+    return tag_names.empty() ? std::string_view()
+                             : std::string_view(tag_names[key % tag_names.size()]);
   }
 };
 
 struct WorkerResult {
   std::uint64_t ops, gets, hits, sets, clears, invalidates, corrupt;
-  std::uint64_t elapsed_ns;         // the measured window
+  std::uint64_t elapsed_ns;  // the measured window
   std::uint32_t finished, failed;
-  std::uint32_t ops_target_missed;  // ops mode: max_seconds ran out first
+  std::uint32_t ops_target_missed;                     // ops mode: max_seconds ran out first
   Histogram get_lat, set_lat, batch_lat, control_lat;  // control: clear/invalidate
   char error[256];
 };
@@ -66,7 +67,7 @@ struct SharedBlock {
   std::atomic<std::uint32_t> ready;  // workers that finished their setup
   std::atomic<std::uint32_t> go;     // set by the parent once all are ready
   std::uint32_t count;
-  WorkerResult workers[1];           // `count` of them (allocated to size)
+  WorkerResult workers[1];  // `count` of them (allocated to size)
 
   static std::size_t bytes_for(unsigned workers) {
     return sizeof(SharedBlock) + (workers - 1) * sizeof(WorkerResult);

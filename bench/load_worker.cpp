@@ -69,8 +69,9 @@ class Worker {
     const std::uint64_t warm_end = t0 + std::uint64_t(spec_.warmup_s * 1e9);
     bool measuring = spec_.warmup_s <= 0;
     std::uint64_t start = t0;
-    std::uint64_t end = spec_.ops > 0 ? hard_end
-                                      : std::min(hard_end, warm_end + std::uint64_t(spec_.duration_s * 1e9));
+    std::uint64_t end = spec_.ops > 0
+                            ? hard_end
+                            : std::min(hard_end, warm_end + std::uint64_t(spec_.duration_s * 1e9));
     if (measuring) reset(t0, start);
     // Worker 0 alone issues clears and invalidations, at a fixed rate.
     const bool control = id_ == 0;
@@ -86,7 +87,7 @@ class Worker {
       backend.run(batch_);
       if (timed) {
         now = now_ns();
-        Histogram& h = depth_ > 1 ? r_.batch_lat
+        Histogram& h = depth_ > 1                        ? r_.batch_lat
                        : batch_[0].kind == Op::Kind::get ? r_.get_lat
                                                          : r_.set_lat;
         h.record(now - before);
@@ -100,12 +101,14 @@ class Worker {
         reset(now, start);
       }
       if (control && clear_gap > 0 && double(now) >= next_clear) {
-        control_op(backend, [&] { backend.clear(); }, r_.clears);
+        control_op(
+            backend, [&] { backend.clear(); }, r_.clears);
         next_clear += clear_gap;
       }
       if (control && inval_gap > 0 && double(now) >= next_inval && !wl_.tag_names.empty()) {
         const std::string& tag = wl_.tag_names[rng_.below(wl_.tag_names.size())];
-        control_op(backend, [&] { backend.invalidate(tag); }, r_.invalidates);
+        control_op(
+            backend, [&] { backend.invalidate(tag); }, r_.invalidates);
         next_inval += inval_gap;
       }
       if (measuring && spec_.ops > 0 && r_.ops >= spec_.ops) break;
@@ -175,7 +178,8 @@ class Worker {
       const Verdict verdict = verify_value(op.key, *op.out);
       if (verdict != Verdict::ok) {
         if (r_.corrupt++ < 3) {
-          std::fprintf(stderr, "hostcache-bench: worker %u: CORRUPT read of key '%.*s' (%zu bytes): %s\n",
+          std::fprintf(stderr,
+                       "hostcache-bench: worker %u: CORRUPT read of key '%.*s' (%zu bytes): %s\n",
                        id_, int(op.key.size()), op.key.data(), op.out->size(), to_string(verdict));
         }
       }

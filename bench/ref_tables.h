@@ -105,9 +105,7 @@ class ShardedMap {
  public:
   static constexpr const char* kName = "sharded unordered_map (64 mutexes)";
   static constexpr unsigned kShards = 64;
-  bool get(std::string_view key, std::string& value) {
-    return shard(key).map.get(key, value, 0);
-  }
+  bool get(std::string_view key, std::string& value) { return shard(key).map.get(key, value, 0); }
   void set(std::string_view key, std::string_view value, std::int64_t = 0) {
     shard(key).map.set(key, value, 0);
   }

@@ -14,25 +14,48 @@ NAME=$(basename "$BASE")
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
 virt=$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)
-rev=$(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo "uncommitted tree")
+top=$(dirname "$0")/..
+rev=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+[[ -n $(git -C "$top" status --porcelain -- src include 2>/dev/null) ]] && rev="$rev with uncommitted library changes"
 MACHINE="$(nproc)-core ${virt:+$virt VM, }$cpu, $mem, Debian $(cat /etc/debian_version 2>/dev/null), Linux $(uname -r)"
 
-# load_field LABEL BACKEND PROCS COLUMN: one value from the load CSV.
+# Google Benchmark JSON -> TSV: name real_time cpu_time unit items/s label error.
+# Repeated runs keep only their median; single runs keep their iteration row.
+gb_tsv() {
+  jq -r '.benchmarks[]
+    | select((.run_type == "aggregate" and .aggregate_name == "median") or
+             (.run_type == "iteration" and (.repetitions // 1) <= 1))
+    | [(.run_name // .name), .real_time, .cpu_time, .time_unit, (.items_per_second // ""),
+       ((.label // "") | gsub("\t"; " ")), (if .error_occurred then (.error_message // "error") else "" end)]
+    | @tsv' "$1"
+}
+for f in bench_cache bench_memoize; do
+  [[ -f $RAW/$f.json ]] && command -v jq >/dev/null && gb_tsv "$RAW/$f.json" >"$RAW/$f.tsv"
+done
+
+# load_field LABEL BACKEND PROCS COLUMN: the median over repeated runs, from the load CSV.
 load_field() {
   [[ -f $LOAD ]] || { echo ""; return; }
   awk -F, -v l="$1" -v b="$2" -v p="$3" -v col="$4" '
     NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
-    $c["label"] == l && $c["backend"] == b && $c["processes"] == p { v = $c[col] }
-    END { print v }' "$LOAD"
+    $c["label"] == l && $c["backend"] == b && $c["processes"] == p { v[n++] = $c[col] + 0 }
+    END {
+      if (n == 0) { print ""; exit }
+      for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+      print v[int((n - 1) / 2)] }' "$LOAD"
 }
-# bench_field NAME COLUMN: a Google Benchmark row (the median when repeated).
+# load_max LABEL BACKEND COLUMN: the largest value over every process count and repeat.
+load_max() {
+  [[ -f $LOAD ]] || { echo ""; return; }
+  awk -F, -v l="$1" -v b="$2" -v col="$3" '
+    NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+    $c["label"] == l && $c["backend"] == b && (m == "" || $c[col] + 0 > m) { m = $c[col] + 0 }
+    END { if (m != "") printf "%.0f", m }' "$LOAD"
+}
+# bench_field NAME COLUMN(2 real, 3 cpu): a Google Benchmark figure.
 bench_field() {
-  [[ -f $RAW/bench_cache.csv ]] || { echo ""; return; }
-  awk -F, -v n="$1" -v col="$2" '
-    $1 == "name" { for (i = 1; i <= NF; i++) c[$i] = i; next }
-    { gsub(/"/, "", $1) }
-    $1 == n || $1 == n "_median" { v = $c[col] }
-    END { print v }' "$RAW/bench_cache.csv"
+  [[ -f $RAW/bench_cache.tsv ]] || { echo ""; return; }
+  awk -F'\t' -v n="$1" -v col="$2" '$1 == n { v = $col } END { print v }' "$RAW/bench_cache.tsv"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print ""; else printf "%.2f", a / b }'; }
 fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "n/a"; else if (v >= 1e6) printf "%.2f M", v / 1e6; else if (v >= 1e3) printf "%.1f k", v / 1e3; else printf "%.0f", v }'; }
@@ -47,6 +70,10 @@ verdict() { # verdict VALUE OP LIMIT
   echo
   echo "Machine: $MACHINE. Tree: $rev. Produced by \`bench/compare.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC')."
   echo "Every value read was verified (key, length, checksum); a corrupt read fails the run."
+  if [[ -f $RAW/loadavg_start ]]; then
+    echo "Load average (1, 5, 15 min) before the runs: $(cat "$RAW/loadavg_start"); after: $(cat "$RAW/loadavg_end" 2>/dev/null)."
+    echo "Anything else running on the machine inflates every figure here and flattens the scaling."
+  fi
   ((FAILED)) && echo && echo "**Some hostcache runs FAILED; see the log. Their figures are absent.**"
   echo
 
@@ -55,8 +82,8 @@ verdict() { # verdict VALUE OP LIMIT
   redis=$(load_field gethit redis 1 ops_per_s)
   lmdb=$(load_field gethit lmdb 1 ops_per_s)
   mm=$(load_field gethit mutex-map 1 ops_per_s)
-  gh=$(bench_field "BM_get_hit<HostcacheTable>/value:256" real_time)
-  gm=$(bench_field "BM_get_hit<Mutex>/value:256" real_time)
+  gh=$(bench_field "BM_get_hit<HostcacheTable>/value:256" 2)
+  gm=$(bench_field "BM_get_hit<Mutex>/value:256" 2)
   s1=$(load_field scale hostcache 1 ops_per_s)
   s2=$(load_field scale hostcache 2 ops_per_s)
   evmin=""
@@ -66,6 +93,7 @@ verdict() { # verdict VALUE OP LIMIT
     clear_r=$(awk -F, 'NR == 2 { a = $4 } END { if (a > 0) printf "%.2f", $4 / a }' "$RAW/clear.csv")
     inval_r=$(awk -F, 'NR == 2 { a = $6 } END { if (a > 0) printf "%.2f", $6 / a }' "$RAW/clear.csv")
   fi
+  [[ -n $gh ]] && gh=$(printf "%.1f" "$gh")
   r_redis=$(ratio "$hc" "$redis") r_lmdb=$(ratio "$hc" "$lmdb") r_map=$(ratio "$gh" "$gm")
   r_map_load=$(ratio "$mm" "$hc") r_scale=$(ratio "$s2" "$s1")
   echo "## Targets"
@@ -76,9 +104,9 @@ verdict() { # verdict VALUE OP LIMIT
   echo "| one process get hit: >= 100x Redis (one round trip per op) | ${r_redis:-n/a}x ($(fmt "$hc") vs $(fmt "$redis") ops/s) | $(verdict "$r_redis" ">=" 100) |"
   echo "| one process get hit: >= 3x LMDB | ${r_lmdb:-n/a}x ($(fmt "$hc") vs $(fmt "$lmdb") ops/s) | $(verdict "$r_lmdb" ">=" 3) |"
   echo "| one process get hit: within 3x of unordered_map under a mutex | ${r_map:-n/a}x the map's time (bench_cache); the map does ${r_map_load:-n/a}x hostcache's ops/s in hostcache-bench | $(verdict "$r_map" "<=" 3) |"
-  echo "| 95% reads uniform: 2 processes >= 1.8x one | ${r_scale:-n/a}x ($(fmt "$s2") vs $(fmt "$s1") ops/s) | $(verdict "$r_scale" ">=" 1.8) |"
+  echo "| 95% reads uniform: 2 processes >= 1.8x one | ${r_scale:-n/a}x ($(fmt "$s2") vs $(fmt "$s1") ops/s; other programs used up to $(load_max scale hostcache other_cpu_pct)% of the CPU during these runs) | $(verdict "$r_scale" ">=" 1.8) |"
   echo "| eviction within 2 points of exact LRU (same arena bytes) | worst row ${evmin:-n/a} points | $(verdict "$evmin" ">=" -2) |"
-  echo "| clear()/invalidate() cost at 1M entries = at 1k | 1M/1k: clear ${clear_r:-n/a}x, invalidate ${inval_r:-n/a}x (mean of back-to-back calls) | $(verdict "$clear_r" "<=" 1.5) |"
+  echo "| clear()/invalidate() cost at 1M entries = at 1k | 1M/1k: clear ${clear_r:-n/a}x, invalidate ${inval_r:-n/a}x (mean of back-to-back calls; met when <= 1.5x, a walk of 1M entries would be ~1000x) | $(verdict "$clear_r" "<=" 1.5) |"
   echo
 
   # ---- load runs ------------------------------------------------------------------
@@ -89,26 +117,28 @@ verdict() { # verdict VALUE OP LIMIT
     echo
     echo "| backend | ops/s | hostcache / backend | get p50 | get p99 | get p999 |"
     echo "|---|---|---|---|---|---|"
-    awk -F, -v hc="$hc" '
-      NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
-      $c["label"] == "gethit" {
-        p = $c["get_p50_ns"] > 0 ? "get" : "batch"
-        printf "| %s | %.0f | %.1fx | %s ns | %s ns | %s ns |\n", $c["backend"], $c["ops_per_s"],
-          hc / $c["ops_per_s"], $c[p "_p50_ns"], $c[p "_p99_ns"], $c[p "_p999_ns"] }' "$LOAD"
+    for b in $(awk -F, 'NR > 1 && $1 == "gethit" { print $2 }' "$LOAD" | awk '!seen[$0]++'); do
+      ops=$(load_field gethit "$b" 1 ops_per_s)
+      kind=get
+      [[ $(load_field gethit "$b" 1 get_p50_ns) == 0 ]] && kind=batch
+      echo "| $b$([[ $kind == batch ]] && echo " (latency per batch)") | $(fmt "$ops") | $(ratio "$hc" "$ops")x | $(load_field gethit "$b" 1 ${kind}_p50_ns) ns | $(load_field gethit "$b" 1 ${kind}_p99_ns) ns | $(load_field gethit "$b" 1 ${kind}_p999_ns) ns |"
+    done
     echo
     echo "## 95% reads, uniform keys, against processes (mutex-map: threads)"
     echo
-    printf "| backend |"; for p in $PROCS; do printf " %s |" "$p"; done; echo " x2/x1 | get p99 at 2 |"
-    printf "|---|"; for p in $PROCS; do printf -- "---|"; done; echo "---|---|"
+    printf "| backend |"; for p in $PROCS; do printf " %s |" "$p"; done; echo " x2/x1 | get p99 at 2 | others' CPU, worst run |"
+    printf "|---|"; for p in $PROCS; do printf -- "---|"; done; echo "---|---|---|"
     for b in $(awk -F, 'NR > 1 && $1 == "scale" { print $2 }' "$LOAD" | awk '!seen[$0]++'); do
       printf "| %s |" "$b"
       for p in $PROCS; do printf " %s |" "$(fmt "$(load_field scale "$b" "$p" ops_per_s)")"; done
       p99=$(load_field scale "$b" 2 get_p99_ns)
       [[ $p99 == 0 ]] && p99="$(load_field scale "$b" 2 batch_p99_ns) (batch)"
-      echo " $(ratio "$(load_field scale "$b" 2 ops_per_s)" "$(load_field scale "$b" 1 ops_per_s)") | ${p99:-n/a} ns |"
+      other="$(load_max scale "$b" other_cpu_pct)%"
+      [[ $b == redis* || $b == memcached ]] && other="(the server)"
+      echo " $(ratio "$(load_field scale "$b" 2 ops_per_s)" "$(load_field scale "$b" 1 ops_per_s)") | ${p99:-n/a} ns | $other |"
     done
     echo
-    echo "ops/s summed over workers. With $(nproc) cores, runs with more workers than cores measure time-slicing, not parallelism."
+    echo "ops/s summed over workers; every figure is the median of the repeated runs. With $(nproc) cores, runs with more workers than cores measure time-slicing, not parallelism."
     echo
     if [[ -n $(load_field churn hostcache 2 ops_per_s) ]]; then
       echo "## Under churn (hostcache, 2 processes)"
@@ -120,21 +150,15 @@ verdict() { # verdict VALUE OP LIMIT
   fi
 
   # ---- microbenchmarks ----------------------------------------------------------------
-  if [[ -f $RAW/bench_cache.csv ]]; then
+  if [[ -f $RAW/bench_cache.tsv ]]; then
     echo "## Microbenchmarks (bench_cache, one process)"
     echo
-    echo "Google Benchmark; median of repetitions where repeated. Keys visited in a random permutation; the table half full."
+    echo "Google Benchmark (Debian's libbenchmark, which warns it was built as DEBUG: that is the harness library, not the code measured); the median of repetitions where repeated. Keys visited in a random permutation; the table half full. The hot rows cycle over 1024 keys (data in the CPU caches); BM_memory_latency is one dependent load, the floor under a get that misses the caches."
     echo
     echo "| benchmark | ns/op (wall) | ns/op (CPU) | items/s | workload |"
     echo "|---|---|---|---|---|"
-    awk -F, '
-      $1 == "name" { for (i = 1; i <= NF; i++) c[$i] = i; next }
-      { gsub(/"/, "") }
-      $1 ~ /_(mean|stddev|cv)$/ { next }
-      $c["error_occurred"] == "true" { printf "| %s | ERROR: %s | | | |\n", $1, $c["error_message"]; next }
-      { n = $1; sub(/_median$/, "", n)
-        printf "| %s | %.1f | %.1f | %.2f M | %s |\n", n, $c["real_time"], $c["cpu_time"],
-          $c["items_per_second"] / 1e6, $c["label"] }' "$RAW/bench_cache.csv"
+    awk -F'\t' '$7 != "" { printf "| %s | ERROR: %s | | | |\n", $1, $7; next }
+      { printf "| %s | %.1f | %.1f | %.2f M | %s |\n", $1, $2, $3, $5 / 1e6, $6 }' "$RAW/bench_cache.tsv"
     echo
   fi
   if [[ -f $RAW/eviction.md ]]; then
@@ -151,13 +175,14 @@ verdict() { # verdict VALUE OP LIMIT
     cat "$RAW/clear.md"
     echo
   fi
-  if [[ -f $RAW/bench_memoize.csv ]]; then
+  if [[ -f $RAW/bench_memoize.tsv ]]; then
     echo "## Memoize (bench_memoize)"
     echo
-    echo "| benchmark | ns/op (wall) | items/s |"
-    echo "|---|---|---|"
-    awk -F, '$1 == "name" { for (i = 1; i <= NF; i++) c[$i] = i; next } { gsub(/"/, "") }
-      { printf "| %s | %.1f | %.0f |\n", $1, $c["real_time"], $c["items_per_second"] }' "$RAW/bench_memoize.csv"
+    echo "| benchmark | time/op (wall) | time/op (CPU) | items/s |"
+    echo "|---|---|---|---|"
+    awk -F'\t' '$7 != "" { printf "| %s | ERROR: %s | | |\n", $1, $7; next }
+      { printf "| %s | %.4g %s | %.4g %s | %s |\n", $1, $2, $4, $3, $4, $5 == "" ? "" : sprintf("%.0f", $5) }' \
+      "$RAW/bench_memoize.tsv"
     echo
   fi
   echo "## Plots"
@@ -170,10 +195,15 @@ verdict() { # verdict VALUE OP LIMIT
 command -v gnuplot >/dev/null && [[ -f $LOAD ]] || exit 0
 plots=()
 for b in $(awk -F, 'NR > 1 && $1 == "scale" { print $2 }' "$LOAD" | awk '!seen[$0]++'); do
-  awk -F, -v b="$b" 'NR > 1 && $1 == "scale" && $2 == b { print $3, $17 }' "$LOAD" >"$RAW/scale-$b.dat"
+  for p in $PROCS; do
+    v=$(load_field scale "$b" "$p" ops_per_s)
+    [[ -n $v ]] && echo "$p $v"
+  done >"$RAW/scale-$b.dat"
   plots+=("'$RAW/scale-$b.dat' using 1:2 with linespoints title '$b'")
 done
-awk -F, 'NR > 1 && $1 == "gethit" && $21 > 0 { print $2, $21, $22, $23 }' "$LOAD" >"$RAW/latency.dat"
+for b in $(awk -F, 'NR > 1 && $1 == "gethit" && $21 > 0 { print $2 }' "$LOAD" | awk '!seen[$0]++'); do
+  echo "$b $(load_field gethit "$b" 1 get_p50_ns) $(load_field gethit "$b" 1 get_p99_ns) $(load_field gethit "$b" 1 get_p999_ns)"
+done >"$RAW/latency.dat"
 if ((${#plots[@]})); then
   gnuplot <<EOF
 set terminal pngcairo size 900,560 noenhanced

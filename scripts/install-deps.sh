@@ -14,7 +14,7 @@ pkgs=(
   curl procps
 )
 if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(redis-server libhiredis-dev memcached libmemcached-dev liblmdb-dev gnuplot-nox wrk)
+  pkgs+=(redis-server libhiredis-dev memcached libmemcached-dev liblmdb-dev gnuplot-nox wrk jq)
 fi
 
 missing=()
