@@ -22,6 +22,8 @@
 namespace hostcache {
 namespace {
 
+using testing::await_progress;
+
 using inspect::EntryState;
 
 struct Fixture {
@@ -78,25 +80,6 @@ std::string describe(const std::vector<inspect::Violation>& vs) {
   std::string out;
   for (const auto& v : vs) out += v.where + ": " + v.what + "\n";
   return out;
-}
-
-// Waits (yielding, no sleep) until every writer has counted `n` sets. False
-// as soon as one of them has exited instead (peeked at, not reaped), so a
-// writer that crashed fails the test rather than hanging it.
-bool await_progress(const std::atomic<std::uint64_t>* sets, const std::vector<pid_t>& writers,
-                    std::uint64_t n) {
-  for (;;) {
-    bool all = true;
-    for (std::size_t w = 0; w < writers.size(); ++w) all = all && sets[w].load() >= n;
-    if (all) return true;
-    for (pid_t p : writers) {
-      siginfo_t info{};
-      if (::waitid(P_PID, id_t(p), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == p) {
-        return false;
-      }
-    }
-    sched_yield();
-  }
 }
 
 const inspect::EntryInfo* find(const inspect::Snapshot& s, const std::string& key) {

@@ -6,8 +6,11 @@
 #pragma once
 
 #include <hostcache/cache.h>
+#include <sched.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -63,5 +66,24 @@ struct Gate {
   void wait();  // child: block until opened (closes the child's write end)
   int fds[2];
 };
+
+// Waits (yielding, no sleep) until every writer has counted `n` sets. False
+// as soon as one of them has exited instead (peeked at, not reaped), so a
+// writer that crashed fails the test rather than hanging it.
+inline bool await_progress(const std::atomic<std::uint64_t>* sets,
+                           const std::vector<pid_t>& writers, std::uint64_t n) {
+  for (;;) {
+    bool all = true;
+    for (std::size_t w = 0; w < writers.size(); ++w) all = all && sets[w].load() >= n;
+    if (all) return true;
+    for (pid_t p : writers) {
+      siginfo_t info{};
+      if (::waitid(P_PID, id_t(p), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == p) {
+        return false;
+      }
+    }
+    sched_yield();
+  }
+}
 
 }  // namespace hostcache::testing

@@ -22,6 +22,8 @@
 
 namespace hostcache::tools_testing {
 
+using testing::await_progress;
+
 struct Result {
   int code = -1;  // exit status, or 128 + signal
   std::string out, err;
@@ -104,25 +106,6 @@ inline std::map<std::string, inspect::EntryInfo> valid_entries(const std::string
   std::map<std::string, inspect::EntryInfo> out;
   for (auto& e : inspect::read(name, f).entries) out[e.key] = e;
   return out;
-}
-
-// Waits (yielding, no sleep) until every writer has counted `n` sets. False
-// as soon as one of them has exited instead (peeked at, not reaped), so a
-// writer that crashed fails the test rather than hanging it.
-inline bool await_progress(const std::atomic<std::uint64_t>* sets,
-                           const std::vector<pid_t>& writers, std::uint64_t n) {
-  for (;;) {
-    bool all = true;
-    for (std::size_t w = 0; w < writers.size(); ++w) all = all && sets[w].load() >= n;
-    if (all) return true;
-    for (pid_t p : writers) {
-      siginfo_t info{};
-      if (::waitid(P_PID, id_t(p), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == p) {
-        return false;
-      }
-    }
-    sched_yield();
-  }
 }
 
 }  // namespace hostcache::tools_testing
