@@ -6,25 +6,21 @@
 namespace hostcache::clock {
 namespace {
 std::atomic<std::int64_t*> g_fake{nullptr};
-}
 
-std::int64_t now_ms() noexcept {
+// The fake clock if a test set one, else `id` in milliseconds.
+std::int64_t read_ms(clockid_t id) noexcept {
   if (std::int64_t* fake = g_fake.load(std::memory_order_relaxed)) {
     return std::atomic_ref<std::int64_t>(*fake).load(std::memory_order_relaxed);
   }
   timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(id, &ts);
   return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
+}  // namespace
 
-std::int64_t coarse_ms() noexcept {
-  if (std::int64_t* fake = g_fake.load(std::memory_order_relaxed)) {
-    return std::atomic_ref<std::int64_t>(*fake).load(std::memory_order_relaxed);
-  }
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
+std::int64_t now_ms() noexcept { return read_ms(CLOCK_MONOTONIC); }
+
+std::int64_t coarse_ms() noexcept { return read_ms(CLOCK_MONOTONIC_COARSE); }
 
 std::uint64_t unix_ms() noexcept {
   timespec ts;
