@@ -5,7 +5,9 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "atomic_words.h"
 
@@ -171,6 +173,44 @@ void move_tail_to_head(const StripeView& s, const EntryHeader& h, layout::Bucket
   store(s.hdr->move_size, std::uint64_t{0});
 }
 
+// ---- eviction laps -------------------------------------------------------------
+//
+// dead_bytes counts only entries known dead (overwritten, erased). Expired and
+// stale entries are garbage too, but nobody knows where they are until the
+// tail reaches them. So when the entry at the tail is live and no dead bytes
+// are known, the stripe asks whether it has passed every entry since the last
+// invalidation and before the earliest expiry it saw (`known_clean`). If not,
+// it runs a lap: it moves live entries to the head (compaction, keeping their
+// ref bits) until it has passed the whole ring, freeing whatever turns out
+// stale or expired on the way. A lap that ends records the epoch it began at
+// and the earliest expiry it saw; until an invalidation or that expiry, the
+// stripe is clean and evicts the coldest live entry directly.
+
+bool known_clean(const StripeView& s, const generations::Judge& judge) {
+  return load(s.hdr->clean_epoch) == judge.epoch() + 1 && judge.now_ms() < load(s.hdr->clean_until_ms);
+}
+
+void start_lap(const StripeView& s, const generations::Judge& judge) {
+  if (load(s.hdr->lap_left) != 0) return;
+  store(s.hdr->lap_epoch, judge.epoch());
+  store(s.hdr->lap_until_ms, std::numeric_limits<std::int64_t>::max());
+  store(s.hdr->lap_left, std::max<std::uint64_t>(load(s.hdr->used), 8));
+}
+
+// An entry of `size` bytes leaves the tail; `expires_ms` if it stays in the
+// ring (moved to the head), INT64_MAX if it leaves it.
+void lap_pass(const StripeView& s, std::uint64_t size, std::int64_t expires_ms) {
+  std::uint64_t left = load(s.hdr->lap_left);
+  if (left == 0) return;
+  store(s.hdr->lap_until_ms, std::min(load(s.hdr->lap_until_ms), expires_ms));
+  left = left > size ? left - size : 0;
+  store(s.hdr->lap_left, left);
+  if (left == 0) {
+    store(s.hdr->clean_until_ms, load(s.hdr->lap_until_ms));
+    store(s.hdr->clean_epoch, load(s.hdr->lap_epoch) + 1);
+  }
+}
+
 // Processes the entry at the tail: frees it, moves it, or evicts it.
 void reclaim_one(const StripeView& s, const generations::Judge& judge, std::uint64_t& moved) {
   const std::uint64_t tail = load(s.hdr->tail);
@@ -182,22 +222,27 @@ void reclaim_one(const StripeView& s, const generations::Judge& judge, std::uint
     return;
   }
   if (h.kind == layout::kKindPad || h.live == 0) {
-    if (h.kind != layout::kKindPad) store(s.hdr->dead_bytes, load(s.hdr->dead_bytes) - h.size);
+    if (h.kind != layout::kKindPad) store(s.hdr->dead_bytes, load(s.hdr->dead_bytes) - std::min<std::uint64_t>(h.size, load(s.hdr->dead_bytes)));
+    lap_pass(s, h.size, std::numeric_limits<std::int64_t>::max());
     advance_tail(s, h.size);
     return;
   }
   layout::Bucket* bucket = index::find_by_offset(s.buckets, s.groups, h.hash, tail);
   const generations::State state = judge.of(h);
   if (bucket != nullptr && state == generations::State::valid) {
-    const bool garbage = load(s.hdr->dead_bytes) > 0;
+    const bool dead_known = load(s.hdr->dead_bytes) > 0;
+    const bool unknown = !dead_known && !known_clean(s, judge);
     const bool hot = (index::load(*bucket) & layout::kRefBit) != 0;
     // Compaction keeps the ref bit; a second chance spends it.
-    if ((garbage || hot) && moved < 2 * s.arena_bytes) {
-      move_tail_to_head(s, h, bucket, garbage);
+    if ((dead_known || unknown || hot) && moved < 2 * s.arena_bytes) {
+      if (unknown) start_lap(s, judge);
+      lap_pass(s, h.size, h.expires_ms);
+      move_tail_to_head(s, h, bucket, dead_known || unknown);
       moved += h.size;
       return;
     }
   }
+  lap_pass(s, h.size, std::numeric_limits<std::int64_t>::max());
   HOSTCACHE_CRASH_POINT("evict.before_unlink");
   retire(s, tail);
   if (bucket == nullptr) {  // live but unindexed: only a repair can tell; treat as dead
@@ -221,6 +266,7 @@ void reclaim_one(const StripeView& s, const generations::Judge& judge, std::uint
 
 std::uint64_t make_room(const StripeView& s, std::uint64_t bytes, const generations::Judge& judge) {
   const std::uint64_t a = s.arena_bytes;
+  if (bytes > a || bytes < layout::kHeaderBytes || bytes % 8 != 0) return kNoRoom;  // callers check first
   std::uint64_t moved = 0;
   for (;;) {
     if (load(s.hdr->used) == 0) {
@@ -239,7 +285,16 @@ std::uint64_t make_room(const StripeView& s, std::uint64_t bytes, const generati
   }
 }
 
-void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes) {
+void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes,
+            const generations::Judge& judge) {
+  EntryHeader h;
+  std::memcpy(&h, image, sizeof h);
+  // What the stripe knows of its garbage (see known_clean): a new entry
+  // expiring early moves the clean horizon, and one stale on arrival (a
+  // memoized result computed across an invalidation) is garbage it did not see.
+  store(s.hdr->clean_until_ms, std::min(load(s.hdr->clean_until_ms), h.expires_ms));
+  if (load(s.hdr->lap_left) != 0) store(s.hdr->lap_until_ms, std::min(load(s.hdr->lap_until_ms), h.expires_ms));
+  if (judge.of(h) != generations::State::valid) store(s.hdr->clean_epoch, std::uint64_t{0});
   words::copy_in(s.arena + off, image, bytes);
   HOSTCACHE_CRASH_POINT("set.after_write");
   const std::uint64_t head = off + bytes;
@@ -274,22 +329,68 @@ void reset(const StripeView& s) {
   store(s.hdr->dead_bytes, std::uint64_t{0});
   store(s.hdr->entries, std::uint64_t{0});
   store(s.hdr->move_size, std::uint64_t{0});
+  store(s.hdr->clean_epoch, std::uint64_t{0});
+  store(s.hdr->lap_left, std::uint64_t{0});
+}
+
+// One cuckoo step, see arena.h.
+layout::Bucket* place(const StripeView& s, std::uint64_t hash) {
+  if (layout::Bucket* b = index::find_empty(s.buckets, s.groups, hash)) return b;
+  const index::Probe p = index::probe(hash, s.groups);
+  for (std::uint32_t g : {p.g1, p.g2}) {
+    layout::Bucket* grp = index::group(s.buckets, g);
+    for (std::uint32_t i = 0; i < layout::kGroupSlots; ++i) {
+      const layout::Bucket b = index::load(grp[i]);
+      std::uint64_t off;
+      EntryHeader h;
+      if (!index::offset_of(b, s.arena_bytes, off) || !read_header(s, off, h) || h.kind != layout::kKindEntry) {
+        continue;
+      }
+      const index::Probe q = index::probe(h.hash, s.groups);
+      if (index::fingerprint_of(b) != q.fingerprint || (q.g1 != g && q.g2 != g)) continue;
+      const std::uint32_t other = q.g1 == g ? q.g2 : q.g1;
+      if (other == g) continue;
+      layout::Bucket* dst = index::group(s.buckets, other);
+      for (std::uint32_t j = 0; j < layout::kGroupSlots; ++j) {
+        if (index::load(dst[j]) != 0) continue;
+        index::store(dst[j], b);  // indexed twice for an instant, never not at all
+        index::store(grp[i], 0);
+        return &grp[i];
+      }
+    }
+  }
+  return nullptr;
 }
 
 bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped) {
   HOSTCACHE_CRASH_POINT("recovery.start");
   const std::uint64_t a = s.arena_bytes;
   if (load(s.hdr->move_size) != 0) {
-    // A move was under way: the moved entry is lost, the ring is what it was
-    // without it.
-    std::uint64_t src = load(s.hdr->move_src), dst = load(s.hdr->move_dst), size = load(s.hdr->move_size);
-    std::uint64_t tail = src + size;
-    if (src < a && dst < a && size <= a - src) {
-      store(s.hdr->head, dst);
-      store(s.hdr->tail, tail == a ? 0 : tail);
-      // The ring had free space before the move (or it was a rotation in
-      // place, dst == src), so head == tail now means it held only that entry.
-      if (dst == (tail == a ? 0 : tail)) store(s.hdr->used, std::uint64_t{0});
+    // A move was under way (move_tail_to_head). Keep whichever copy of the
+    // entry verifies: the source, intact unless the copy overlapped it (then
+    // the ring is put back as it was before the move), else the destination
+    // if the copy completed (the ring as after it); only when neither does is
+    // the entry lost.
+    const std::uint64_t src = load(s.hdr->move_src), dst = load(s.hdr->move_dst), size = load(s.hdr->move_size);
+    if (src < a && dst < a && size % 8 == 0 && size >= kHeaderBytes && size <= a - src && size <= a - dst) {
+      auto intact = [&](std::uint64_t off) {
+        EntryHeader h;
+        return read_header(s, off, h) && h.kind == layout::kKindEntry && h.size == size && checksum_ok(s, off, h);
+      };
+      const auto wrap = [a](std::uint64_t v) { return v == a ? 0 : v; };
+      if (intact(src)) {
+        store(s.hdr->head, dst);
+        store(s.hdr->tail, src);
+      } else if (dst != src && intact(dst)) {
+        store(s.hdr->head, wrap(dst + size));
+        store(s.hdr->tail, wrap(src + size));
+      } else {
+        store(s.hdr->head, dst);
+        store(s.hdr->tail, wrap(src + size));
+        // The ring had free space before the move (or it was a rotation in
+        // place, dst == src), so head == tail now means it held only that entry.
+        if (dst == wrap(src + size)) store(s.hdr->used, std::uint64_t{0});
+      }
     } else {
       store(s.hdr->head, a);  // out of bounds: the walk below fails and we reset
     }
@@ -316,7 +417,7 @@ bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uin
   std::uint64_t live = 0, dead = 0, lost = 0;
   for (const Found& f : entries) {
     bool keep = f.h.live == 1 && checksum_ok(s, f.off, f.h);
-    layout::Bucket* slot = keep ? index::find_empty(s.buckets, s.groups, f.h.hash) : nullptr;
+    layout::Bucket* slot = keep ? place(s, f.h.hash) : nullptr;
     if (slot != nullptr) {
       index::store(*slot, index::encode(f.off, index::probe(f.h.hash, s.groups).fingerprint));
       ++live;
@@ -330,6 +431,8 @@ bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uin
     }
   }
   store(s.hdr->used, ring);
+  store(s.hdr->clean_epoch, std::uint64_t{0});
+  store(s.hdr->lap_left, std::uint64_t{0});
   store(s.hdr->dead_bytes, dead);
   store(s.hdr->entries, live);
   HOSTCACHE_CRASH_POINT("recovery.rebuilt");

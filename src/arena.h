@@ -14,8 +14,10 @@
 //
 // Reclaiming (only under the stripe lock, seq odd), for the entry at tail:
 //  - dead (overwritten, erased), expired or stale by generation: free it;
-//  - live while dead bytes elsewhere would make room: move it to head
-//    (compaction: a cache whose live data fits keeps all of it);
+//  - live while dead bytes elsewhere would make room, or while the stripe
+//    does not know that it holds no stale or expired entry (an eviction lap,
+//    see arena.cpp): move it to head (compaction: a cache whose live data
+//    fits keeps all of it);
 //  - live under pressure: if referenced since last passed, clear the bit and
 //    move it to head (second chance, CLOCK); otherwise evict it. In a full
 //    ring the move is a rotation in place (no copy).
@@ -102,21 +104,30 @@ bool walk(const StripeView& s, std::uint64_t tail, std::uint64_t head,
 
 // Makes `bytes` contiguous bytes free at the arena's head, reclaiming from the
 // tail as the file comment says, and returns their offset. Counts evictions,
-// expired and stale reclaims in the stripe header. Never fails for
-// bytes <= arena_bytes - 8 (Segment::plan guarantees the largest entry fits).
+// expired and stale reclaims in the stripe header. Returns kNoRoom, changing
+// nothing, for a size that is not an entry's or exceeds the arena: every
+// entry fits its stripe by construction, whatever limits a caller asked for.
+inline constexpr std::uint64_t kNoRoom = ~std::uint64_t{0};
 std::uint64_t make_room(const StripeView& s, std::uint64_t bytes, const generations::Judge& judge);
 
 // Writes the entry image (`bytes` long, 8-aligned, checksummed) at `off`,
 // which make_room just returned, and appends it to the ring.
-void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes);
+void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes,
+            const generations::Judge& judge);
+
+// A bucket for a new entry of `hash`: an empty one among its two groups, or
+// one freed by moving a resident to its other group (one cuckoo step).
+// nullptr when all 16 residents' other groups are full too.
+layout::Bucket* place(const StripeView& s, std::uint64_t hash);
 
 // The entry at `off` (header `h`) stops being live: its bucket is cleared,
 // live = 0, and its bytes count as dead until the tail reclaims them.
 void kill(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h, layout::Bucket* bucket);
 
-// After a writer died holding the lock: rolls back a journaled move, walks the
-// ring, keeps every entry whose checksum verifies, drops the rest, rebuilds
-// the index and the accounting. Returns false (and resets the stripe, counted
+// After a writer died holding the lock: settles a journaled move (keeping
+// the copy that verifies), walks the ring, keeps every entry whose checksum
+// verifies, drops the rest, rebuilds the index (with cuckoo steps, so that
+// entries are not dropped for want of a bucket) and the accounting. Returns false (and resets the stripe, counted
 // in `resets`) when the ring cannot be walked. `kept`/`dropped` count entries.
 bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped);
 

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "arena.h"
 #include "cache_impl.h"
 #include "clock.h"
 #include "generations.h"
@@ -37,6 +38,7 @@ const char* to_string(Errc e) noexcept {
     case Errc::permission_denied: return "permission_denied";
     case Errc::io_error: return "io_error";
     case Errc::empty_key: return "empty_key";
+    case Errc::busy: return "busy";
   }
   return "unknown";
 }
@@ -54,10 +56,17 @@ bool disabled_by_environment() {
   return v != nullptr && v[0] != '\0' && std::string_view(v) != "0";
 }
 
-// The largest value an entry with the largest key can carry in one arena.
+// The largest value an entry with the given key length can carry in one arena.
 std::size_t value_room(const Geometry& g, std::size_t max_key) {
   const std::uint64_t fixed = max_entry_bytes(max_key, 0) + 8;
   return g.arena_bytes > fixed ? std::size_t(g.arena_bytes - fixed) : 0;
+}
+
+// The largest key an entry with an empty value and maximal tags can carry.
+std::size_t key_room(const Geometry& g) {
+  const std::uint64_t fixed = max_entry_bytes(0, 0) + 8;
+  const std::uint64_t room = g.arena_bytes > fixed ? g.arena_bytes - fixed : 0;
+  return std::size_t(std::min<std::uint64_t>(room, 1u << 20));
 }
 
 }  // namespace
@@ -74,9 +83,13 @@ Cache Cache::open(const Config& config) {
   auto impl = std::make_unique<Impl>(Segment::open(config, created));
   const Geometry& g = impl->segment->geometry();
   impl->default_ttl = config.default_ttl;
-  impl->max_key_bytes = std::min<std::size_t>(config.max_key_bytes, 1u << 20);
-  impl->max_value_bytes = std::min(config.max_value_bytes, value_room(g, impl->max_key_bytes));
+  // An attacher's limits are its own, clamped to what one stripe's arena can
+  // hold: every entry fits its arena by construction (do_set checks the
+  // whole entry's size too).
+  impl->max_key_bytes = std::min<std::size_t>(config.max_key_bytes, key_room(g));
+  impl->max_value_bytes = std::min(config.max_value_bytes, value_room(g, 0));
   impl->enabled = config.enabled && !disabled_by_environment();
+  impl->segment->set_lock_timeout(config.lock_timeout);
   return Cache(std::move(impl));
 }
 
@@ -84,11 +97,11 @@ Cache Cache::attach(std::string_view name) { return attach(name, false); }
 
 Cache Cache::attach(std::string_view name, bool allow_foreign) {
   auto impl = std::make_unique<Impl>(Segment::attach(name, allow_foreign, Segment::Access::read_write));
-  const layout::Header* h = impl->segment->header();
-  impl->default_ttl = std::chrono::milliseconds(h->default_ttl_ms);
-  impl->max_key_bytes = std::size_t(h->max_key_bytes);
-  impl->max_value_bytes = std::min<std::size_t>(h->max_value_bytes, value_room(impl->segment->geometry(),
-                                                                              impl->max_key_bytes));
+  // The limits verified at attach (Geometry), never the live header again.
+  const Geometry& g = impl->segment->geometry();
+  impl->default_ttl = std::chrono::milliseconds(g.default_ttl_ms);
+  impl->max_key_bytes = std::min<std::size_t>(std::size_t(g.max_key_bytes), key_room(g));
+  impl->max_value_bytes = std::min<std::size_t>(g.max_value_bytes, value_room(g, 0));
   impl->enabled = !disabled_by_environment();
   return Cache(std::move(impl));
 }
@@ -129,8 +142,15 @@ Errc validate(const Cache::Impl& impl, std::string_view key, std::string_view va
   if (value.size() > impl.max_value_bytes) return Errc::value_too_large;
   if (o.ttl.count() < 0) return Errc::invalid_ttl;
   if (o.tags.size() > kMaxTags) return Errc::too_many_tags;
+  std::uint64_t tags_len = 0;
   for (std::string_view t : o.tags) {
     if (t.empty() || t.size() > kMaxTagBytes) return Errc::tag_too_large;
+    tags_len += 1 + t.size();
+  }
+  // Each limit alone may allow more than one stripe's arena holds together
+  // (an attacher's limits are clamped one by one): the whole entry must fit.
+  if (arena::entry_size(key.size(), value.size(), tags_len) > impl.segment->geometry().arena_bytes) {
+    return key.size() > value.size() ? Errc::key_too_large : Errc::value_too_large;
   }
   return Errc::ok;
 }
@@ -153,7 +173,13 @@ Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, con
   w.stamp = stamp;
   w.expires_ms = ttl > std::numeric_limits<std::int64_t>::max() - now ? std::numeric_limits<std::int64_t>::max()
                                                                        : now + ttl;
-  stripe::set(*impl.segment, w);
+  try {
+    if (!stripe::set(*impl.segment, w)) return value.size() > key.size() ? Errc::value_too_large : Errc::key_too_large;
+  } catch (const Error& e) {
+    if (e.code() != Errc::busy) throw;
+    log::get().warn("set '{}': {}", key, e.what());
+    return Errc::busy;
+  }
   return Errc::ok;
 }
 

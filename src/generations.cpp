@@ -22,10 +22,20 @@ GenerationStamp read(const Segment& segment, const std::uint32_t* slots, unsigne
   return stamp;
 }
 
+namespace {
+// After the generation: a stripe that reads the new epoch then sees the new
+// generation too. A process killed in between costs eviction quality only
+// (stale entries found later), never a stale hit.
+void bump_epoch(Segment& segment) {
+  std::atomic_ref<std::uint64_t>(segment.header()->inval_epoch).fetch_add(1, std::memory_order_seq_cst);
+}
+}  // namespace
+
 void bump_global(Segment& segment) {
   HOSTCACHE_CRASH_POINT("clear.before_bump");
   std::atomic_ref<std::uint64_t>(segment.header()->global_gen).fetch_add(1, std::memory_order_seq_cst);
   HOSTCACHE_CRASH_POINT("clear.after_bump");
+  bump_epoch(segment);
   log::get().debug("clear '{}'", segment.name());
 }
 
@@ -34,6 +44,7 @@ void bump_tag(Segment& segment, std::string_view tag) {
   HOSTCACHE_CRASH_POINT("invalidate.before_bump");
   std::atomic_ref<std::uint64_t>(segment.tag_gens()[slot]).fetch_add(1, std::memory_order_seq_cst);
   HOSTCACHE_CRASH_POINT("invalidate.after_bump");
+  bump_epoch(segment);
   log::get().debug("invalidate '{}' tag '{}' (slot {})", segment.name(), tag, slot);
 }
 

@@ -43,6 +43,7 @@ class Judge {
   // With a known precise time (tools): no clock is read.
   Judge(const Segment& segment, std::int64_t now_ms)
       : global_(&segment.header()->global_gen),
+        epoch_(&segment.header()->inval_epoch),
         tags_(segment.tag_gens()),
         tag_mask_(segment.geometry().tag_slots - 1),
         coarse_ms_(now_ms),
@@ -58,6 +59,8 @@ class Judge {
     }
     return State::valid;
   }
+  // The invalidation epoch (Header::inval_epoch), read now.
+  std::uint64_t epoch() const { return words::load(*epoch_, std::memory_order_acquire); }
   // The precise time of this operation, read once on first use.
   std::int64_t now_ms() const {
     if (now_ms_ < 0) now_ms_ = clock::now_ms();
@@ -66,6 +69,7 @@ class Judge {
 
  private:
   const std::uint64_t* global_;
+  const std::uint64_t* epoch_;
   const std::uint64_t* tags_;
   std::uint32_t tag_mask_;
   std::int64_t coarse_ms_;

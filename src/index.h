@@ -6,6 +6,10 @@
 // both groups are full, set() evicts one of the 16 (the coldest) to make
 // room: the index never overflows and never chains.
 //
+// Both groups full (rare: the index has a bucket per 80 arena bytes, more
+// than the smallest entries need) first tries to move one of the 16 to its
+// other group (one cuckoo step, arena.cpp's place()); only then is one evicted.
+//
 //   bucket (64 bits): [ref:1][fingerprint:23][offset/8 + 1:40]   0 = empty
 //
 // Readers load buckets with relaxed atomics (the stripe's seq validates what
@@ -28,13 +32,22 @@ struct Probe {
   std::uint64_t fingerprint = 0;
 };
 
+// Groups need not be a power of two (the index is sized to the arena, not
+// rounded down): a 32-bit value maps onto [0, groups) by multiply-and-shift.
+// g1 comes from the hash's low half; g2 from a multiplicative remix of the
+// whole hash, because the high bits also choose the stripe and would
+// otherwise confine g2 to a slice of the groups; the fingerprint comes from
+// bits 32-54, which g1 does not use.
+inline std::uint32_t fold(std::uint32_t v, std::uint32_t groups) {
+  return std::uint32_t((std::uint64_t(v) * groups) >> 32);
+}
+
 inline Probe probe(std::uint64_t hash, std::uint32_t groups) {
-  const std::uint32_t mask = groups - 1;
   Probe p;
-  p.g1 = std::uint32_t(hash) & mask;
-  p.g2 = std::uint32_t(hash >> 32) & mask;
-  if (p.g2 == p.g1) p.g2 = (p.g1 ^ 1) & mask;
-  p.fingerprint = (hash >> 20) & layout::kFingerprintMask;
+  p.g1 = fold(std::uint32_t(hash), groups);
+  p.g2 = fold(std::uint32_t((hash * 0x9E3779B97F4A7C15ull) >> 32), groups);
+  if (p.g2 == p.g1) p.g2 = p.g1 + 1 < groups ? p.g1 + 1 : 0;
+  p.fingerprint = (hash >> 32) & layout::kFingerprintMask;
   return p;
 }
 

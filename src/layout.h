@@ -24,8 +24,6 @@
 //   +------------------------+ segment_bytes
 #pragma once
 
-#include <pthread.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -33,7 +31,7 @@
 namespace hostcache::layout {
 
 inline constexpr char kMagic[8] = {'H', 'O', 'S', 'T', 'C', 'A', 'C', 'H'};
-inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kLayoutVersion = 2;
 inline constexpr std::size_t kCacheLine = 64;
 
 inline constexpr std::uint32_t kStateReady = 0x52454459;  // "REDY"
@@ -65,12 +63,17 @@ struct alignas(kCacheLine) Header {
   std::uint64_t flights_off;
   std::uint64_t methods_off;
   std::uint64_t stripes_off;
-  std::uint64_t reserved[3];
+  std::uint64_t key_secret[2];   // random at creation: keys memoize's hashes (never 0, 0)
+  std::uint64_t pidns_ino;       // st_ino of the creator's /proc/self/ns/pid (0: unknown)
 
   // Written by clear() (fetch_add); read by every get. Its own cache line so
   // that bumping it does not disturb the geometry fields above.
   alignas(kCacheLine) std::uint64_t global_gen;
-  std::uint64_t pad0[7];
+  // Bumped (after the generation) by every clear() and invalidate(): a
+  // stripe that has checked all its entries at epoch E knows it holds no
+  // stale entry while the epoch is still E (arena.cpp's eviction laps).
+  std::uint64_t inval_epoch;
+  std::uint64_t pad0[6];
 
   // Counters of dead processes, folded in from their StatsSlot (fetch_add).
   alignas(kCacheLine) std::uint64_t folded_hits;
@@ -133,10 +136,18 @@ static_assert(sizeof(MethodSlot) == 3 * kCacheLine, "MethodSlot is part of the f
 // Each stripe: StripeHeader, then groups_per_stripe * kGroupSlots buckets,
 // then the arena. The lock orders writers; `seq` lets readers run without it.
 struct alignas(kCacheLine) StripeHeader {
-  pthread_mutex_t lock;       // process-shared, robust (stripe_lock.cpp)
-  std::uint32_t owner_pid;    // pid holding `lock`, 0 if none (diagnostics, recovery log)
-  std::uint32_t reinit_guard; // pid reinitializing a not-recoverable lock, 0 if none
-  std::uint64_t pad0[(kCacheLine - sizeof(pthread_mutex_t) - 8) / 8];
+  // The stripe lock (stripe_lock.cpp): 0 when free, else
+  //   bits 32-63  the owner thread's birth stamp (low 32 bits of its start time)
+  //   bit  31     waiters may be sleeping
+  //   bits 0-30   the owner's thread id
+  // Its low half is the futex word waiters sleep on. No pointers: whoever can
+  // write the segment can change it, and the worst it can cause is a wait
+  // bounded by Config::lock_timeout, or a takeover and a repair.
+  std::uint64_t lock;
+  std::uint32_t owner_pid;    // process of the holder (diagnostics, recovery log)
+  std::uint32_t reserved0;
+  std::uint64_t takeovers;    // locks taken over from a dead owner
+  std::uint64_t pad0[5];
 
   // Everything below is written only while holding `lock`.
   alignas(kCacheLine) std::uint64_t seq;  // even at rest, odd while a writer mutates
@@ -146,8 +157,8 @@ struct alignas(kCacheLine) StripeHeader {
   std::uint64_t dead_bytes;   // bytes in the ring of entries known dead (live == 0)
   std::uint64_t entries;      // entries referenced by the index
   // Move journal: while move_size != 0 a live entry is being copied from
-  // move_src (== tail) to move_dst (== head). Recovery drops that entry:
-  // head = move_dst, tail = move_src + move_size.
+  // move_src (== tail) to move_dst (== head). Recovery keeps whichever copy
+  // verifies (arena.cpp, repair).
   std::uint64_t move_src;
   std::uint64_t move_dst;
   std::uint64_t move_size;
@@ -158,10 +169,19 @@ struct alignas(kCacheLine) StripeHeader {
   std::uint64_t stale;
   std::uint64_t recoveries;
   std::uint64_t resets;
+
+  // Eviction laps (arena.cpp): what the stripe knows about garbage it has
+  // not seen yet (stale and expired entries are not counted in dead_bytes).
+  std::uint64_t clean_epoch;    // inval_epoch + 1 when the last full lap ended; 0: unknown
+  std::int64_t clean_until_ms;  // no entry in the ring expires before this
+  std::uint64_t lap_left;       // ring bytes the current lap must still pass at the tail; 0: none
+  std::uint64_t lap_epoch;      // inval_epoch when the current lap began
+  std::int64_t lap_until_ms;    // earliest expiry seen in the current lap
+  std::uint64_t pad1[3];
 };
-static_assert(sizeof(pthread_mutex_t) <= kCacheLine - 8, "lock and owner share the first line");
-static_assert(sizeof(StripeHeader) == 3 * kCacheLine, "StripeHeader is part of the format");
+static_assert(sizeof(StripeHeader) == 4 * kCacheLine, "StripeHeader is part of the format");
 static_assert(offsetof(StripeHeader, seq) == kCacheLine, "seq starts the second line");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the lock's futex word is its low half");
 
 // A bucket: 0 when empty, else
 //   bit 63      referenced since the arena last passed it (set by readers, CLOCK)
@@ -214,7 +234,7 @@ static_assert(kPlain<Header> && kPlain<StatsSlot> && kPlain<FlightSlot> && kPlai
               "shared structs must be trivially copyable and standard-layout");
 
 // Stamp computed from every size the format depends on: a build whose structs
-// differ (another libc's pthread_mutex_t, another field) refuses to attach.
+// differ (another field, another size) refuses to attach.
 constexpr std::uint64_t format_stamp() {
   std::uint64_t h = 1469598103934665603ull;
   auto mix = [&h](std::uint64_t v) { h = (h ^ v) * 1099511628211ull; };
@@ -225,7 +245,6 @@ constexpr std::uint64_t format_stamp() {
   mix(sizeof(FlightSlot));
   mix(sizeof(MethodSlot));
   mix(sizeof(StripeHeader));
-  mix(sizeof(pthread_mutex_t));
   mix(sizeof(EntryHeader));
   mix(kGroupSlots);
   mix(kFingerprintShift);

@@ -37,9 +37,12 @@ constexpr std::uint32_t kFlightSlots = 1024; // concurrent memoized computations
 constexpr std::uint32_t kMethodSlots = 64;   // memoized methods with their own statistics
 constexpr std::uint32_t kMaxStripes = 1024;
 constexpr std::uint64_t kMinStripeBytes = 256 << 10;  // smaller stripes evict too coarsely
-// One 64-byte group of 8 buckets per ~1 KiB of arena: index ~6% of a stripe,
-// and 2-choice groups hold every entry down to ~128-byte entries on average.
-constexpr std::uint64_t kArenaPerGroup = 1024;
+// One 64-byte group of 8 buckets per 640 bytes of arena (a bucket per 80
+// bytes): the index is ~9% of a stripe and holds every entry of an arena
+// filled with the smallest entries (112 bytes: a 1-byte key, no value) at 71%
+// load, where two-choice groups of 8 with a cuckoo step never overflow. The
+// group count is not rounded to a power of two (index.h folds hashes onto it).
+constexpr std::uint64_t kArenaPerGroup = 640;
 constexpr const char* kObjectPrefix = "hostcache.";
 constexpr const char* kTempPrefix = "hostcache~tmp~";  // '~' is never in a name
 
@@ -48,12 +51,6 @@ constexpr const char* kTempPrefix = "hostcache~tmp~";  // '~' is never in a name
 }
 
 bool is_pow2(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
-
-std::uint64_t pow2_floor(std::uint64_t v) {
-  std::uint64_t p = 1;
-  while (p * 2 <= v) p *= 2;
-  return p;
-}
 
 // Offsets of the fixed regions, from the counts alone.
 void place_regions(Geometry& g) {
@@ -68,9 +65,18 @@ void place_regions(Geometry& g) {
 // Splits stripe_bytes into header, buckets and arena.
 void split_stripe(Geometry& g) {
   std::uint64_t room = g.stripe_bytes - sizeof(layout::StripeHeader);
-  g.groups_per_stripe = std::uint32_t(pow2_floor(std::max<std::uint64_t>(1, room / (kArenaPerGroup + 64))));
+  g.groups_per_stripe = std::uint32_t(std::max<std::uint64_t>(1, room / (kArenaPerGroup + 64)));
   g.arena_bytes = (room - std::uint64_t(g.groups_per_stripe) * 64) & ~std::uint64_t{7};
 }
+
+}  // namespace
+
+std::uint64_t own_pidns() {
+  struct stat st;
+  return ::stat("/proc/self/ns/pid", &st) == 0 ? std::uint64_t(st.st_ino) : 0;
+}
+
+namespace {
 
 struct Fd {
   int fd = -1;
@@ -114,6 +120,7 @@ Geometry Segment::plan(const Config& c) {
     fail(Errc::invalid_config, c.name, "stripes must be 0 (automatic) or a power of two up to 1024");
   }
   if (c.capacity_bytes > (1ull << 40)) fail(Errc::invalid_config, c.name, "capacity_bytes must be <= 1 TiB");
+  if (c.lock_timeout.count() <= 0) fail(Errc::invalid_config, c.name, "lock_timeout must be positive");
 
   Geometry g;
   g.tag_slots = kTagSlots;
@@ -141,6 +148,9 @@ Geometry Segment::plan(const Config& c) {
              " stripe(s) after " + std::to_string(fixed) + " bytes of header");
   }
   split_stripe(g);
+  g.max_key_bytes = c.max_key_bytes;
+  g.max_value_bytes = c.max_value_bytes;
+  g.default_ttl_ms = c.default_ttl.count();
   if (g.arena_bytes < biggest + 8) {
     fail(Errc::capacity_too_small, c.name,
          "capacity " + std::to_string(c.capacity_bytes) + " bytes gives each of " + std::to_string(n) +
@@ -166,8 +176,10 @@ Segment::~Segment() = default;
 namespace {
 
 // Removes temporary objects left by creators that died before publishing.
+// A temporary is named hostcache~tmp~NAME~PIDNS~PID~RANDOM: only one made in
+// our own pid namespace can be judged by its pid.
 void sweep_dead_temporaries(std::string_view name) {
-  std::string prefix = std::string(kTempPrefix) + std::string(name) + "~";
+  std::string prefix = std::string(kTempPrefix) + std::string(name) + "~" + std::to_string(own_pidns()) + "~";
   DIR* dir = ::opendir("/dev/shm");
   if (dir == nullptr) return;
   while (dirent* e = ::readdir(dir)) {
@@ -179,6 +191,15 @@ void sweep_dead_temporaries(std::string_view name) {
     }
   }
   ::closedir(dir);
+}
+
+// The creator's random secret: 128 bits from the OS, never all zero.
+void fill_secret(Geometry& g) {
+  std::random_device rd;
+  do {
+    g.key_secret[0] = (std::uint64_t(rd()) << 32) | rd();
+    g.key_secret[1] = (std::uint64_t(rd()) << 32) | rd();
+  } while (g.key_secret[0] == 0 && g.key_secret[1] == 0);
 }
 
 void init_header(Header* h, const Config& c, const Geometry& g) {
@@ -205,6 +226,9 @@ void init_header(Header* h, const Config& c, const Geometry& g) {
   h->flights_off = g.flights_off;
   h->methods_off = g.methods_off;
   h->stripes_off = g.stripes_off;
+  h->key_secret[0] = g.key_secret[0];
+  h->key_secret[1] = g.key_secret[1];
+  h->pidns_ino = own_pidns();
   h->global_gen = 1;
 }
 
@@ -263,6 +287,12 @@ Geometry verified_geometry(const Header* h, std::uint64_t file_bytes, std::strin
       max_entry_bytes(h->max_key_bytes, h->max_value_bytes) > g.arena_bytes || h->default_ttl_ms <= 0) {
     bad("limits");
   }
+  g.max_key_bytes = h->max_key_bytes;
+  g.max_value_bytes = h->max_value_bytes;
+  g.default_ttl_ms = h->default_ttl_ms;
+  g.key_secret[0] = h->key_secret[0];
+  g.key_secret[1] = h->key_secret[1];
+  if (g.key_secret[0] == 0 && g.key_secret[1] == 0) bad("key secret");
   return g;
 }
 
@@ -318,6 +348,19 @@ std::unique_ptr<Segment> Segment::attach(std::string_view name, bool allow_forei
   // magic orders every header field after it.
   std::atomic_thread_fence(std::memory_order_acquire);
   seg->geo_ = verified_geometry(seg->header(), std::uint64_t(st.st_size), name);
+  if (!ro) {
+    // Dead-owner detection judges thread ids: they mean nothing across pid
+    // namespaces (a container sharing /dev/shm with its host), where a live
+    // owner would look dead and be taken over. Read-only tools lock nothing.
+    const std::uint64_t theirs = words::load(seg->header()->pidns_ino), mine = own_pidns();
+    if (theirs != 0 && mine != 0 && theirs != mine) {
+      fail(Errc::incompatible, name,
+           "created in another pid namespace (ns inode " + std::to_string(theirs) + ", ours " +
+               std::to_string(mine) +
+               "): processes sharing a segment must share a pid namespace; open the segment from "
+               "that namespace (e.g. share the host's with --pid=host) or use another name");
+    }
+  }
   return seg;
 }
 
@@ -325,10 +368,11 @@ namespace {
 
 // Creates under a private temporary name, initializes, then publishes with
 // link(2). Returns nullptr if the name was taken meanwhile.
-std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, const Geometry& g) {
+std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, Geometry& g) {
+  fill_secret(g);
   static thread_local std::mt19937_64 rng(std::random_device{}() ^ std::uint64_t(::getpid()));
-  const std::string temp = std::string(kTempPrefix) + c.name + "~" + std::to_string(::getpid()) + "~" +
-                           std::to_string(rng());
+  const std::string temp = std::string(kTempPrefix) + c.name + "~" + std::to_string(own_pidns()) + "~" +
+                           std::to_string(::getpid()) + "~" + std::to_string(rng());
   bip::permissions perms(c.mode);
   std::unique_ptr<bip::shared_memory_object> shm;
   try {
@@ -372,7 +416,7 @@ std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, const Ge
 
 std::unique_ptr<Segment> Segment::open(const Config& config, bool& created) {
   validate_name(config.name);
-  const Geometry g = plan(config);
+  Geometry g = plan(config);
   for (int attempt = 0; attempt < 8; ++attempt) {
     try {
       auto seg = attach(config.name, config.allow_foreign, Access::read_write);

@@ -18,6 +18,7 @@
 
 #include <hostcache/config.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -40,7 +41,16 @@ struct Geometry {
   std::uint64_t arena_bytes = 0;
   std::uint64_t tags_off = 0, stats_off = 0, flights_off = 0, methods_off = 0, stripes_off = 0;
   std::uint64_t segment_bytes = 0;
+  // Limits and secrets, verified at attach and never read from the live
+  // header again (a writer of the segment may change it at any time).
+  std::uint64_t max_key_bytes = 0;
+  std::uint64_t max_value_bytes = 0;
+  std::int64_t default_ttl_ms = 0;
+  std::uint64_t key_secret[2] = {0, 0};
 };
+
+// The inode of this process's pid namespace (/proc/self/ns/pid), 0 if unknown.
+std::uint64_t own_pidns();
 
 // The largest entry (header + key + value + tags) a Config can write.
 std::uint64_t max_entry_bytes(std::uint64_t max_key, std::uint64_t max_value);
@@ -92,6 +102,10 @@ class Segment {
     return base_ + geo_.stripes_off + std::uint64_t(i) * geo_.stripe_bytes;
   }
   std::uint32_t owner_uid() const { return owner_uid_; }
+  // How long this process waits for a stripe lock held by a live process
+  // before giving up with Errc::busy (Config::lock_timeout). Process-local.
+  std::chrono::milliseconds lock_timeout() const { return lock_timeout_; }
+  void set_lock_timeout(std::chrono::milliseconds t) { lock_timeout_ = t; }
   std::uint32_t mode() const { return mode_; }
 
  private:
@@ -105,6 +119,7 @@ class Segment {
   Geometry geo_;
   std::uint32_t owner_uid_ = 0;
   std::uint32_t mode_ = 0;
+  std::chrono::milliseconds lock_timeout_{2000};
 };
 
 }  // namespace hostcache

@@ -10,6 +10,8 @@
 #include "log.h"
 #include "stripe_lock.h"
 
+#include <hostcache/errors.h>
+
 namespace hostcache::stripe {
 namespace {
 
@@ -170,28 +172,56 @@ void set_recovery_observer(RecoveryObserver observer) noexcept { g_recovery_obse
 
 Locked::Locked(Segment& segment, std::uint32_t index)
     : segment_(segment), view_(arena::StripeView::over(segment.stripe_base(index), segment.geometry())) {
-  const stripe_lock::Acquired a = stripe_lock::lock(*view_.hdr);
-  const bool sane = arena::header_sane(view_);
+  const stripe_lock::Acquired a =
+      stripe_lock::lock(*view_.hdr, std::chrono::steady_clock::now() + segment.lock_timeout());
+  if (!a.acquired) {
+    throw Error(Errc::busy, "segment '" + segment.name() + "' stripe " + std::to_string(index) +
+                                ": locked by live thread " + std::to_string(a.holder_tid) + " for more than " +
+                                std::to_string(segment.lock_timeout().count()) + " ms (lock_timeout)");
+  }
+  // A sequence left odd means a writer stopped mid-mutation (it died, or the
+  // segment was scribbled on) even if the lock word was free.
+  const bool sane = arena::header_sane(view_) && (load(view_.hdr->seq) & 1) == 0;
   if (!a.owner_died && sane) return;
+  try {
+    recover(index, a.owner_died, a.dead_pid != 0 ? a.dead_pid : a.dead_tid);
+  } catch (...) {
+    stripe_lock::unlock(*view_.hdr);  // never leave the lock held by a live thread
+    throw;
+  }
+}
+
+void Locked::recover(std::uint32_t index, bool owner_died, std::uint32_t dead) {
   const auto t0 = std::chrono::steady_clock::now();
+  // Readers must not see the index half rebuilt: odd for the whole repair,
+  // whatever the dead owner left.
+  const std::uint64_t seq0 = load(view_.hdr->seq);
+  if ((seq0 & 1) == 0) store(view_.hdr->seq, seq0 + 1);
+  std::atomic_thread_fence(std::memory_order_release);
   std::string why;
   std::uint64_t kept = 0, dropped = 0;
-  const bool repaired = arena::repair(view_, &why, &kept, &dropped);
-  const std::uint64_t seq = load(view_.hdr->seq);
-  if (seq & 1) store(view_.hdr->seq, seq + 1, std::memory_order_release);
+  bool repaired = false;
+  try {
+    repaired = arena::repair(view_, &why, &kept, &dropped);
+  } catch (...) {
+    // Out of memory while walking: the stripe's structure is unknown, so it
+    // starts afresh (no allocation needed), as for a ring that cannot be walked.
+    arena::reset(view_);
+    store(view_.hdr->resets, load(view_.hdr->resets) + 1);
+    why = "repair failed (out of memory)";
+  }
   store(view_.hdr->recoveries, load(view_.hdr->recoveries) + 1);
-  if (a.owner_died) stripe_lock::mark_consistent(*view_.hdr);
+  store(view_.hdr->seq, load(view_.hdr->seq) + 1, std::memory_order_release);  // even again
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
   if (RecoveryObserver observer = g_recovery_observer.load()) observer(std::uint64_t(us.count()), !repaired);
-  std::string cause = !a.owner_died      ? std::string("its header was out of bounds")
-                      : a.reinitialized ? std::string("its lock was not recoverable (owner gone) and was rebuilt")
-                                        : "process " + std::to_string(a.dead_pid) + " died holding its lock";
+  std::string cause = !owner_died ? std::string("its header was out of bounds or its sequence odd")
+                                  : "thread " + std::to_string(dead) + " died holding its lock";
   if (repaired) {
-    log::get().warn("segment '{}' stripe {}: {}; repaired in {} us, kept {} entries, dropped {}", segment.name(),
+    log::get().warn("segment '{}' stripe {}: {}; repaired in {} us, kept {} entries, dropped {}", segment_.name(),
                     index, cause, us.count(), kept, dropped);
   } else {
     log::get().warn("segment '{}' stripe {}: {}; the stripe could not be verified ({}) and was reset",
-                    segment.name(), index, cause, why);
+                    segment_.name(), index, cause, why);
   }
 }
 
@@ -231,15 +261,21 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, std::stri
       return r;
     }
   }
-  Locked locked(segment, index);
-  Found f;
-  Lookup r = Lookup::miss;
-  if (find(v, key, hash, f)) r = judge_and_copy(v, f, judge, out);
-  if (r == Lookup::hit) index::touch(*f.bucket, f.seen);
-  return r;
+  try {
+    Locked locked(segment, index);
+    Found f;
+    Lookup r = Lookup::miss;
+    if (find(v, key, hash, f)) r = judge_and_copy(v, f, judge, out);
+    if (r == Lookup::hit) index::touch(*f.bucket, f.seen);
+    return r;
+  } catch (const Error& e) {
+    if (e.code() != Errc::busy) throw;
+    log::get().warn("get: {}; answered as a miss", e.what());
+    return Lookup::miss;
+  }
 }
 
-void set(Segment& segment, const Write& w) {
+bool set(Segment& segment, const Write& w) {
   const std::uint32_t index = of(w.hash, segment.geometry().stripe_count);
   const std::uint64_t tags_len = [&] {
     std::uint64_t n = 0;
@@ -248,7 +284,10 @@ void set(Segment& segment, const Write& w) {
     }
     return n;
   }();
-  const auto size = std::uint32_t(arena::entry_size(w.key.size(), w.value.size(), tags_len));
+  const std::uint64_t size64 = arena::entry_size(w.key.size(), w.value.size(), tags_len);
+  // Whatever limits the caller was given, an entry must fit its arena.
+  if (size64 > segment.geometry().arena_bytes) return false;
+  const auto size = std::uint32_t(size64);
   // The image is built before the lock, so the critical section only copies.
   // Reading the generations here rather than under the lock is still
   // linearizable: a clear() that lands in between makes this set's entry
@@ -267,15 +306,17 @@ void set(Segment& segment, const Write& w) {
     HOSTCACHE_CRASH_POINT("set.after_kill_old");
   }
   const std::uint64_t off = arena::make_room(v, size, judge);
+  if (off == arena::kNoRoom) return false;  // unreachable: size checked above
   HOSTCACHE_CRASH_POINT("set.after_make_room");
-  arena::append(v, off, image, size);
-  layout::Bucket* bucket = index::find_empty(v.buckets, v.groups, w.hash);
+  arena::append(v, off, image, size, judge);
+  layout::Bucket* bucket = arena::place(v, w.hash);
   if (bucket == nullptr) bucket = make_bucket(v, w.hash, judge);
   index::store(*bucket, index::encode(off, index::probe(w.hash, v.groups).fingerprint));
   HOSTCACHE_CRASH_POINT("set.after_index");
   store(v.hdr->entries, load(v.hdr->entries) + 1);
   store(v.hdr->sets, load(v.hdr->sets) + 1);
   locked.end();
+  return true;
 }
 
 bool erase(Segment& segment, std::string_view key, std::uint64_t hash) {

@@ -29,7 +29,10 @@ inline std::uint32_t of(std::uint64_t hash, std::uint32_t stripe_count) {
 }
 
 // Holds one stripe's lock for a scope; repairs the stripe first if its
-// previous owner died. begin()/end() bracket mutations with the sequence.
+// previous owner died (or the stripe's header is out of bounds, or its
+// sequence was left odd). begin()/end() bracket mutations with the sequence.
+// Throws Error(busy) when a live owner holds the lock past the segment's
+// lock_timeout; the lock is never left held when the constructor throws.
 class Locked {
  public:
   Locked(Segment& segment, std::uint32_t index);
@@ -42,6 +45,7 @@ class Locked {
   void end();    // seq even
 
  private:
+  void recover(std::uint32_t index, bool owner_died, std::uint32_t dead);
   Segment& segment_;
   arena::StripeView view_;
   bool writing_ = false;
@@ -55,7 +59,7 @@ void set_recovery_observer(RecoveryObserver observer) noexcept;
 enum class Lookup { hit, miss, expired, stale };
 
 // Looks `key` up, copying its value into `out` on a hit. Lock-free unless the
-// stripe stays busy. On a hit the bucket's ref bit is set if it was clear.
+// stripe stays busy; a lock held past lock_timeout by a live owner is a miss. On a hit the bucket's ref bit is set if it was clear.
 Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, std::string& out);
 
 struct Write {
@@ -69,7 +73,9 @@ struct Write {
 };
 
 // Stores an entry, replacing the key's earlier one. Inputs already validated.
-void set(Segment& segment, const Write& w);
+// False (nothing changed) when the entry cannot fit the stripe's arena.
+// Throws Error(busy) as Locked does.
+bool set(Segment& segment, const Write& w);
 
 // Removes the key's entry; true if there was one.
 bool erase(Segment& segment, std::string_view key, std::uint64_t hash);

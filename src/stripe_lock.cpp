@@ -1,105 +1,257 @@
 #include "stripe_lock.h"
 
-#include <hostcache/errors.h>
-
-#include <sched.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <string>
+#include <mutex>
 
 #include "atomic_words.h"
 
 namespace hostcache::stripe_lock {
-
-void init(pthread_mutex_t& mutex) {
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  int rc = pthread_mutex_init(&mutex, &attr);
-  pthread_mutexattr_destroy(&attr);
-  if (rc != 0) throw Error(Errc::io_error, std::string("pthread_mutex_init: ") + std::strerror(rc));
-}
-
 namespace {
 
-bool pid_dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
+using steady = std::chrono::steady_clock;
 
-// The owner's thread id, from the robust mutex's lock word (glibc keeps the
-// owner's TID in its low 30 bits).
-std::uint32_t owner_tid(pthread_mutex_t& m) {
-  return std::atomic_ref<int>(m.__data.__lock).load(std::memory_order_relaxed) & 0x3fffffff;
+constexpr std::uint64_t kWaiters = std::uint64_t{1} << 31;
+// Busy-waiting before sleeping: a healthy owner holds a stripe for about a
+// microsecond.
+constexpr int kSpins = 128;
+// A locker that has seen the same owner for this long asks whether it lives.
+// Sleeps never last longer, so a dead owner is found within about twice this.
+constexpr std::chrono::milliseconds kPoll{2};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
 }
 
-// Locks, but wakes every second to ask whether the lock is held by a thread
-// that exists. A robust mutex is released by the kernel when its owner dies;
-// one whose lock word names no living thread (scribbled over, or its robust
-// list was lost) would block forever, so it is reported as not recoverable
-// and rebuilt like one.
-int lock_or_detect_stuck(pthread_mutex_t& m) {
+std::atomic_ref<std::uint64_t> word_of(layout::StripeHeader& s) { return std::atomic_ref<std::uint64_t>(s.lock); }
+// The futex word: the lock's low half (little-endian, asserted in layout.h).
+std::uint32_t* futex_of(layout::StripeHeader& s) { return reinterpret_cast<std::uint32_t*>(&s.lock); }
+
+void futex_wait(std::uint32_t* addr, std::uint32_t expected, steady::duration d) {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+  timespec ts{time_t(ns / 1000000000), long(ns % 1000000000)};
+  // EAGAIN, EINTR, ETIMEDOUT: the caller looks again in every case.
+  syscall(SYS_futex, addr, FUTEX_WAIT, expected, &ts, nullptr, 0);
+}
+void futex_wake_one(std::uint32_t* addr) { syscall(SYS_futex, addr, FUTEX_WAKE, 1, nullptr, nullptr, 0); }
+
+// ---- /proc ------------------------------------------------------------------
+
+struct TaskStat {
+  char state = 0;
+  std::uint64_t start_time = 0;  // clock ticks since boot
+};
+
+// Reads state and start time from a /proc/.../stat file. False if it cannot
+// be opened (errno tells why) or parsed.
+bool read_task_stat(const char* path, TaskStat& out) {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[1024];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  const int e = errno;
+  ::close(fd);
+  if (n <= 0) {
+    errno = n == 0 ? ESRCH : e;
+    return false;
+  }
+  buf[n] = '\0';
+  // "tid (comm) S f4 f5 ... f22=starttime": comm may hold spaces and ')'.
+  const char* p = std::strrchr(buf, ')');
+  if (p == nullptr || p[1] != ' ' || p[2] == '\0') {
+    errno = EINVAL;
+    return false;
+  }
+  out.state = p[2];
+  p += 3;
+  for (int field = 4; field < 22; ++field) {
+    p = std::strchr(p, ' ');
+    if (p == nullptr) {
+      errno = EINVAL;
+      return false;
+    }
+    ++p;
+  }
+  out.start_time = std::strtoull(p, nullptr, 10);
+  return true;
+}
+
+bool proc_mounted() {
+  static const bool mounted = ::access("/proc/self/stat", R_OK) == 0;
+  return mounted;
+}
+
+// ---- this thread's identity --------------------------------------------------
+
+std::atomic<std::uint64_t> g_fork_generation{0};
+std::once_flag g_atfork_once;
+
+struct Self {
+  std::uint64_t generation = ~std::uint64_t{0};
+  std::uint64_t word = 0;
+  std::uint32_t pid = 0;
+};
+thread_local Self t_self;
+
+const Self& self() {
+  std::call_once(g_atfork_once, [] {
+    pthread_atfork(nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
+  });
+  const std::uint64_t gen = g_fork_generation.load(std::memory_order_relaxed);
+  if (t_self.generation != gen) {
+    const auto tid = std::uint32_t(::syscall(SYS_gettid));
+    std::uint32_t birth = 0;
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/self/task/%u/stat", tid);
+    TaskStat st;
+    if (read_task_stat(path, st)) birth = std::uint32_t(st.start_time);
+    t_self.word = (std::uint64_t(birth) << 32) | (tid & 0x7fffffffu);
+    t_self.pid = std::uint32_t(::getpid());
+    t_self.generation = gen;
+  }
+  return t_self;
+}
+
+Acquired took(layout::StripeHeader& s, const Self& me) {
+  words::store(s.owner_pid, me.pid);
+  Acquired a;
+  a.acquired = true;
+  return a;
+}
+
+Acquired took_over(layout::StripeHeader& s, const Self& me, std::uint64_t dead_word) {
+  Acquired a;
+  a.acquired = true;
+  a.owner_died = true;
+  a.dead_tid = tid_of(dead_word);
+  a.dead_pid = words::load(s.owner_pid);
+  words::store(s.owner_pid, me.pid);
+  words::store(s.takeovers, words::load(s.takeovers) + 1);
+  return a;
+}
+
+Acquired lock_slow(layout::StripeHeader& s, const Self& me, steady::time_point deadline) {
+  auto w = word_of(s);
+  for (int i = 0; i < kSpins; ++i) {
+    cpu_relax();
+    std::uint64_t v = w.load(std::memory_order_relaxed);
+    if (v == 0 && w.compare_exchange_weak(v, me.word, std::memory_order_acquire, std::memory_order_relaxed)) {
+      return took(s, me);
+    }
+  }
+  std::uint64_t watched = 0;  // the owner we are timing
+  steady::time_point since{};
   for (;;) {
-    timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 1;
-    int rc = pthread_mutex_timedlock(&m, &deadline);
-    if (rc == EDEADLK) return ENOTRECOVERABLE;  // the word names us, yet we hold no stripe lock: scribbled
-    if (rc != ETIMEDOUT) return rc;
-    const std::uint32_t tid = owner_tid(m);
-    if (tid != 0 && pid_dead(tid)) return ENOTRECOVERABLE;
+    std::uint64_t v = w.load(std::memory_order_relaxed);
+    if (v == 0) {
+      // We may have been woken in another's place: keep the waiters bit.
+      if (w.compare_exchange_strong(v, me.word | kWaiters, std::memory_order_acquire, std::memory_order_relaxed)) {
+        return took(s, me);
+      }
+      continue;
+    }
+    const std::uint64_t owner = v & ~kWaiters;
+    const steady::time_point now = steady::now();
+    if (owner == me.word) {
+      // We hold no stripe lock while locking one: our identity here was
+      // scribbled (or copied by a writer of the segment). Nobody else can be
+      // inside under it: take it.
+      if (w.compare_exchange_strong(v, me.word | kWaiters, std::memory_order_acquire, std::memory_order_relaxed)) {
+        return took_over(s, me, v);
+      }
+      continue;
+    }
+    if (owner != watched) {
+      watched = owner;
+      since = now;
+    } else if (now - since >= kPoll) {
+      if (owner_life(owner) == Life::dead) {
+        // Exactly one of the lockers that judged this word wins the CAS; a
+        // dead owner can never write the word again, so equal means still his.
+        if (w.compare_exchange_strong(v, me.word | kWaiters, std::memory_order_acquire,
+                                      std::memory_order_relaxed)) {
+          return took_over(s, me, v);
+        }
+        continue;
+      }
+      since = now;
+    }
+    if (now >= deadline) {
+      Acquired a;
+      a.holder_tid = tid_of(owner);
+      return a;
+    }
+    if ((v & kWaiters) == 0) {
+      if (!w.compare_exchange_strong(v, v | kWaiters, std::memory_order_relaxed)) continue;
+      v |= kWaiters;
+    }
+    futex_wait(futex_of(s), std::uint32_t(v), std::min<steady::duration>(kPoll, deadline - now));
   }
 }
 
 }  // namespace
 
-Acquired lock(layout::StripeHeader& s) {
-  const auto me = std::uint32_t(::getpid());
-  for (;;) {
-    int rc = lock_or_detect_stuck(s.lock);
-    if (rc == 0 || rc == EOWNERDEAD) {
-      Acquired a;
-      a.owner_died = rc == EOWNERDEAD;
-      a.dead_pid = words::load(s.owner_pid);
-      words::store(s.owner_pid, me);
-      return a;
-    }
-    if (rc != ENOTRECOVERABLE) throw Error(Errc::io_error, std::string("stripe lock: ") + std::strerror(rc));
-    // Not recoverable: one process rebuilds the mutex; the others wait for it.
-    std::uint32_t holder = 0;
-    if (std::atomic_ref<std::uint32_t>(s.reinit_guard).compare_exchange_strong(holder, me)) {
-      init(s.lock);
-      rc = pthread_mutex_lock(&s.lock);
-      words::store(s.reinit_guard, 0u, std::memory_order_release);
-      if (rc != 0 && rc != EOWNERDEAD) {
-        throw Error(Errc::io_error, std::string("stripe lock after reinit: ") + std::strerror(rc));
-      }
-      Acquired a;
-      a.owner_died = true;
-      a.reinitialized = true;
-      a.dead_pid = words::load(s.owner_pid);
-      words::store(s.owner_pid, me);
-      return a;
-    }
-    if (pid_dead(holder)) {
-      std::atomic_ref<std::uint32_t>(s.reinit_guard).compare_exchange_strong(holder, 0u);
-    }
-    sched_yield();
+void init(std::uint64_t& word) { words::store(word, std::uint64_t{0}, std::memory_order_release); }
+
+std::uint64_t self_word() { return self().word; }
+
+Life owner_life(std::uint64_t word) {
+  const std::uint32_t tid = tid_of(word);
+  const auto birth = std::uint32_t(word >> 32);
+  if (tid == 0) return Life::dead;  // nobody has thread id 0: scribbled
+  if (!proc_mounted()) {
+    // No /proc: the thread id alone (a reused id looks alive).
+    return ::kill(pid_t(tid), 0) != 0 && errno == ESRCH ? Life::dead : Life::alive;
   }
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
+  TaskStat st;
+  if (!read_task_stat(path, st)) {
+    return errno == ENOENT || errno == ESRCH ? Life::dead : Life::alive;
+  }
+  if (st.state == 'Z' || st.state == 'X' || st.state == 'x') return Life::dead;  // exited, not yet reaped
+  if (birth != 0 && std::uint32_t(st.start_time) != birth) return Life::dead;   // the id was reused
+  return Life::alive;
 }
 
-void mark_consistent(layout::StripeHeader& s) { pthread_mutex_consistent(&s.lock); }
+Acquired lock(layout::StripeHeader& s, steady::time_point deadline) {
+  const Self& me = self();
+  std::uint64_t expected = 0;
+  if (word_of(s).compare_exchange_strong(expected, me.word, std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+    return took(s, me);
+  }
+  return lock_slow(s, me, deadline);
+}
 
 void unlock(layout::StripeHeader& s) {
+  const Self& me = self();
   words::store(s.owner_pid, 0u);
-  pthread_mutex_unlock(&s.lock);
-}
-
-void unlock_inconsistent_for_testing(layout::StripeHeader& s) {
-  words::store(s.owner_pid, 0u);
-  pthread_mutex_unlock(&s.lock);
+  auto w = word_of(s);
+  std::uint64_t v = w.load(std::memory_order_relaxed);
+  // Only our own word is released: one that changed under us (scribbled by
+  // a writer of the segment) is left to the next locker to judge.
+  while ((v & ~kWaiters) == me.word) {
+    if (w.compare_exchange_weak(v, 0, std::memory_order_release, std::memory_order_relaxed)) {
+      if (v & kWaiters) futex_wake_one(futex_of(s));
+      return;
+    }
+  }
 }
 
 }  // namespace hostcache::stripe_lock

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cache_impl.h"
+#include "index.h"
 #include "stripe.h"
 #include "test_support.h"
 
@@ -30,6 +31,30 @@ inline std::vector<std::string> keys_in_stripe(const Cache& cache, std::uint32_t
   for (std::uint64_t i = 0; keys.size() < n; ++i) {
     std::string k = prefix + std::to_string(i);
     if ((stripe_of_key(cache, k) == s) != exclude) keys.push_back(std::move(k));
+  }
+  return keys;
+}
+
+// `n` keys of stripe `s` whose two bucket groups are both among the same two:
+// more than 16 of them overflow the index however it balances, so a set must
+// evict from it (reaches index.before_evict).
+inline std::vector<std::string> keys_in_two_groups(const Cache& cache, std::uint32_t s, std::size_t n,
+                                                   const std::string& prefix) {
+  const Geometry& g = detail::Access::segment(cache).geometry();
+  std::vector<std::string> keys;
+  std::uint32_t a = 0, b = 0;
+  for (std::uint64_t i = 0; keys.size() < n; ++i) {
+    std::string k = prefix + std::to_string(i);
+    const std::uint64_t h = XXH3_64bits(k.data(), k.size());
+    if (stripe::of(h, g.stripe_count) != s) continue;
+    const index::Probe p = index::probe(h, g.groups_per_stripe);
+    if (keys.empty()) {
+      a = p.g1;
+      b = p.g2;
+    } else if (!((p.g1 == a && p.g2 == b) || (p.g1 == b && p.g2 == a))) {
+      continue;
+    }
+    keys.push_back(std::move(k));
   }
   return keys;
 }

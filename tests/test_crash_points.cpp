@@ -30,8 +30,8 @@ int drive(const std::string& name, const char* point) {
     if (std::strncmp(point, "invalidate.", 11) == 0) cache.invalidate("model.a");
     const auto keys = keys_in_stripe(cache, kVictimStripe, 3000, "w");
     churn(cache, keys, 40000, 7);
-    // Tiny entries, more than the stripe's buckets: the index must evict.
-    for (const auto& k : keys) cache.set(k, "x");
+    // More keys than their two bucket groups hold: the index must evict.
+    for (const auto& k : keys_in_two_groups(cache, kVictimStripe, 24, "c")) cache.set(k, "x");
     return 0;
   }
   // A grandchild dies holding stripe 0's lock; for the reset path it first

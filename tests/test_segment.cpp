@@ -157,7 +157,8 @@ TEST(Segment, TemporaryOfACreatorKilledBeforePublishingIsSwept) {
   ScopedName name("swept");
   const pid_t dead = testing::spawn([] { return 0; });
   ASSERT_EQ(testing::wait_for(dead), 0);
-  const std::string temp = "/dev/shm/hostcache~tmp~" + name.name + "~" + std::to_string(dead) + "~1";
+  const std::string temp = "/dev/shm/hostcache~tmp~" + name.name + "~" + std::to_string(own_pidns()) + "~" +
+                           std::to_string(dead) + "~1";
   const int fd = ::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
   ASSERT_GE(fd, 0);
   ::close(fd);
@@ -165,6 +166,23 @@ TEST(Segment, TemporaryOfACreatorKilledBeforePublishingIsSwept) {
   struct stat st;
   EXPECT_NE(::stat(temp.c_str(), &st), 0) << "a dead creator's temporary was left behind";
   EXPECT_EQ(cache.set("k", "v"), Errc::ok);
+}
+
+// Issue 11 item 11: a pid of another pid namespace means nothing here; its
+// creator may be alive, so its temporary stays.
+TEST(Segment, TemporaryOfACreatorInAnotherPidNamespaceIsKept) {
+  ScopedName name("kept");
+  const pid_t dead = testing::spawn([] { return 0; });
+  ASSERT_EQ(testing::wait_for(dead), 0);
+  const std::string temp = "/dev/shm/hostcache~tmp~" + name.name + "~" + std::to_string(own_pidns() + 1) + "~" +
+                           std::to_string(dead) + "~1";
+  const int fd = ::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  Cache cache = Cache::open(testing::small_config(name.name));
+  struct stat st;
+  EXPECT_EQ(::stat(temp.c_str(), &st), 0) << "another namespace's temporary was deleted";
+  ::unlink(temp.c_str());
 }
 
 TEST_F(HostileSegment, LayoutVersionPlusOrMinusOne) {

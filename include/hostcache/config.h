@@ -33,6 +33,14 @@ struct Config {
   // seed's ENABLED = False). The environment variable HOSTCACHE_DISABLED=1
   // has the same effect. get/set are unaffected.
   bool enabled = true;
+  // How long an operation waits for a stripe lock that a LIVE process holds
+  // (a dead holder is detected within a few ms and its stripe repaired)
+  // before giving up: get() answers a miss, set() returns Errc::busy, erase()
+  // throws Error(busy). A healthy holder keeps a stripe for microseconds; a
+  // holder stopped by a debugger or SIGSTOP, or a lock word forged by a
+  // process that can write the segment, costs at most this per operation.
+  // Process-local: attach() uses the default.
+  std::chrono::milliseconds lock_timeout = std::chrono::seconds(2);
 };
 
 struct SetOptions {

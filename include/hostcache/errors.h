@@ -30,6 +30,7 @@ enum class Errc {
   permission_denied,  // owner or mode refused, or the OS refused access
   io_error,           // any other OS failure (shm_open, ftruncate, mmap)
   empty_key,          // a key must have at least one byte
+  busy,               // a stripe stayed locked by a live process past Config::lock_timeout
 };
 
 // A stable, lower_snake_case name for `e` ("key_too_large").
