@@ -10,7 +10,7 @@ mkdir -p "$out/corpus" "$out/seeds"
 srcs=(src/*.cpp)
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -DSPDLOG_FMT_EXTERNAL -Iinclude -Isrc tests/fuzz/fuzz_segment.cpp "${srcs[@]}" \
-  -o "$out/fuzz_segment" $(pkg-config --libs libxxhash) -lspdlog -lfmt -lpthread -lrt
+  -o "$out/fuzz_segment" $(pkg-config --libs libxxhash libzstd) -lspdlog -lfmt -lpthread -lrt
 HOSTCACHE_FUZZ_SEEDS="$out/seeds" "$out/fuzz_segment" >/dev/null 2>&1 || true
 echo "fuzz: $(ls "$out/seeds" | wc -l) seeds, ${seconds}s"
 HOSTCACHE_LOG=off "$out/fuzz_segment" "$out/corpus" "$out/seeds" -max_len=200000 -timeout=20 -artifact_prefix="$out/" -rss_limit_mb=4096 \

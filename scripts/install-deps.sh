@@ -7,7 +7,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake pkg-config
-  libboost-dev libxxhash-dev libmsgpack-cxx-dev libspdlog-dev libfmt-dev
+  libboost-dev libxxhash-dev libzstd-dev libmsgpack-cxx-dev libspdlog-dev libfmt-dev
   libbenchmark-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev
   clang libclang-rt-dev

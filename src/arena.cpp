@@ -32,13 +32,16 @@ bool read_header(const StripeView& s, std::uint64_t off, EntryHeader& out) {
   w[0] = first;
   for (std::size_t i = 1; i < kHeaderBytes / 8; ++i) w[i] = words::load_word(s.arena + off + 8 * i);
   std::memcpy(&out, w, kHeaderBytes);
-  if (out.live > 1 || out.ntags > 4 || out.key_len == 0) return false;
-  std::uint64_t payload = std::uint64_t(out.key_len) + out.value_len + out.tags_len;
-  return entry_size(out.key_len, out.value_len, out.tags_len) == out.size && payload <= a;
+  if (out.live > 1 || out.ntags > 4 || out.key_len == 0 || (out.flags & ~layout::kKnownFlags) != 0) return false;
+  if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > (1u << 30)) {
+    return false;
+  }
+  std::uint64_t payload = std::uint64_t(out.key_len) + out.value_len + out.tags_len + out.ns_len;
+  return entry_size(out.key_len, out.value_len, std::uint64_t(out.tags_len) + out.ns_len) == out.size && payload <= a;
 }
 
 std::uint64_t checksum_of(const std::uint8_t* image, const EntryHeader& h) {
-  const std::uint64_t len = kHeaderBytes - layout::kChecksumFrom + h.key_len + h.value_len + h.tags_len;
+  const std::uint64_t len = kHeaderBytes - layout::kChecksumFrom + h.key_len + h.value_len + h.tags_len + h.ns_len;
   const std::uint64_t seed = (std::uint64_t(h.size) << 32) | (std::uint64_t(h.kind) << 16) | h.magic;
   return XXH3_64bits_withSeed(image + layout::kChecksumFrom, len, seed);
 }

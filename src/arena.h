@@ -63,6 +63,7 @@ struct StripeView {
 };
 
 // Bytes an entry with these lengths occupies (header + payload, 8-aligned).
+// `tags_len` includes the namespace's name.
 std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, std::uint64_t tags_len);
 
 // Reads the header at arena offset `off` word by word and checks it against the
@@ -79,6 +80,9 @@ inline std::uint64_t value_off(std::uint64_t off, const layout::EntryHeader& h) 
 }
 inline std::uint64_t tags_off(std::uint64_t off, const layout::EntryHeader& h) {
   return off + layout::kHeaderBytes + h.key_len + h.value_len;
+}
+inline std::uint64_t ns_off(std::uint64_t off, const layout::EntryHeader& h) {
+  return tags_off(off, h) + h.tags_len;
 }
 
 // Checksum of an entry image (header + payload, `h.size` bytes) in private memory.

@@ -11,6 +11,7 @@
 #include "arena.h"
 #include "cache_impl.h"
 #include "clock.h"
+#include "compress.h"
 #include "generations.h"
 #include "log.h"
 #include "segment.h"
@@ -39,6 +40,9 @@ const char* to_string(Errc e) noexcept {
     case Errc::io_error: return "io_error";
     case Errc::empty_key: return "empty_key";
     case Errc::busy: return "busy";
+    case Errc::not_integer: return "not_integer";
+    case Errc::overflow: return "overflow";
+    case Errc::invalid_namespace: return "invalid_namespace";
   }
   return "unknown";
 }
@@ -90,6 +94,8 @@ Cache Cache::open(const Config& config) {
   impl->max_value_bytes = std::min(config.max_value_bytes, value_room(g, 0));
   impl->enabled = config.enabled && !disabled_by_environment();
   impl->segment->set_lock_timeout(config.lock_timeout);
+  impl->compress_min_bytes = config.compress_min_bytes;
+  impl->compress_level = config.compress_level;
   return Cache(std::move(impl));
 }
 
@@ -103,35 +109,91 @@ Cache Cache::attach(std::string_view name, bool allow_foreign) {
   impl->max_key_bytes = std::min<std::size_t>(std::size_t(g.max_key_bytes), key_room(g));
   impl->max_value_bytes = std::min<std::size_t>(g.max_value_bytes, value_room(g, 0));
   impl->enabled = !disabled_by_environment();
+  impl->compress_min_bytes = Config{}.compress_min_bytes;
+  impl->compress_level = Config{}.compress_level;
   return Cache(std::move(impl));
 }
 
 bool Cache::remove(std::string_view name) { return Segment::remove(name); }
 
-bool Cache::get(std::string_view key, std::string& value) const {
-  if (key.empty() || key.size() > impl_->max_key_bytes) {
-    impl_->stats.miss();
-    return false;
-  }
-  const stripe::Lookup r = stripe::get(*impl_->segment, key, hash_key(key), value);
-  const bool hit = r == stripe::Lookup::hit;
-  if (hit) {
-    impl_->stats.hit();
+namespace {
+
+stripe::Lookup lookup(Cache::Impl& impl, std::string_view key, stripe::Dest& dest, stripe::Meta* meta,
+                      std::uint64_t hash) {
+  const stripe::Lookup r = stripe::get(*impl.segment, key, hash, dest, meta);
+  if (r == stripe::Lookup::hit) {
+    impl.stats.hit();
   } else {
-    impl_->stats.miss();
+    impl.stats.miss();
   }
   auto& lg = log::get();
   if (lg.should_log(spdlog::level::debug)) {
     static constexpr const char* kWords[] = {"hit", "miss", "miss (expired)", "miss (stale)"};
     lg.debug("get '{}': {}", key, kWords[int(r)]);
   }
-  return hit;
+  return r;
+}
+
+bool key_ok(const Cache::Impl& impl, std::string_view key) {
+  return !key.empty() && key.size() <= impl.max_key_bytes;
+}
+
+}  // namespace
+
+bool Cache::get(std::string_view key, std::string& value) const {
+  if (!key_ok(*impl_, key)) {
+    impl_->stats.miss();
+    return false;
+  }
+  stripe::Dest dest{&value, nullptr, nullptr};
+  return lookup(*impl_, key, dest, nullptr, hash_key(key)) == stripe::Lookup::hit;
 }
 
 std::optional<std::string> Cache::get(std::string_view key) const {
   std::string value;
   if (!get(key, value)) return std::nullopt;
   return value;
+}
+
+bool Cache::get_into(std::string_view key, ValueSink sink, void* ctx) const {
+  if (!key_ok(*impl_, key)) {
+    impl_->stats.miss();
+    return false;
+  }
+  stripe::Dest dest{nullptr, sink, ctx};
+  return lookup(*impl_, key, dest, nullptr, hash_key(key)) == stripe::Lookup::hit;
+}
+
+std::vector<std::optional<std::string>> Cache::get_many(const std::vector<std::string_view>& keys) const {
+  std::vector<std::optional<std::string>> out(keys.size());
+  // Hash everything and start every key's bucket loads first: the misses
+  // overlap instead of following one another.
+  thread_local std::vector<std::uint64_t> hashes;
+  hashes.resize(keys.size());
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    hashes[i] = hash_key(keys[i]);
+    stripe::prefetch(*impl_->segment, hashes[i]);
+  }
+  std::string value;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (!key_ok(*impl_, keys[i])) {
+      impl_->stats.miss();
+      continue;
+    }
+    stripe::Dest dest{&value, nullptr, nullptr};
+    if (lookup(*impl_, keys[i], dest, nullptr, hashes[i]) == stripe::Lookup::hit) out[i] = value;
+  }
+  return out;
+}
+
+std::optional<std::chrono::milliseconds> Cache::ttl(std::string_view key) const {
+  if (!key_ok(*impl_, key)) return std::nullopt;
+  std::string unused;
+  stripe::Dest dest{&unused, nullptr, nullptr};
+  stripe::Meta meta;
+  if (stripe::get(*impl_->segment, key, hash_key(key), dest, &meta) != stripe::Lookup::hit) return std::nullopt;
+  if (meta.expires_ms == std::numeric_limits<std::int64_t>::max()) return kNoExpiry;
+  return std::chrono::milliseconds(std::max<std::int64_t>(1, meta.expires_ms - clock::now_ms()));
 }
 
 namespace {
@@ -142,7 +204,8 @@ Errc validate(const Cache::Impl& impl, std::string_view key, std::string_view va
   if (value.size() > impl.max_value_bytes) return Errc::value_too_large;
   if (o.ttl.count() < 0) return Errc::invalid_ttl;
   if (o.tags.size() > kMaxTags) return Errc::too_many_tags;
-  std::uint64_t tags_len = 0;
+  if (o.ns.size() > kMaxNamespaceBytes) return Errc::invalid_namespace;
+  std::uint64_t tags_len = o.ns.size();
   for (std::string_view t : o.tags) {
     if (t.empty() || t.size() > kMaxTagBytes) return Errc::tag_too_large;
     tags_len += 1 + t.size();
@@ -155,15 +218,20 @@ Errc validate(const Cache::Impl& impl, std::string_view key, std::string_view va
   return Errc::ok;
 }
 
-Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, const SetOptions& o,
-            const GenerationStamp* stamp) {
-  if (Errc e = validate(impl, key, value, o); e != Errc::ok) return e;
-  const std::int64_t ttl = o.ttl.count() == 0 ? impl.default_ttl.count() : o.ttl.count();
+// The absolute expiry of a TTL given now (0: the default; kNoExpiry: never).
+std::int64_t expiry_of(const Cache::Impl& impl, std::chrono::milliseconds ttl) {
+  const std::int64_t t = ttl.count() == 0 ? impl.default_ttl.count() : ttl.count();
   const std::int64_t now = clock::now_ms();
+  constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::max();
+  return t == kNever || t > kNever - now ? kNever : now + t;
+}
+
+Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, const SetOptions& o,
+            const GenerationStamp* stamp, stripe::Mode mode) {
+  if (Errc e = validate(impl, key, value, o); e != Errc::ok) return e;
+  const std::uint32_t tag_slots = impl.segment->geometry().tag_slots;
   std::uint32_t slots[kMaxTags] = {};
-  for (std::size_t i = 0; i < o.tags.size(); ++i) {
-    slots[i] = generations::slot_of(o.tags[i], impl.segment->geometry().tag_slots);
-  }
+  for (std::size_t i = 0; i < o.tags.size(); ++i) slots[i] = generations::slot_of(o.tags[i], tag_slots);
   stripe::Write w;
   w.key = key;
   w.hash = hash_key(key);
@@ -171,10 +239,25 @@ Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, con
   w.tags = &o.tags;
   w.tag_slots = slots;
   w.stamp = stamp;
-  w.expires_ms = ttl > std::numeric_limits<std::int64_t>::max() - now ? std::numeric_limits<std::int64_t>::max()
-                                                                       : now + ttl;
+  w.expires_ms = expiry_of(impl, o.ttl);
+  w.ns = o.ns;
+  w.ns_slot = o.ns.empty() ? 0 : generations::ns_slot_of(o.ns, tag_slots);
+  thread_local std::string frame;
+  if (impl.compress_min_bytes != 0 && value.size() >= impl.compress_min_bytes &&
+      compress::worth_compressing(value, impl.compress_level, frame)) {
+    w.value = frame;
+    w.compressed = true;
+    w.orig_len = std::uint32_t(value.size());
+  }
   try {
-    if (!stripe::set(*impl.segment, w)) return value.size() > key.size() ? Errc::value_too_large : Errc::key_too_large;
+    switch (stripe::set(*impl.segment, w, mode)) {
+      case stripe::SetResult::stored:
+        return Errc::ok;
+      case stripe::SetResult::exists:
+        return Errc::already_exists;
+      case stripe::SetResult::too_big:
+        return value.size() > key.size() ? Errc::value_too_large : Errc::key_too_large;
+    }
   } catch (const Error& e) {
     if (e.code() != Errc::busy) throw;
     log::get().warn("set '{}': {}", key, e.what());
@@ -183,23 +266,74 @@ Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, con
   return Errc::ok;
 }
 
+void check_namespace(const Cache::Impl& impl, std::string_view ns) {
+  if (ns.empty() || ns.size() > kMaxNamespaceBytes) {
+    throw Error(Errc::invalid_namespace, "segment '" + impl.segment->name() + "': a namespace is 1.." +
+                                             std::to_string(kMaxNamespaceBytes) + " bytes, not " +
+                                             std::to_string(ns.size()));
+  }
+}
+
 }  // namespace
 
 Errc Cache::set(std::string_view key, std::string_view value, const SetOptions& options) {
-  return do_set(*impl_, key, value, options, nullptr);
+  return do_set(*impl_, key, value, options, nullptr, stripe::Mode::set);
 }
 
 Errc Cache::set(std::string_view key, std::string_view value, const SetOptions& options,
                 const GenerationStamp& stamp) {
   if (stamp.ntags != options.tags.size()) return Errc::too_many_tags;
-  return do_set(*impl_, key, value, options, &stamp);
+  return do_set(*impl_, key, value, options, &stamp, stripe::Mode::set);
 }
 
-GenerationStamp Cache::generations(const std::vector<std::string_view>& tags) const {
+Errc Cache::add(std::string_view key, std::string_view value, const SetOptions& options) {
+  return do_set(*impl_, key, value, options, nullptr, stripe::Mode::add);
+}
+
+std::vector<Errc> Cache::set_many(const std::vector<std::pair<std::string_view, std::string_view>>& items,
+                                  const SetOptions& options) {
+  std::vector<Errc> out;
+  out.reserve(items.size());
+  for (const auto& [k, v] : items) out.push_back(set(k, v, options));
+  return out;
+}
+
+Errc Cache::incr(std::string_view key, std::int64_t delta, std::int64_t& result) {
+  if (key.empty()) return Errc::empty_key;
+  if (key.size() > impl_->max_key_bytes) return Errc::key_too_large;
+  try {
+    return stripe::incr(*impl_->segment, key, hash_key(key), delta, result);
+  } catch (const Error& e) {
+    if (e.code() != Errc::busy) throw;
+    return Errc::busy;
+  }
+}
+
+Errc Cache::decr(std::string_view key, std::int64_t delta, std::int64_t& result) {
+  if (delta == std::numeric_limits<std::int64_t>::min()) return Errc::overflow;
+  return incr(key, -delta, result);
+}
+
+bool Cache::touch(std::string_view key, std::chrono::milliseconds ttl) {
+  if (ttl.count() < 0) {
+    throw Error(Errc::invalid_ttl, "touch on segment '" + impl_->segment->name() + "': negative TTL " +
+                                       std::to_string(ttl.count()) + " ms");
+  }
+  if (!key_ok(*impl_, key)) return false;
+  return stripe::touch(*impl_->segment, key, hash_key(key), expiry_of(*impl_, ttl));
+}
+
+void Cache::clear(std::string_view ns) {
+  check_namespace(*impl_, ns);
+  generations::bump_ns(*impl_->segment, ns);
+}
+
+GenerationStamp Cache::generations(const std::vector<std::string_view>& tags, std::string_view ns) const {
+  const std::uint32_t tag_slots = impl_->segment->geometry().tag_slots;
   std::uint32_t slots[kMaxTags] = {};
   const unsigned n = unsigned(std::min(tags.size(), kMaxTags));
-  for (unsigned i = 0; i < n; ++i) slots[i] = generations::slot_of(tags[i], impl_->segment->geometry().tag_slots);
-  return generations::read(*impl_->segment, slots, n);
+  for (unsigned i = 0; i < n; ++i) slots[i] = generations::slot_of(tags[i], tag_slots);
+  return generations::read(*impl_->segment, slots, n, !ns.empty(), ns.empty() ? 0 : generations::ns_slot_of(ns, tag_slots));
 }
 
 bool Cache::erase(std::string_view key) {

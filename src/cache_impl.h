@@ -19,7 +19,14 @@ struct Cache::Impl {
   std::size_t max_key_bytes = 0;
   std::size_t max_value_bytes = 0;
   bool enabled = true;
+  std::size_t compress_min_bytes = 0;  // 0: never compress what this process writes
+  int compress_level = 1;
   StatsRecorder stats;  // this process's StatsSlot
+  // memoize.cpp's per-handle state (the keyed hash's secret, the method slots
+  // this handle has looked up), made on first use and then only read through
+  // the pointer; the shared_ptr owns it.
+  std::atomic<struct MemoizeState*> memoize_state{nullptr};
+  std::shared_ptr<MemoizeState> memoize_owner;
 
   explicit Impl(std::unique_ptr<Segment> seg);
 };

@@ -21,12 +21,18 @@
 namespace hostcache::generations {
 
 std::uint32_t slot_of(std::string_view tag, std::uint32_t tag_slots);
+// A namespace's generation slot: in the tag table, hashed apart from tags
+// (a shared slot over-invalidates, which is safe).
+std::uint32_t ns_slot_of(std::string_view ns, std::uint32_t tag_slots);
 
-// The generations to stamp an entry with, read now (acquire).
-GenerationStamp read(const Segment& segment, const std::uint32_t* slots, unsigned ntags);
+// The generations to stamp an entry with, read now (acquire). `ns_slot` is
+// read when has_ns.
+GenerationStamp read(const Segment& segment, const std::uint32_t* slots, unsigned ntags, bool has_ns = false,
+                     std::uint32_t ns_slot = 0);
 
 void bump_global(Segment& segment);
 void bump_tag(Segment& segment, std::string_view tag);
+void bump_ns(Segment& segment, std::string_view ns);
 
 enum class State { valid, expired, stale };
 
@@ -52,6 +58,10 @@ class Judge {
   State of(const layout::EntryHeader& h) const {
     if (h.expires_ms <= coarse_ms_ + clock::kCoarseSlackMs && h.expires_ms <= now_ms()) return State::expired;
     if (h.global_gen != words::load(*global_, std::memory_order_acquire)) return State::stale;
+    if ((h.flags & layout::kFlagNamespace) != 0 &&
+        h.ns_gen != words::load(tags_[h.ns_slot & tag_mask_], std::memory_order_acquire)) {
+      return State::stale;
+    }
     for (unsigned i = 0; i < h.ntags && i < 4; ++i) {
       if (h.tag_gen[i] != words::load(tags_[h.tag_slot[i] & tag_mask_], std::memory_order_acquire)) {
         return State::stale;

@@ -177,7 +177,9 @@ struct alignas(kCacheLine) StripeHeader {
   std::uint64_t lap_left;       // ring bytes the current lap must still pass at the tail; 0: none
   std::uint64_t lap_epoch;      // inval_epoch when the current lap began
   std::int64_t lap_until_ms;    // earliest expiry seen in the current lap
-  std::uint64_t pad1[3];
+  std::uint64_t compressed_in;   // original bytes of the values stored compressed (monotonic)
+  std::uint64_t compressed_out;  // the bytes they took compressed
+  std::uint64_t pad1[1];
 };
 static_assert(sizeof(StripeHeader) == 4 * kCacheLine, "StripeHeader is part of the format");
 static_assert(offsetof(StripeHeader, seq) == kCacheLine, "seq starts the second line");
@@ -200,9 +202,14 @@ inline constexpr std::uint16_t kEntryMagic = 0x4845;  // "HE"
 inline constexpr std::uint8_t kKindEntry = 1;
 inline constexpr std::uint8_t kKindPad = 2;  // fills the arena's end before a wrap
 
-// An entry in the arena: EntryHeader, key, value, tags blob (each tag a length
-// byte then its bytes), padded to a multiple of 8. A pad is an EntryHeader's
-// first word only (size, magic, kind) and covers the arena's end.
+// An entry in the arena: EntryHeader, key, value (as stored: compressed when
+// kFlagCompressed), tags blob (each tag a length byte then its bytes), the
+// namespace's name (ns_len bytes), padded to a multiple of 8. A pad is an
+// EntryHeader's first word only (size, magic, kind) and covers the arena's end.
+inline constexpr std::uint8_t kFlagCompressed = 1;  // value is a zstd frame of orig_len bytes
+inline constexpr std::uint8_t kFlagNamespace = 2;   // ns_slot/ns_gen are meaningful
+inline constexpr std::uint8_t kKnownFlags = kFlagCompressed | kFlagNamespace;
+
 struct EntryHeader {
   std::uint32_t size;         // whole entry, multiple of 8, >= sizeof(EntryHeader)
   std::uint16_t magic;        // kEntryMagic
@@ -210,19 +217,24 @@ struct EntryHeader {
   std::uint8_t live;          // 1 iff a bucket refers to this entry
   std::uint64_t checksum;     // xxh3 of bytes [kChecksumFrom, kHeaderBytes + payload), seeded by size
   std::uint32_t key_len;      // --- checksummed from here
-  std::uint32_t value_len;
+  std::uint32_t value_len;    // bytes of the value as stored
   std::uint16_t tags_len;     // bytes of the tags blob
   std::uint8_t ntags;         // <= kMaxTags
-  std::uint8_t reserved[5];
+  std::uint8_t flags;         // kFlag*
+  std::uint32_t ns_slot;      // the namespace's generation slot (tag table)
   std::uint64_t hash;         // xxh3 of the key
-  std::int64_t expires_ms;    // clock::now_ms() deadline
+  std::int64_t expires_ms;    // clock::now_ms() deadline; INT64_MAX: never
   std::uint64_t global_gen;   // Header::global_gen when written
+  std::uint64_t ns_gen;       // the namespace's generation when written
+  std::uint32_t orig_len;     // the value's length before compression (== value_len if not compressed)
+  std::uint8_t ns_len;        // bytes of the namespace's name, after the tags
+  std::uint8_t reserved[3];
   std::uint32_t tag_slot[4];  // tag generation slots
   std::uint64_t tag_gen[4];   // their generations when written
 };
 inline constexpr std::size_t kHeaderBytes = sizeof(EntryHeader);
 inline constexpr std::size_t kChecksumFrom = offsetof(EntryHeader, key_len);
-static_assert(sizeof(EntryHeader) == 104, "EntryHeader is part of the format");
+static_assert(sizeof(EntryHeader) == 120, "EntryHeader is part of the format");
 static_assert(kHeaderBytes % 8 == 0, "entries are 8-aligned: word-wise atomic copies");
 
 // ---- every struct is plain ------------------------------------------------------

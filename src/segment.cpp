@@ -39,7 +39,7 @@ constexpr std::uint32_t kMaxStripes = 1024;
 constexpr std::uint64_t kMinStripeBytes = 256 << 10;  // smaller stripes evict too coarsely
 // One 64-byte group of 8 buckets per 640 bytes of arena (a bucket per 80
 // bytes): the index is ~9% of a stripe and holds every entry of an arena
-// filled with the smallest entries (112 bytes: a 1-byte key, no value) at 71%
+// filled with the smallest entries (128 bytes: a 1-byte key, no value) at 62%
 // load, where two-choice groups of 8 with a cuckoo step never overflow. The
 // group count is not rounded to a power of two (index.h folds hashes onto it).
 constexpr std::uint64_t kArenaPerGroup = 640;
@@ -88,7 +88,7 @@ struct Fd {
 }  // namespace
 
 std::uint64_t max_entry_bytes(std::uint64_t max_key, std::uint64_t max_value) {
-  std::uint64_t tags = kMaxTags * (1 + kMaxTagBytes);
+  std::uint64_t tags = kMaxTags * (1 + kMaxTagBytes) + kMaxNamespaceBytes;
   return align_up(layout::kHeaderBytes + max_key + max_value + tags, 8);
 }
 

@@ -89,6 +89,8 @@ Stats StatsRecorder::read(const Segment& segment) {
     s.recoveries += words::load(sh->recoveries);
     s.resets += words::load(sh->resets);
     s.entries += words::load(sh->entries);
+    s.compressed_in += words::load(sh->compressed_in);
+    s.compressed_out += words::load(sh->compressed_out);
     const std::uint64_t used = words::load(sh->used), dead_bytes = words::load(sh->dead_bytes);
     s.bytes_used += used > dead_bytes ? used - dead_bytes : 0;
   }

@@ -1,10 +1,14 @@
 #include "stripe.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstring>
+#include <limits>
 
 #include "atomic_words.h"
 #include "clock.h"
+#include "compress.h"
 #include "crash_point.h"
 #include "index.h"
 #include "log.h"
@@ -68,8 +72,11 @@ bool find(const arena::StripeView& v, std::string_view key, std::uint64_t hash, 
   return false;
 }
 
-Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generations::Judge& judge,
-                      std::string& out) {
+// Copies a valid entry's value out: straight into the destination, or, for
+// a compressed one, its stored bytes into `raw` (decompressed once the read
+// is validated: never decode bytes a writer may be changing).
+Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generations::Judge& judge, Dest& out,
+                      std::string& raw) {
   switch (judge.of(f.h)) {
     case generations::State::expired:
       return Lookup::expired;
@@ -78,9 +85,24 @@ Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generati
     case generations::State::valid:
       break;
   }
-  out.resize(f.h.value_len);
-  words::copy_out(v.arena, arena::value_off(f.off, f.h), f.h.value_len, out.data());
+  char* dst;
+  if ((f.h.flags & layout::kFlagCompressed) != 0) {
+    raw.resize(f.h.value_len);
+    dst = raw.data();
+  } else {
+    dst = out.reserve(f.h.value_len);
+  }
+  words::copy_out(v.arena, arena::value_off(f.off, f.h), f.h.value_len, dst);
   return Lookup::hit;
+}
+
+// A validated hit on a compressed entry: decompress into the destination.
+// A frame that does not decode to exactly orig_len bytes (only a writer of
+// the segment can make one) is a miss.
+Lookup finish(const Found& f, Lookup r, Dest& out, const std::string& raw) {
+  if (r != Lookup::hit || (f.h.flags & layout::kFlagCompressed) == 0) return r;
+  char* dst = out.reserve(f.h.orig_len);
+  return compress::decompress(raw, dst, f.h.orig_len) ? Lookup::hit : Lookup::miss;
 }
 
 // Builds the entry image in private memory: header, key, value, tags, padding.
@@ -95,9 +117,17 @@ const std::uint8_t* build_image(const Write& w, const GenerationStamp& stamp, st
   h.live = 1;
   h.key_len = std::uint32_t(w.key.size());
   h.value_len = std::uint32_t(w.value.size());
+  h.orig_len = w.compressed ? w.orig_len : h.value_len;
+  h.flags = w.compressed ? layout::kFlagCompressed : 0;
   h.hash = w.hash;
   h.expires_ms = w.expires_ms;
   h.global_gen = stamp.global;
+  if (!w.ns.empty()) {
+    h.flags |= layout::kFlagNamespace;
+    h.ns_slot = w.ns_slot;
+    h.ns_gen = stamp.ns;
+    h.ns_len = std::uint8_t(w.ns.size());
+  }
   std::size_t p = layout::kHeaderBytes;
   std::memcpy(bytes + p, w.key.data(), w.key.size());
   p += w.key.size();
@@ -116,6 +146,7 @@ const std::uint8_t* build_image(const Write& w, const GenerationStamp& stamp, st
     }
   }
   h.tags_len = std::uint16_t(p - tags_start);
+  std::memcpy(bytes + p, w.ns.data(), w.ns.size());
   std::memcpy(bytes, &h, sizeof h);
   h.checksum = arena::checksum_of(bytes, h);
   std::memcpy(bytes, &h, sizeof h);
@@ -241,10 +272,11 @@ void Locked::end() {
   writing_ = false;
 }
 
-Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, std::string& out) {
+Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out, Meta* meta) {
   const std::uint32_t index = of(hash, segment.geometry().stripe_count);
   const arena::StripeView v = arena::StripeView::over(segment.stripe_base(index), segment.geometry());
   const generations::Judge judge(segment);
+  thread_local std::string raw;  // a compressed entry's stored bytes
   for (int attempt = 0; attempt < kOptimisticTries; ++attempt) {
     std::uint64_t s1 = load(v.hdr->seq, std::memory_order_acquire);
     for (int spin = 0; (s1 & 1) && spin < kSpinsWhileOdd; ++spin) {
@@ -254,20 +286,22 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, std::stri
     if (s1 & 1) continue;
     Found f;
     Lookup r = Lookup::miss;
-    if (find(v, key, hash, f)) r = judge_and_copy(v, f, judge, out);
+    if (find(v, key, hash, f)) r = judge_and_copy(v, f, judge, out, raw);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (load(v.hdr->seq) == s1) {
       if (r == Lookup::hit) index::touch(*f.bucket, f.seen);
-      return r;
+      if (meta != nullptr) meta->expires_ms = f.h.expires_ms;
+      return finish(f, r, out, raw);
     }
   }
   try {
     Locked locked(segment, index);
     Found f;
     Lookup r = Lookup::miss;
-    if (find(v, key, hash, f)) r = judge_and_copy(v, f, judge, out);
+    if (find(v, key, hash, f)) r = judge_and_copy(v, f, judge, out, raw);
     if (r == Lookup::hit) index::touch(*f.bucket, f.seen);
-    return r;
+    if (meta != nullptr) meta->expires_ms = f.h.expires_ms;
+    return finish(f, r, out, raw);
   } catch (const Error& e) {
     if (e.code() != Errc::busy) throw;
     log::get().warn("get: {}; answered as a miss", e.what());
@@ -275,46 +309,162 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, std::stri
   }
 }
 
-bool set(Segment& segment, const Write& w) {
+void prefetch(Segment& segment, std::uint64_t hash) {
+  const arena::StripeView v =
+      arena::StripeView::over(segment.stripe_base(of(hash, segment.geometry().stripe_count)), segment.geometry());
+  const index::Probe p = index::probe(hash, v.groups);
+  __builtin_prefetch(index::group(v.buckets, p.g1));
+  __builtin_prefetch(index::group(v.buckets, p.g2));
+}
+
+namespace {
+
+std::uint64_t tags_bytes(const Write& w) {
+  std::uint64_t n = w.ns.size();
+  if (w.tags) {
+    for (auto t : *w.tags) n += 1 + t.size();
+  }
+  return n;
+}
+
+// Under the lock, seq odd: replaces the key's entry (`old`, if found) by the
+// image, evicting as needed.
+void store_locked(const arena::StripeView& v, const Found* old, const std::uint8_t* image, std::uint32_t size,
+                  std::uint64_t hash, const generations::Judge& judge) {
+  if (old != nullptr) {
+    arena::kill(v, old->off, old->h, old->bucket);
+    HOSTCACHE_CRASH_POINT("set.after_kill_old");
+  }
+  const std::uint64_t off = arena::make_room(v, size, judge);
+  HOSTCACHE_CRASH_POINT("set.after_make_room");
+  arena::append(v, off, image, size, judge);
+  layout::Bucket* bucket = arena::place(v, hash);
+  if (bucket == nullptr) bucket = make_bucket(v, hash, judge);
+  index::store(*bucket, index::encode(off, index::probe(hash, v.groups).fingerprint));
+  HOSTCACHE_CRASH_POINT("set.after_index");
+  store(v.hdr->entries, load(v.hdr->entries) + 1);
+  store(v.hdr->sets, load(v.hdr->sets) + 1);
+}
+
+// Parses memcached's decimal integer: an optional '-', then 1 to 19 digits.
+bool parse_decimal(std::string_view s, std::int64_t& out) {
+  const bool neg = !s.empty() && s[0] == '-';
+  std::string_view d = neg ? s.substr(1) : s;
+  if (d.empty() || d.size() > 19) return false;
+  std::uint64_t v = 0;
+  for (char c : d) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + std::uint64_t(c - '0');
+  }
+  const std::uint64_t limit = neg ? std::uint64_t(std::numeric_limits<std::int64_t>::max()) + 1
+                                  : std::uint64_t(std::numeric_limits<std::int64_t>::max());
+  if (v > limit) return false;
+  out = neg ? std::int64_t(0 - v) : std::int64_t(v);
+  return true;
+}
+
+}  // namespace
+
+SetResult set(Segment& segment, const Write& w, Mode mode) {
   const std::uint32_t index = of(w.hash, segment.geometry().stripe_count);
-  const std::uint64_t tags_len = [&] {
-    std::uint64_t n = 0;
-    if (w.tags) {
-      for (auto t : *w.tags) n += 1 + t.size();
-    }
-    return n;
-  }();
-  const std::uint64_t size64 = arena::entry_size(w.key.size(), w.value.size(), tags_len);
+  const std::uint64_t size64 = arena::entry_size(w.key.size(), w.value.size(), tags_bytes(w));
   // Whatever limits the caller was given, an entry must fit its arena.
-  if (size64 > segment.geometry().arena_bytes) return false;
+  if (size64 > segment.geometry().arena_bytes) return SetResult::too_big;
   const auto size = std::uint32_t(size64);
   // The image is built before the lock, so the critical section only copies.
   // Reading the generations here rather than under the lock is still
   // linearizable: a clear() that lands in between makes this set's entry
   // stale, as if the set had completed just before the clear.
   const GenerationStamp stamp =
-      w.stamp != nullptr ? *w.stamp : generations::read(segment, w.tag_slots, w.tags ? unsigned(w.tags->size()) : 0);
+      w.stamp != nullptr ? *w.stamp
+                         : generations::read(segment, w.tag_slots, w.tags ? unsigned(w.tags->size()) : 0,
+                                             !w.ns.empty(), w.ns_slot);
   const std::uint8_t* image = build_image(w, stamp, size);
   Locked locked(segment, index);
   const arena::StripeView& v = locked.view();
   const generations::Judge judge(segment);
+  Found old;
+  const bool found = find(v, w.key, w.hash, old);
+  // add: a valid entry wins; an expired or stale one counts as absent.
+  if (mode == Mode::add && found && judge.of(old.h) == generations::State::valid) return SetResult::exists;
   locked.begin();
   HOSTCACHE_CRASH_POINT("set.begin");
-  Found old;
-  if (find(v, w.key, w.hash, old)) {
-    arena::kill(v, old.off, old.h, old.bucket);
-    HOSTCACHE_CRASH_POINT("set.after_kill_old");
+  store_locked(v, found ? &old : nullptr, image, size, w.hash, judge);
+  if (w.compressed) {
+    store(v.hdr->compressed_in, load(v.hdr->compressed_in) + w.orig_len);
+    store(v.hdr->compressed_out, load(v.hdr->compressed_out) + w.value.size());
   }
-  const std::uint64_t off = arena::make_room(v, size, judge);
-  if (off == arena::kNoRoom) return false;  // unreachable: size checked above
-  HOSTCACHE_CRASH_POINT("set.after_make_room");
-  arena::append(v, off, image, size, judge);
-  layout::Bucket* bucket = arena::place(v, w.hash);
-  if (bucket == nullptr) bucket = make_bucket(v, w.hash, judge);
-  index::store(*bucket, index::encode(off, index::probe(w.hash, v.groups).fingerprint));
-  HOSTCACHE_CRASH_POINT("set.after_index");
-  store(v.hdr->entries, load(v.hdr->entries) + 1);
-  store(v.hdr->sets, load(v.hdr->sets) + 1);
+  locked.end();
+  return SetResult::stored;
+}
+
+Errc incr(Segment& segment, std::string_view key, std::uint64_t hash, std::int64_t delta, std::int64_t& result) {
+  Locked locked(segment, of(hash, segment.geometry().stripe_count));
+  const arena::StripeView& v = locked.view();
+  const generations::Judge judge(segment);
+  Found old;
+  if (!find(v, key, hash, old) || judge.of(old.h) != generations::State::valid) return Errc::not_found;
+  if ((old.h.flags & layout::kFlagCompressed) != 0 || old.h.value_len > 20) return Errc::not_integer;
+  char digits[24];
+  words::copy_out(v.arena, arena::value_off(old.off, old.h), old.h.value_len, digits);
+  std::int64_t now = 0;
+  if (!parse_decimal(std::string_view(digits, old.h.value_len), now)) return Errc::not_integer;
+  if (__builtin_add_overflow(now, delta, &result)) return Errc::overflow;
+  // The new entry keeps everything of the old one but the value: expiry,
+  // tags, namespace, and the generations it was stamped with (still
+  // current: it is valid).
+  std::vector<std::string> tags;
+  if (!arena::read_tags(v, old.off, old.h, tags)) return Errc::not_found;  // unreachable for a checked entry
+  std::vector<std::string_view> tag_views(tags.begin(), tags.end());
+  std::string ns(old.h.ns_len, '\0');
+  words::copy_out(v.arena, arena::ns_off(old.off, old.h), old.h.ns_len, ns.data());
+  const std::string text = std::to_string(result);
+  Write w;
+  w.key = key;
+  w.hash = hash;
+  w.value = text;
+  w.tags = &tag_views;
+  w.tag_slots = old.h.tag_slot;
+  w.expires_ms = old.h.expires_ms;
+  w.ns = ns;
+  w.ns_slot = old.h.ns_slot;
+  GenerationStamp stamp;
+  stamp.global = old.h.global_gen;
+  stamp.ntags = old.h.ntags;
+  for (unsigned i = 0; i < old.h.ntags && i < 4; ++i) stamp.tags[i] = old.h.tag_gen[i];
+  stamp.ns = old.h.ns_gen;
+  const std::uint64_t size = arena::entry_size(key.size(), text.size(), tags_bytes(w));
+  if (size > v.arena_bytes) return Errc::value_too_large;  // a 20-byte value where a longer one fit: unreachable
+  const std::uint8_t* image = build_image(w, stamp, std::uint32_t(size));
+  locked.begin();
+  store_locked(v, &old, image, std::uint32_t(size), hash, judge);
+  locked.end();
+  return Errc::ok;
+}
+
+bool touch(Segment& segment, std::string_view key, std::uint64_t hash, std::int64_t expires_ms) {
+  Locked locked(segment, of(hash, segment.geometry().stripe_count));
+  const arena::StripeView& v = locked.view();
+  const generations::Judge judge(segment);
+  Found f;
+  if (!find(v, key, hash, f) || judge.of(f.h) != generations::State::valid) return false;
+  // The expiry is checksummed: rewrite it and the checksum, seq odd. Killed
+  // in between, the entry fails its checksum and repair drops it: the cost
+  // is that entry, as for a set.
+  thread_local std::vector<std::uint64_t> image;
+  image.resize(f.h.size / 8);
+  for (std::size_t i = 0; i < image.size(); ++i) image[i] = words::load_word(v.arena + f.off + 8 * i);
+  EntryHeader h = f.h;
+  h.expires_ms = expires_ms;
+  std::memcpy(image.data(), &h, sizeof h);
+  h.checksum = arena::checksum_of(reinterpret_cast<const std::uint8_t*>(image.data()), h);
+  std::uint64_t word;
+  locked.begin();
+  std::memcpy(&word, reinterpret_cast<const char*>(&h) + offsetof(EntryHeader, expires_ms), 8);
+  words::store_word(v.arena + f.off + offsetof(EntryHeader, expires_ms), word);
+  std::memcpy(&word, reinterpret_cast<const char*>(&h) + offsetof(EntryHeader, checksum), 8);
+  words::store_word(v.arena + f.off + offsetof(EntryHeader, checksum), word);
+  store(v.hdr->clean_until_ms, std::min(load(v.hdr->clean_until_ms), expires_ms));
   locked.end();
   return true;
 }

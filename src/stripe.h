@@ -58,9 +58,33 @@ void set_recovery_observer(RecoveryObserver observer) noexcept;
 
 enum class Lookup { hit, miss, expired, stale };
 
-// Looks `key` up, copying its value into `out` on a hit. Lock-free unless the
-// stripe stays busy; a lock held past lock_timeout by a live owner is a miss. On a hit the bucket's ref bit is set if it was clear.
-Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, std::string& out);
+// Where a value goes: a string, or a caller's sink (Cache::get_into).
+struct Dest {
+  std::string* str = nullptr;
+  ValueSink sink = nullptr;
+  void* ctx = nullptr;
+  char* reserve(std::size_t n) {
+    if (str != nullptr) {
+      str->resize(n);
+      return str->data();
+    }
+    return sink(ctx, n);
+  }
+};
+
+// What a lookup learned besides the value.
+struct Meta {
+  std::int64_t expires_ms = 0;
+};
+
+// Looks `key` up, copying its value into `out` on a hit (decompressed if it
+// was stored compressed). Lock-free unless the stripe stays busy; a lock held
+// past lock_timeout by a live owner is a miss. On a hit the bucket's ref bit
+// is set if it was clear.
+Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out, Meta* meta = nullptr);
+
+// Starts loading the key's two bucket groups (get_many).
+void prefetch(Segment& segment, std::uint64_t hash);
 
 struct Write {
   std::string_view key;
@@ -70,12 +94,26 @@ struct Write {
   const std::uint32_t* tag_slots = nullptr;  // ntags entries
   const GenerationStamp* stamp = nullptr;    // nullptr: read the generations under the lock
   std::int64_t expires_ms = 0;
+  std::string_view ns;                       // namespace name, empty: none
+  std::uint32_t ns_slot = 0;
+  bool compressed = false;                   // `value` is a zstd frame of orig_len bytes
+  std::uint32_t orig_len = 0;
 };
 
-// Stores an entry, replacing the key's earlier one. Inputs already validated.
-// False (nothing changed) when the entry cannot fit the stripe's arena.
-// Throws Error(busy) as Locked does.
-bool set(Segment& segment, const Write& w);
+enum class Mode { set, add };
+enum class SetResult { stored, exists, too_big };
+
+// Stores an entry, replacing the key's earlier one (Mode::add: only if it
+// has no valid one). Inputs already validated. too_big (nothing changed)
+// when the entry cannot fit the stripe's arena. Throws Error(busy) as
+// Locked does.
+SetResult set(Segment& segment, const Write& w, Mode mode = Mode::set);
+
+// Adds delta to the key's decimal value under the lock (Cache::incr).
+Errc incr(Segment& segment, std::string_view key, std::uint64_t hash, std::int64_t delta, std::int64_t& result);
+
+// Sets a valid entry's expiry; false on a miss.
+bool touch(Segment& segment, std::string_view key, std::uint64_t hash, std::int64_t expires_ms);
 
 // Removes the key's entry; true if there was one.
 bool erase(Segment& segment, std::string_view key, std::uint64_t hash);

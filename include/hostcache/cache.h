@@ -33,6 +33,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <msgpack.hpp>
 
@@ -49,7 +51,14 @@ struct GenerationStamp {
   std::uint64_t global = 0;
   std::array<std::uint64_t, kMaxTags> tags{};
   unsigned ntags = 0;
+  std::uint64_t ns = 0;  // the namespace's generation, when generations() was given one
 };
+
+// Where get_into() copies a value: called with the value's size, it returns
+// a buffer of at least that many bytes. It may be called more than once for
+// one get (a concurrent writer made the library retry); the buffer of the
+// last call holds the value.
+using ValueSink = char* (*)(void* ctx, std::size_t size);
 
 class Cache {
  public:
@@ -84,11 +93,58 @@ class Cache {
   bool get(std::string_view key, std::string& value) const;
   std::optional<std::string> get(std::string_view key) const;
 
+  // As get(), but the value goes straight into memory the caller allocates
+  // once it knows the size (a binding creating its result object): true on a
+  // hit, after sink() returned the buffer now holding the value.
+  bool get_into(std::string_view key, ValueSink sink, void* ctx) const;
+
+  // Looks several keys up: the bucket loads of all of them are started
+  // before the first is probed, so their memory latencies overlap. One
+  // result per key, in order. Cost: about one get per key, less the misses
+  // in the CPU caches.
+  std::vector<std::optional<std::string>> get_many(const std::vector<std::string_view>& keys) const;
+
+  // The remaining TTL of a valid entry (kNoExpiry for one that never
+  // expires); nullopt on a miss. Counts as a lookup, not a get, in stats.
+  std::optional<std::chrono::milliseconds> ttl(std::string_view key) const;
+
   // Stores `value` under `key`, replacing any earlier value. Returns
   // Errc::ok, or key_too_large / value_too_large / invalid_ttl /
-  // too_many_tags / tag_too_large, in which case nothing changed.
+  // too_many_tags / tag_too_large / invalid_namespace, in which case nothing
+  // changed, or busy (a live process held the stripe's lock past
+  // Config::lock_timeout). A value of at least Config::compress_min_bytes is
+  // stored zstd-compressed when that saves space.
   // Cost: O(1) amortized; locks one stripe; may evict within that stripe.
   Errc set(std::string_view key, std::string_view value, const SetOptions& options = {});
+
+  // Stores `value` only if `key` has no valid entry (absent, expired, stale
+  // or erased all count as absent). Atomic across processes: of several
+  // processes adding one key at once, exactly one gets Errc::ok; the others
+  // get Errc::already_exists and the entry is untouched. Other errors as set().
+  // Cost: as set().
+  Errc add(std::string_view key, std::string_view value, const SetOptions& options = {});
+
+  // set() of each (key, value) pair with the same options; one result each.
+  std::vector<Errc> set_many(const std::vector<std::pair<std::string_view, std::string_view>>& items,
+                             const SetOptions& options = {});
+
+  // Adds `delta` to the value stored under `key` as a decimal integer
+  // (memcached's convention: ASCII digits with an optional leading '-', at
+  // most 20 characters), atomically across processes (under the stripe
+  // lock), keeping the entry's expiry, tags and namespace. On Errc::ok
+  // `result` holds the new value, which is stored as decimal text. Errors:
+  // not_found (no valid entry), not_integer (the value is not such an
+  // integer; the entry is untouched), overflow (the sum does not fit
+  // int64_t; untouched), busy. decr(key, d) is incr(key, -d).
+  // Cost: a set of a ~20-byte value.
+  Errc incr(std::string_view key, std::int64_t delta, std::int64_t& result);
+  Errc decr(std::string_view key, std::int64_t delta, std::int64_t& result);
+
+  // Gives a valid entry a new TTL (0: the default TTL, kNoExpiry: never)
+  // without rewriting its value. False on a miss. Throws Error(invalid_ttl)
+  // for a negative TTL and Error(busy) as erase() does.
+  // Cost: one lock, and one checksum of the entry.
+  bool touch(std::string_view key, std::chrono::milliseconds ttl);
 
   // As set(), stamped with generations read earlier by generations(): if a
   // clear() or invalidate() of one of its tags happened since, the entry is
@@ -97,15 +153,26 @@ class Cache {
   Errc set(std::string_view key, std::string_view value, const SetOptions& options,
            const GenerationStamp& stamp);
 
-  // The current global generation and those of `tags` (at most kMaxTags).
-  GenerationStamp generations(const std::vector<std::string_view>& tags) const;
+  // The current global generation, those of `tags` (at most kMaxTags) and
+  // that of the namespace `ns` (empty: none).
+  GenerationStamp generations(const std::vector<std::string_view>& tags, std::string_view ns = {}) const;
 
   // Removes `key`. True if an entry was there (valid or not yet reclaimed).
+  // Throws Error(busy) when a live process holds the stripe's lock past
+  // Config::lock_timeout.
   bool erase(std::string_view key);
 
   // O(1): one increment of the global generation. Every entry written before
   // it returns is invisible to every get() that starts after it.
   void clear();
+
+  // O(1): one increment of the namespace's generation. Every entry written
+  // under SetOptions::ns == ns before it returns is invisible to every get()
+  // that starts after it; other namespaces' entries and entries without a
+  // namespace are untouched (unless their namespace shares its generation
+  // slot, as two tags can: then they go too, a miss, never a stale hit).
+  // Throws Error(invalid_namespace) for an empty or too long name.
+  void clear(std::string_view ns);
 
   // O(1): one increment of `tag`'s generation. Entries carrying the tag are
   // invisible to every get() that starts after it returns. Two tags may share

@@ -17,6 +17,12 @@ inline constexpr std::size_t kMaxTags = 4;
 inline constexpr std::size_t kMaxTagBytes = 255;
 // Segment names are [A-Za-z0-9._-], 1..kMaxNameBytes characters.
 inline constexpr std::size_t kMaxNameBytes = 200;
+// A namespace name is 1..kMaxNamespaceBytes bytes.
+inline constexpr std::size_t kMaxNamespaceBytes = 64;
+// SetOptions::ttl for an entry that never expires: it goes only under memory
+// pressure, by clear(), by clear(namespace) or by one of its tags. ttl(key)
+// answers it for such an entry.
+inline constexpr std::chrono::milliseconds kNoExpiry = std::chrono::milliseconds::max();
 
 struct Config {
   std::string name;                        // segment name: [A-Za-z0-9._-], 1..200 chars
@@ -41,11 +47,22 @@ struct Config {
   // process that can write the segment, costs at most this per operation.
   // Process-local: attach() uses the default.
   std::chrono::milliseconds lock_timeout = std::chrono::seconds(2);
+  // Values of at least this many bytes are stored compressed (zstd) when that
+  // saves space; get() returns the original bytes. 0 turns compression off.
+  // Process-local: each process decides for what it writes; every process
+  // reads compressed entries. The default comes from bench_cache's
+  // compression rows on metadata-like JSON (README, Performance).
+  std::size_t compress_min_bytes = 1024;
+  int compress_level = 1;                  // zstd level, 1 (fastest) .. 19
 };
 
 struct SetOptions {
-  std::chrono::milliseconds ttl{0};        // 0: the cache's default_ttl; negative: Errc::invalid_ttl
+  std::chrono::milliseconds ttl{0};        // 0: the cache's default_ttl; kNoExpiry: never; negative: invalid_ttl
   std::vector<std::string_view> tags;      // invalidation tags, at most kMaxTags
+  // A logical cache inside the segment (1..kMaxNamespaceBytes bytes; empty:
+  // none). clear(ns) drops every entry written under it, in O(1), and no
+  // other. Not one of the tags: an entry has up to 4 tags and a namespace.
+  std::string_view ns;
 };
 
 }  // namespace hostcache

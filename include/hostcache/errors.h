@@ -31,6 +31,9 @@ enum class Errc {
   io_error,           // any other OS failure (shm_open, ftruncate, mmap)
   empty_key,          // a key must have at least one byte
   busy,               // a stripe stayed locked by a live process past Config::lock_timeout
+  not_integer,        // incr/decr: the value is not a decimal integer
+  overflow,           // incr/decr: the result would not fit a signed 64-bit integer
+  invalid_namespace,  // a namespace longer than kMaxNamespaceBytes
 };
 
 // A stable, lower_snake_case name for `e` ("key_too_large").

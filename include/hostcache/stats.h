@@ -24,6 +24,10 @@ struct Stats {
   std::uint64_t entries = 0;     // entries in the index now
   std::uint64_t bytes_used = 0;  // arena bytes held by entries not known dead
   std::uint64_t capacity_bytes = 0;  // the segment's size
+  // Values stored compressed, over the segment's life: their original bytes
+  // and the bytes they took (saved = in - out).
+  std::uint64_t compressed_in = 0;
+  std::uint64_t compressed_out = 0;
 
   double hit_ratio() const { return gets == 0 ? 0.0 : double(hits) / double(gets); }
 };
