@@ -43,6 +43,7 @@ hostcache::Config config_for(const std::string& name) {
   c.name = name;
   c.capacity_bytes = kCapacity;
   c.max_value_bytes = 64u << 10;
+  c.compress_min_bytes = 0;  // the tables compare raw copies; compression has its own rows
   return c;
 }
 
@@ -120,6 +121,7 @@ class HostcacheTable {
   bool set(std::string_view k, std::string_view v) {
     return cache_.set(k, v) == hostcache::Errc::ok;
   }
+  hostcache::Cache& cache() { return cache_; }
   std::string describe() {
     const auto s = cache_.stats();
     return "entries=" + std::to_string(s.entries) + " bytes_used=" + std::to_string(s.bytes_used) +
@@ -334,6 +336,148 @@ HC_BENCH_ALL(BM_get_hit_hot);
 HC_BENCH_ALL(BM_get_miss);
 HC_BENCH_ALL(BM_set);
 HC_BENCH_ALL(BM_mix_95_5);
+
+// ---- the framework operations (issue 12), next to set's cost ----------------------
+
+// get_many of 16 keys, per key: the bucket loads of all 16 are started first.
+void BM_get_many_16(benchmark::State& state) {
+  Workload& w = workload(std::size_t(state.range(0)));
+  HostcacheTable& t = table<HostcacheTable>(w.value_size);
+  std::vector<std::string_view> keys(16);
+  std::uint64_t i = 0, hits = 0;
+  for (auto _ : state) {
+    for (auto& k : keys) {
+      k = (*w.hit_keys)[w.order[i]];
+      if (++i == w.count) i = 0;
+    }
+    for (const auto& v : t.cache().get_many(keys)) hits += v.has_value();
+  }
+  if (hits != 16 * std::uint64_t(state.iterations())) return state.SkipWithError("get_many missed");
+  label<HostcacheTable>(state, w, "get_many of 16 (per call; /16 for per key)");
+}
+
+// add of a key that exists (the common, refused case) and of one just erased.
+void BM_add_existing(benchmark::State& state) {
+  Workload& w = workload(std::size_t(state.range(0)));
+  HostcacheTable& t = table<HostcacheTable>(w.value_size);
+  std::uint64_t i = 0, stored = 0;
+  for (auto _ : state) {
+    const std::uint32_t k = w.order[i];
+    stored += t.cache().add((*w.hit_keys)[k], w.value(k)) == hostcache::Errc::ok;
+    if (++i == w.count) i = 0;
+  }
+  if (stored != 0) return state.SkipWithError("add stored over a valid entry");
+  label<HostcacheTable>(state, w, "add (key exists: refused)");
+}
+
+void BM_incr(benchmark::State& state) {
+  const std::string name = segment_name("incr", 0);
+  auto cache = hostcache::Cache::open(config_for(name));
+  KeySet keys(1024, kKeyBytes, 'i');
+  for (std::uint64_t k = 0; k < keys.count(); ++k) cache.set(keys[k], "0");
+  std::uint64_t i = 0, failed = 0;
+  std::int64_t r = 0;
+  for (auto _ : state) {
+    failed += cache.incr(keys[i], 1, r) != hostcache::Errc::ok;
+    i = (i + 1) & 1023;
+  }
+  hostcache::Cache::remove(name);
+  if (failed) return state.SkipWithError("incr failed");
+  state.SetItemsProcessed(state.iterations());
+  state.SetLabel("hostcache incr over 1024 keys; 48B key");
+}
+
+void BM_touch(benchmark::State& state) {
+  Workload& w = workload(std::size_t(state.range(0)));
+  HostcacheTable& t = table<HostcacheTable>(w.value_size);
+  std::uint64_t i = 0, missed = 0;
+  for (auto _ : state) {
+    missed += !t.cache().touch((*w.hit_keys)[w.order[i]], std::chrono::minutes(30));
+    if (++i == w.count) i = 0;
+  }
+  if (missed) return state.SkipWithError("touch missed");
+  label<HostcacheTable>(state, w, "touch");
+}
+
+void BM_ttl(benchmark::State& state) {
+  Workload& w = workload(std::size_t(state.range(0)));
+  HostcacheTable& t = table<HostcacheTable>(w.value_size);
+  std::uint64_t i = 0, missed = 0;
+  for (auto _ : state) {
+    missed += !t.cache().ttl((*w.hit_keys)[w.order[i]]).has_value();
+    if (++i == w.count) i = 0;
+  }
+  if (missed) return state.SkipWithError("ttl missed");
+  label<HostcacheTable>(state, w, "ttl");
+}
+
+BENCHMARK(BM_get_many_16)->Apply(sizes);
+BENCHMARK(BM_add_existing)->Apply(sizes);
+BENCHMARK(BM_incr);
+BENCHMARK(BM_touch)->Apply(sizes);
+BENCHMARK(BM_ttl)->Apply(sizes);
+
+// ---- compression on metadata-like JSON ----------------------------------------------
+
+// A model's extracted metadata as the prefork example's extractor writes it:
+// field records with repeated names and structure, `fields` of them.
+std::string metadata_json(int fields, std::uint64_t seed) {
+  Rng rng(seed);
+  std::string s = "{\"app\":\"shop\",\"model\":\"Model" + std::to_string(seed % 50) +
+                  "\",\"permissions\":[\"view\",\"add\",\"change\",\"delete\"],\"fields\":[";
+  static const char* kTypes[] = {"CharField", "IntegerField", "ForeignKey", "DateTimeField", "BooleanField"};
+  for (int i = 0; i < fields; ++i) {
+    if (i) s += ",";
+    s += "{\"name\":\"field_" + std::to_string(rng.below(100000)) + "\",\"type\":\"" + kTypes[rng.below(5)] +
+         "\",\"null\":" + (rng.below(2) ? "true" : "false") + ",\"blank\":" + (rng.below(2) ? "true" : "false") +
+         ",\"max_length\":" + std::to_string(rng.below(500)) + ",\"verbose_name\":\"Field " +
+         std::to_string(rng.below(100000)) + "\",\"help_text\":\"\",\"filters\":[\"exact\",\"icontains\",\"in\"]}";
+  }
+  return s + "]}";
+}
+
+// Sets and gets of 64 metadata values of about `state.range(0)` KiB, with
+// compression on (level 1, the default) or off; reports the stored/original ratio.
+void BM_metadata(benchmark::State& state, bool compress, bool get) {
+  const std::size_t kib = std::size_t(state.range(0));
+  const std::string name = segment_name(compress ? "z" : "raw", kib);
+  hostcache::Config c = config_for(name);
+  c.compress_min_bytes = compress ? 1024 : 0;
+  auto cache = hostcache::Cache::open(c);
+  std::vector<std::string> values;
+  KeySet keys(64, kKeyBytes, 'z');
+  for (int i = 0; i < 64; ++i) values.push_back(metadata_json(int(kib * 1024 / 290) + 1, std::uint64_t(i)));
+  for (int i = 0; i < 64; ++i) cache.set(keys[std::uint64_t(i)], values[std::size_t(i)]);
+  std::string out;
+  std::uint64_t i = 0, bad = 0, bytes = 0;
+  for (auto _ : state) {
+    const std::size_t k = i & 63;
+    if (get) {
+      bad += !cache.get(keys[k], out) || out.size() != values[k].size();
+    } else {
+      bad += cache.set(keys[k], values[k]) != hostcache::Errc::ok;
+    }
+    bytes += values[k].size();
+    ++i;
+  }
+  const hostcache::Stats s = cache.stats();
+  hostcache::Cache::remove(name);
+  if (bad) return state.SkipWithError("metadata get/set failed");
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(std::int64_t(bytes));
+  state.counters["stored_ratio"] = s.compressed_in ? double(s.compressed_out) / double(s.compressed_in) : 1.0;
+  state.SetLabel(std::string("hostcache ") + (get ? "get" : "set") + " of metadata JSON ~" + std::to_string(kib) +
+                 " KiB, compression " + (compress ? "on (zstd 1)" : "off"));
+}
+void BM_metadata_set_raw(benchmark::State& s) { BM_metadata(s, false, false); }
+void BM_metadata_set_zstd(benchmark::State& s) { BM_metadata(s, true, false); }
+void BM_metadata_get_raw(benchmark::State& s) { BM_metadata(s, false, true); }
+void BM_metadata_get_zstd(benchmark::State& s) { BM_metadata(s, true, true); }
+void kib_sizes(benchmark::internal::Benchmark* b) { b->ArgName("KiB")->Arg(1)->Arg(4)->Arg(20); }
+BENCHMARK(BM_metadata_set_raw)->Apply(kib_sizes);
+BENCHMARK(BM_metadata_set_zstd)->Apply(kib_sizes);
+BENCHMARK(BM_metadata_get_raw)->Apply(kib_sizes);
+BENCHMARK(BM_metadata_get_zstd)->Apply(kib_sizes);
 
 // Two threads of one process: hostcache's readers write no shared line, the
 // single mutex is a shared line every get writes.

@@ -48,11 +48,14 @@ struct Config {
   // Process-local: attach() uses the default.
   std::chrono::milliseconds lock_timeout = std::chrono::seconds(2);
   // Values of at least this many bytes are stored compressed (zstd) when that
-  // saves space; get() returns the original bytes. 0 turns compression off.
+  // saves a sixteenth or more; get() returns the original bytes. 0: off.
   // Process-local: each process decides for what it writes; every process
-  // reads compressed entries. The default comes from bench_cache's
-  // compression rows on metadata-like JSON (README, Performance).
-  std::size_t compress_min_bytes = 1024;
+  // reads compressed entries. Off by default, by measurement (bench_cache's
+  // metadata rows, 2-core VM): metadata JSON of 4-20 KiB stores 5-8x smaller,
+  // but a get costs 2.4-5 us instead of 0.1-0.3 us and a set 5-13 us instead
+  // of 0.7-1.7 us. Turn it on (e.g. 1024) when capacity, not speed, is short:
+  // a memoized 50 ms computation is worth a 5 us decompression.
+  std::size_t compress_min_bytes = 0;
   int compress_level = 1;                  // zstd level, 1 (fastest) .. 19
 };
 
