@@ -14,6 +14,7 @@
 #include "compress.h"
 #include "generations.h"
 #include "log.h"
+#include "outbox_write.h"
 #include "segment.h"
 #include "stripe.h"
 
@@ -326,6 +327,7 @@ bool Cache::touch(std::string_view key, std::chrono::milliseconds ttl) {
 void Cache::clear(std::string_view ns) {
   check_namespace(*impl_, ns);
   generations::bump_ns(*impl_->segment, ns);
+  outbox::append(*impl_->segment, layout::kEventNamespace, ns);
 }
 
 GenerationStamp Cache::generations(const std::vector<std::string_view>& tags, std::string_view ns) const {
@@ -341,9 +343,19 @@ bool Cache::erase(std::string_view key) {
   return stripe::erase(*impl_->segment, key, hash_key(key));
 }
 
-void Cache::clear() { generations::bump_global(*impl_->segment); }
+void Cache::clear() {
+  generations::bump_global(*impl_->segment);
+  outbox::append(*impl_->segment, layout::kEventClear, {});
+}
 
-void Cache::invalidate(std::string_view tag) { generations::bump_tag(*impl_->segment, tag); }
+void Cache::invalidate(std::string_view tag) {
+  if (tag.empty() || tag.size() > kMaxTagBytes) {
+    throw Error(Errc::tag_too_large, "invalidate on segment '" + impl_->segment->name() + "': a tag is 1.." +
+                                         std::to_string(kMaxTagBytes) + " bytes, not " + std::to_string(tag.size()));
+  }
+  generations::bump_tag(*impl_->segment, tag);
+  outbox::append(*impl_->segment, layout::kEventTag, tag);
+}
 
 Stats Cache::stats() const { return StatsRecorder::read(*impl_->segment); }
 

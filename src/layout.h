@@ -18,6 +18,8 @@
 //   | FlightSlot[F]          |  cross-process single flight (memoize)
 //   +------------------------+ methods_off
 //   | MethodSlot[M]          |  per memoized method statistics
+//   +------------------------+ outbox_off
+//   | OutboxHeader, RelayState, OutboxSlot[O]  invalidations for the relay
 //   +------------------------+ stripes_off
 //   | stripe 0               |  StripeHeader | Bucket[groups*8] | arena
 //   | stripe 1 ...           |  each stripe_bytes long, 64-byte aligned
@@ -65,6 +67,8 @@ struct alignas(kCacheLine) Header {
   std::uint64_t stripes_off;
   std::uint64_t key_secret[2];   // random at creation: keys memoize's hashes (never 0, 0)
   std::uint64_t pidns_ino;       // st_ino of the creator's /proc/self/ns/pid (0: unknown)
+  std::uint64_t outbox_off;      // OutboxHeader, RelayState, OutboxSlot[outbox_slots]
+  std::uint64_t host_id[2];      // random at creation: names this host's events between hosts
 
   // Written by clear() (fetch_add); read by every get. Its own cache line so
   // that bumping it does not disturb the geometry fields above.
@@ -81,7 +85,7 @@ struct alignas(kCacheLine) Header {
   std::uint64_t stats_lock;       // pid of the process folding slots, 0 if none
   std::uint64_t pad1[5];
 };
-static_assert(sizeof(Header) == 320, "Header is part of the format: change kLayoutVersion");
+static_assert(sizeof(Header) == 384, "Header is part of the format: change kLayoutVersion");
 static_assert(offsetof(Header, global_gen) % kCacheLine == 0, "global_gen owns its cache line");
 
 // ---- per-process statistics -------------------------------------------------
@@ -130,6 +134,55 @@ struct alignas(kCacheLine) MethodSlot {
   std::uint64_t pad[2];
 };
 static_assert(sizeof(MethodSlot) == 3 * kCacheLine, "MethodSlot is part of the format");
+
+// ---- the outbox: invalidations for hostcache-relay ---------------------------------
+//
+// clear(), clear(ns) and invalidate(tag) append an event here after bumping
+// the local generation; the relay (one per host) reads them in order and
+// publishes them to the other hosts. Producers claim a sequence number with
+// fetch_add on `head` and write slot seq % outbox_slots; each slot is a
+// seqlock of its own (`stamp` = 2*seq+1 while written, 2*seq+2 when done),
+// so the reader can tell a complete event, one being written, and one
+// overwritten by a producer a lap ahead (then it publishes a global clear:
+// no event is ever dropped silently).
+inline constexpr std::uint8_t kEventClear = 1, kEventTag = 2, kEventNamespace = 3;
+inline constexpr std::size_t kEventNameBytes = 256;
+
+struct alignas(kCacheLine) OutboxHeader {
+  std::uint64_t head;          // next sequence number (fetch_add by producers)
+  std::uint64_t pad[7];
+};
+
+// The relay's state: written by the relay only, read by tools. Survives the
+// relay's restarts (last_id is where it resumes).
+struct alignas(kCacheLine) RelayState {
+  std::uint32_t pid;           // the relay process, 0 if none ever ran
+  std::uint32_t connected;     // 1 while it holds a working Redis connection
+  std::int64_t heartbeat_ms;   // clock::now_ms() of its last loop
+  std::uint64_t cursor;        // next outbox sequence it will read
+  std::uint64_t last_id_ms;    // last stream id applied or published (ms-seq)
+  std::uint64_t last_id_seq;
+  std::uint64_t published;     // events sent to the stream
+  std::uint64_t applied;       // remote events applied here
+  std::uint64_t lag_events;    // remote events seen but not yet applied
+  std::int64_t lag_ms;         // age of the newest remote event when applied
+  std::uint64_t resync_lost;   // resyncs by cause: Redis lost its data (nonce) or rolled back
+  std::uint64_t resync_trimmed;  //   we were trimmed past: epochs compared
+  std::uint64_t resync_replay;   //   ordinary replay from last_id
+  std::uint64_t overflow_clears; // outbox laps (or stuck slots) published as one global clear
+  std::uint64_t stale_clears;    // local clears because Redis was unreachable past the stale bound
+  std::uint64_t pad[1];
+};
+
+struct OutboxSlot {
+  std::uint64_t stamp;         // 2*seq+1 writing, 2*seq+2 complete
+  std::uint8_t kind;           // kEvent*
+  std::uint8_t len;            // bytes of name (a tag or a namespace); 0 for a clear
+  std::uint8_t pad[6];
+  char name[kEventNameBytes];
+};
+static_assert(sizeof(OutboxSlot) % 8 == 0, "slots are copied word by word");
+static_assert(sizeof(RelayState) == 2 * kCacheLine, "RelayState is part of the format");
 
 // ---- stripes ----------------------------------------------------------------
 
@@ -242,7 +295,8 @@ static_assert(kHeaderBytes % 8 == 0, "entries are 8-aligned: word-wise atomic co
 template <class T>
 constexpr bool kPlain = std::is_trivially_copyable_v<T> && std::is_standard_layout_v<T>;
 static_assert(kPlain<Header> && kPlain<StatsSlot> && kPlain<FlightSlot> && kPlain<MethodSlot> &&
-                  kPlain<StripeHeader> && kPlain<EntryHeader>,
+                  kPlain<StripeHeader> && kPlain<EntryHeader> && kPlain<OutboxHeader> && kPlain<RelayState> &&
+                  kPlain<OutboxSlot>,
               "shared structs must be trivially copyable and standard-layout");
 
 // Stamp computed from every size the format depends on: a build whose structs
@@ -257,6 +311,9 @@ constexpr std::uint64_t format_stamp() {
   mix(sizeof(FlightSlot));
   mix(sizeof(MethodSlot));
   mix(sizeof(StripeHeader));
+  mix(sizeof(OutboxHeader));
+  mix(sizeof(RelayState));
+  mix(sizeof(OutboxSlot));
   mix(sizeof(EntryHeader));
   mix(kGroupSlots);
   mix(kFingerprintShift);

@@ -35,6 +35,7 @@ constexpr std::uint32_t kTagSlots = 4096;    // 32 KiB; two tags collide with p 
 constexpr std::uint32_t kStatsSlots = 256;   // processes counted apart; more share the totals
 constexpr std::uint32_t kFlightSlots = 1024; // concurrent memoized computations per host
 constexpr std::uint32_t kMethodSlots = 64;   // memoized methods with their own statistics
+constexpr std::uint32_t kOutboxSlots = 128;  // invalidations the relay may lag behind before one global clear
 constexpr std::uint32_t kMaxStripes = 1024;
 constexpr std::uint64_t kMinStripeBytes = 256 << 10;  // smaller stripes evict too coarsely
 // One 64-byte group of 8 buckets per 640 bytes of arena (a bucket per 80
@@ -58,7 +59,9 @@ void place_regions(Geometry& g) {
   g.stats_off = align_up(g.tags_off + std::uint64_t(g.tag_slots) * 8, kCacheLine);
   g.flights_off = g.stats_off + std::uint64_t(g.stats_slots) * sizeof(layout::StatsSlot);
   g.methods_off = g.flights_off + std::uint64_t(g.flight_slots) * sizeof(layout::FlightSlot);
-  g.stripes_off = align_up(g.methods_off + std::uint64_t(g.method_slots) * sizeof(layout::MethodSlot),
+  g.outbox_off = align_up(g.methods_off + std::uint64_t(g.method_slots) * sizeof(layout::MethodSlot), kCacheLine);
+  g.stripes_off = align_up(g.outbox_off + sizeof(layout::OutboxHeader) + sizeof(layout::RelayState) +
+                               std::uint64_t(g.outbox_slots) * sizeof(layout::OutboxSlot),
                            kCacheLine);
 }
 
@@ -127,6 +130,7 @@ Geometry Segment::plan(const Config& c) {
   g.stats_slots = kStatsSlots;
   g.flight_slots = kFlightSlots;
   g.method_slots = kMethodSlots;
+  g.outbox_slots = kOutboxSlots;
   place_regions(g);
   g.segment_bytes = c.capacity_bytes;
   const std::uint64_t biggest = max_entry_bytes(c.max_key_bytes, c.max_value_bytes);
@@ -200,6 +204,8 @@ void fill_secret(Geometry& g) {
     g.key_secret[0] = (std::uint64_t(rd()) << 32) | rd();
     g.key_secret[1] = (std::uint64_t(rd()) << 32) | rd();
   } while (g.key_secret[0] == 0 && g.key_secret[1] == 0);
+  g.host_id[0] = (std::uint64_t(rd()) << 32) | rd();
+  g.host_id[1] = (std::uint64_t(rd()) << 32) | rd();
 }
 
 void init_header(Header* h, const Config& c, const Geometry& g) {
@@ -226,6 +232,9 @@ void init_header(Header* h, const Config& c, const Geometry& g) {
   h->flights_off = g.flights_off;
   h->methods_off = g.methods_off;
   h->stripes_off = g.stripes_off;
+  h->outbox_off = g.outbox_off;
+  h->host_id[0] = g.host_id[0];
+  h->host_id[1] = g.host_id[1];
   h->key_secret[0] = g.key_secret[0];
   h->key_secret[1] = g.key_secret[1];
   h->pidns_ino = own_pidns();
@@ -254,6 +263,7 @@ Geometry verified_geometry(const Header* h, std::uint64_t file_bytes, std::strin
   g.stats_slots = h->stats_slots;
   g.flight_slots = h->flight_slots;
   g.method_slots = h->method_slots;
+  g.outbox_slots = kOutboxSlots;
   g.stripe_bytes = h->stripe_bytes;
   g.segment_bytes = h->segment_bytes;
   auto bad = [&](const char* what) { fail(Errc::corrupt, name, std::string("bad geometry: ") + what); };
@@ -274,7 +284,7 @@ Geometry verified_geometry(const Header* h, std::uint64_t file_bytes, std::strin
   place_regions(g);
   split_stripe(g);
   if (h->tags_off != g.tags_off || h->stats_off != g.stats_off || h->flights_off != g.flights_off ||
-      h->methods_off != g.methods_off || h->stripes_off != g.stripes_off) {
+      h->methods_off != g.methods_off || h->outbox_off != g.outbox_off || h->stripes_off != g.stripes_off) {
     bad("region offsets");
   }
   if (h->groups_per_stripe != g.groups_per_stripe || h->arena_bytes != g.arena_bytes) bad("stripe split");
@@ -292,6 +302,8 @@ Geometry verified_geometry(const Header* h, std::uint64_t file_bytes, std::strin
   g.default_ttl_ms = h->default_ttl_ms;
   g.key_secret[0] = h->key_secret[0];
   g.key_secret[1] = h->key_secret[1];
+  g.host_id[0] = h->host_id[0];
+  g.host_id[1] = h->host_id[1];
   if (g.key_secret[0] == 0 && g.key_secret[1] == 0) bad("key secret");
   return g;
 }

@@ -39,7 +39,8 @@ struct Geometry {
   std::uint32_t groups_per_stripe = 0;
   std::uint64_t stripe_bytes = 0;
   std::uint64_t arena_bytes = 0;
-  std::uint64_t tags_off = 0, stats_off = 0, flights_off = 0, methods_off = 0, stripes_off = 0;
+  std::uint32_t outbox_slots = 0;
+  std::uint64_t tags_off = 0, stats_off = 0, flights_off = 0, methods_off = 0, outbox_off = 0, stripes_off = 0;
   std::uint64_t segment_bytes = 0;
   // Limits and secrets, verified at attach and never read from the live
   // header again (a writer of the segment may change it at any time).
@@ -47,6 +48,7 @@ struct Geometry {
   std::uint64_t max_value_bytes = 0;
   std::int64_t default_ttl_ms = 0;
   std::uint64_t key_secret[2] = {0, 0};
+  std::uint64_t host_id[2] = {0, 0};
 };
 
 // The inode of this process's pid namespace (/proc/self/ns/pid), 0 if unknown.
@@ -97,6 +99,14 @@ class Segment {
   }
   layout::MethodSlot* method_slots() const {
     return reinterpret_cast<layout::MethodSlot*>(base_ + geo_.methods_off);
+  }
+  layout::OutboxHeader* outbox() const { return reinterpret_cast<layout::OutboxHeader*>(base_ + geo_.outbox_off); }
+  layout::RelayState* relay_state() const {
+    return reinterpret_cast<layout::RelayState*>(base_ + geo_.outbox_off + sizeof(layout::OutboxHeader));
+  }
+  layout::OutboxSlot* outbox_slots() const {
+    return reinterpret_cast<layout::OutboxSlot*>(base_ + geo_.outbox_off + sizeof(layout::OutboxHeader) +
+                                                 sizeof(layout::RelayState));
   }
   std::uint8_t* stripe_base(std::uint32_t i) const {
     return base_ + geo_.stripes_off + std::uint64_t(i) * geo_.stripe_bytes;

@@ -1,0 +1,136 @@
+// The outbox (issue 14): every local clear/invalidate appends an event, in
+// order, from any process; a reader a lap behind, or a slot whose writer died
+// halfway, is told so (never a silent drop); remote application writes none.
+#include <gtest/gtest.h>
+#include <hostcache/outbox.h>
+
+#include <set>
+
+#include "cache_impl.h"
+#include "layout.h"
+#include "test_support.h"
+
+namespace hostcache {
+namespace {
+
+using testing::ScopedName;
+
+TEST(Outbox, EventsFromManyProcessesArriveCompleteAndInOrderOfSequence) {
+  ScopedName name("outbox");
+  Cache cache = Cache::open(testing::small_config(name.name));
+  const std::uint64_t start = outbox::head(cache);
+  const auto statuses = testing::run_children(4, [&](int p) {
+    Cache c = Cache::attach(name.name);
+    for (int i = 0; i < 20; ++i) {
+      if (i % 10 == 9) {
+        c.clear(std::string_view("ns" + std::to_string(p) + "." + std::to_string(i)));
+      } else {
+        c.invalidate("p" + std::to_string(p) + ".t" + std::to_string(i));
+      }
+    }
+    return 0;
+  });
+  for (int s : statuses) ASSERT_EQ(s, 0);
+  cache.clear();
+  const outbox::Polled got = outbox::poll(cache, start, 1000);
+  EXPECT_FALSE(got.lost);
+  EXPECT_FALSE(got.pending);
+  ASSERT_EQ(got.events.size(), 81u);
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < got.events.size(); ++i) {
+    EXPECT_EQ(got.events[i].seq, start + i);
+    names.insert(std::to_string(int(got.events[i].kind)) + ":" + got.events[i].name);
+  }
+  EXPECT_EQ(names.size(), 81u);
+  EXPECT_TRUE(names.count("1:"));
+  EXPECT_TRUE(names.count("3:ns2.19"));
+  EXPECT_TRUE(names.count("2:p3.t8"));
+  EXPECT_EQ(got.next, start + 81);
+}
+
+TEST(Outbox, AReaderALapBehindIsToldEventsWereLost) {
+  ScopedName name("outbox2");
+  Cache cache = Cache::open(testing::small_config(name.name));
+  const std::uint64_t start = outbox::head(cache);
+  for (int i = 0; i < 200; ++i) cache.invalidate("t" + std::to_string(i));  // more than the ring holds
+  const outbox::Polled got = outbox::poll(cache, start, 1000);
+  EXPECT_TRUE(got.lost);
+  EXPECT_TRUE(got.events.empty());
+  EXPECT_EQ(got.next, outbox::head(cache));
+  cache.invalidate("after");
+  const outbox::Polled then = outbox::poll(cache, got.next, 1000);
+  EXPECT_FALSE(then.lost);
+  ASSERT_EQ(then.events.size(), 1u);
+  EXPECT_EQ(then.events[0].name, "after");
+}
+
+TEST(Outbox, AWriterKilledHalfwayLeavesAPendingSlotNotACorruptEvent) {
+  ScopedName name("outbox3");
+  Cache cache = Cache::open(testing::small_config(name.name));
+  Segment& seg = detail::Access::segment(cache);
+  const std::uint64_t start = outbox::head(cache);
+  // Claim a sequence number and die before completing it, as a worker
+  // killed inside invalidate() would.
+  const int status = testing::wait_for(testing::spawn([&] {
+    const std::uint64_t seq = std::atomic_ref<std::uint64_t>(seg.outbox()->head).fetch_add(1);
+    std::atomic_ref<std::uint64_t>(seg.outbox_slots()[seq % seg.geometry().outbox_slots].stamp).store(2 * seq + 1);
+    ::_exit(0);
+    return 0;
+  }));
+  ASSERT_EQ(status, 0);
+  cache.invalidate("later");
+  const outbox::Polled got = outbox::poll(cache, start, 10);
+  EXPECT_TRUE(got.pending);
+  EXPECT_TRUE(got.events.empty());
+  EXPECT_EQ(got.next, start);
+  // The relay skips it (publishing a global clear) and goes on.
+  const outbox::Polled after = outbox::poll(cache, start + 1, 10);
+  ASSERT_EQ(after.events.size(), 1u);
+  EXPECT_EQ(after.events[0].name, "later");
+}
+
+TEST(Outbox, ApplyingARemoteEventBumpsWithoutPublishing) {
+  ScopedName name("outbox4");
+  Cache cache = Cache::open(testing::small_config(name.name));
+  SetOptions tagged;
+  tagged.tags = {"app.m"};
+  SetOptions spaced;
+  spaced.ns = "n";
+  ASSERT_EQ(cache.set("a", "v", tagged), Errc::ok);
+  ASSERT_EQ(cache.set("b", "v", spaced), Errc::ok);
+  ASSERT_EQ(cache.set("c", "v"), Errc::ok);
+  const std::uint64_t start = outbox::head(cache);
+  outbox::apply(cache, outbox::Kind::tag, "app.m");
+  EXPECT_FALSE(cache.get("a").has_value());
+  outbox::apply(cache, outbox::Kind::ns, "n");
+  EXPECT_FALSE(cache.get("b").has_value());
+  EXPECT_TRUE(cache.get("c").has_value());
+  outbox::apply(cache, outbox::Kind::clear, "");
+  EXPECT_FALSE(cache.get("c").has_value());
+  EXPECT_EQ(outbox::head(cache), start) << "a remote event was published again";
+  EXPECT_EQ(outbox::host_id(cache).size(), 32u);
+  EXPECT_THROW(cache.invalidate(std::string(300, 't')), Error);
+}
+
+TEST(Outbox, RelayStatusRoundTripsThroughTheSegment) {
+  ScopedName name("outbox5");
+  Cache cache = Cache::open(testing::small_config(name.name));
+  outbox::RelayStatus s;
+  s.pid = 42;
+  s.connected = true;
+  s.last_id_ms = 1700000000000;
+  s.last_id_seq = 7;
+  s.resync_trimmed = 3;
+  s.stale_clears = 2;
+  outbox::set_relay_status(cache, s);
+  const outbox::RelayStatus r = outbox::relay_status(Cache::attach(name.name));
+  EXPECT_EQ(r.pid, 42u);
+  EXPECT_TRUE(r.connected);
+  EXPECT_EQ(r.last_id_ms, 1700000000000u);
+  EXPECT_EQ(r.last_id_seq, 7u);
+  EXPECT_EQ(r.resync_trimmed, 3u);
+  EXPECT_EQ(r.stale_clears, 2u);
+}
+
+}  // namespace
+}  // namespace hostcache
