@@ -103,8 +103,17 @@ Cache Cache::open(const Config& config) {
 Cache Cache::attach(std::string_view name) { return attach(name, false); }
 
 Cache Cache::attach(std::string_view name, bool allow_foreign) {
-  auto impl = std::make_unique<Impl>(Segment::attach(name, allow_foreign, Segment::Access::read_write));
-  // The limits verified at attach (Geometry), never the live header again.
+  return attached(Segment::attach(name, allow_foreign, Segment::Access::read_write));
+}
+
+Cache Cache::attach_pid(std::uint32_t pid, std::string_view name, bool allow_foreign) {
+  return attached(Segment::attach_pid(pid, name, allow_foreign, Segment::Access::read_write));
+}
+
+// A handle on a segment attached with the limits it was created with: those
+// verified at attach (Geometry), never the live header again.
+Cache Cache::attached(std::unique_ptr<Segment> segment) {
+  auto impl = std::make_unique<Impl>(std::move(segment));
   const Geometry& g = impl->segment->geometry();
   impl->default_ttl = std::chrono::milliseconds(g.default_ttl_ms);
   impl->max_key_bytes = std::min<std::size_t>(std::size_t(g.max_key_bytes), key_room(g));

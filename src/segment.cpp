@@ -13,6 +13,7 @@
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
 #include <cstring>
+#include <cstdio>
 #include <random>
 #include <thread>
 
@@ -168,10 +169,12 @@ Geometry Segment::plan(const Config& c) {
 
 struct Segment::Mapping {
   bip::mapped_region boost_region;  // creator's mapping
-  void* raw = nullptr;              // attacher's mapping
+  void* raw = nullptr;              // attacher's (or a sealed creator's) mapping
   std::size_t raw_size = 0;
+  int keep_fd = -1;                 // a sealed segment's memfd
   ~Mapping() {
     if (raw != nullptr) ::munmap(raw, raw_size);
+    if (keep_fd >= 0) ::close(keep_fd);
   }
 };
 
@@ -243,7 +246,19 @@ void init_header(Header* h, const Config& c, const Geometry& g) {
 
 // Reads the geometry a header claims and checks that it is the one this build
 // would lay out, entirely inside `file_bytes`. Throws Error on any mismatch.
-Geometry verified_geometry(const Header* h, std::uint64_t file_bytes, std::string_view name) {
+Geometry verified_geometry(const Header* live, std::uint64_t file_bytes, std::string_view name) {
+  // Checked on a private copy: a writer changing the header meanwhile cannot
+  // make a field pass its check and then be read again with another value.
+  Header copy;
+  {
+    const auto* src = reinterpret_cast<const std::uint8_t*>(live);
+    auto* dst = reinterpret_cast<std::uint8_t*>(&copy);
+    for (std::size_t i = 0; i < sizeof(Header); i += 8) {
+      const std::uint64_t w = words::load_word(src + i);
+      std::memcpy(dst + i, &w, 8);
+    }
+  }
+  const Header* h = &copy;
   if (std::memcmp(h->magic, layout::kMagic, 8) != 0) {
     if (std::memcmp(h->magic, "INITING!", 8) == 0) fail(Errc::corrupt, name, "header still initializing");
     fail(Errc::corrupt, name, "bad magic: not a hostcache segment");
@@ -326,8 +341,49 @@ std::unique_ptr<Segment> Segment::attach(std::string_view name, bool allow_forei
     if (e == EISDIR) fail(Errc::corrupt, name, path + " is a directory");
     fail(Errc::io_error, name, "open " + path + ": " + std::strerror(e));
   }
+  return attach_fd(fd.fd, path, name, allow_foreign, access, false);
+}
+
+std::unique_ptr<Segment> Segment::attach_pid(std::uint32_t pid, std::string_view name, bool allow_foreign,
+                                             Access access) {
+  validate_name(name);
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  const std::string want = "/memfd:" + object_of(name) + " (deleted)";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    const int e = errno;
+    if (e == ENOENT) fail(Errc::not_found, name, "no process " + std::to_string(pid));
+    fail(Errc::permission_denied, name, "cannot list " + dir + ": " + std::strerror(e));
+  }
+  std::string found;
+  while (dirent* ent = ::readdir(d)) {
+    const std::string fdpath = dir + "/" + ent->d_name;
+    char target[512];
+    const ssize_t n = ::readlink(fdpath.c_str(), target, sizeof target - 1);
+    if (n <= 0) continue;
+    if (std::string_view(target, std::size_t(n)) == want) {
+      found = fdpath;
+      break;
+    }
+  }
+  ::closedir(d);
+  if (found.empty()) {
+    fail(Errc::not_found, name, "process " + std::to_string(pid) + " holds no sealed segment of that name");
+  }
+  const bool ro = access == Access::read_only;
+  Fd fd;
+  // /proc/PID/fd/N is the kernel's link to the memfd itself (opening it needs
+  // the right to inspect that process: its uid, or root).
+  fd.fd = ::open(found.c_str(), (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd.fd < 0) fail(Errc::permission_denied, name, "open " + found + ": " + std::strerror(errno));
+  return attach_fd(fd.fd, found, name, allow_foreign, access, true);
+}
+
+std::unique_ptr<Segment> Segment::attach_fd(int raw_fd, const std::string& path, std::string_view name,
+                                            bool allow_foreign, Access access, bool must_be_sealed) {
+  const bool ro = access == Access::read_only;
   struct stat st;
-  if (::fstat(fd.fd, &st) != 0) fail(Errc::io_error, name, std::string("fstat: ") + std::strerror(errno));
+  if (::fstat(raw_fd, &st) != 0) fail(Errc::io_error, name, std::string("fstat: ") + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) fail(Errc::corrupt, name, path + " is not a regular shared-memory object");
   if (!allow_foreign) {
     if (st.st_uid != ::geteuid()) {
@@ -336,15 +392,19 @@ std::unique_ptr<Segment> Segment::attach(std::string_view name, bool allow_forei
                std::to_string(::geteuid()) + " (allow_foreign to accept)");
     }
     if (st.st_mode & 0002) {
-      fail(Errc::permission_denied, name, "world-writable (mode " + std::to_string(st.st_mode & 0777) +
-                                              " octal digits) ; refused unless allow_foreign");
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 0777));
+      fail(Errc::permission_denied, name, std::string("world-writable (mode ") + mode + "); refused unless allow_foreign");
     }
   }
+  const int seals = ::fcntl(raw_fd, F_GET_SEALS);
+  const bool sealed = seals >= 0 && (seals & F_SEAL_SHRINK) != 0 && (seals & F_SEAL_GROW) != 0;
+  if (must_be_sealed && !sealed) fail(Errc::corrupt, name, path + " is not sealed against shrinking");
   if (std::uint64_t(st.st_size) < sizeof(Header)) {
     fail(Errc::corrupt, name, "truncated: " + std::to_string(st.st_size) + " bytes, smaller than a header");
   }
   void* p = ::mmap(nullptr, std::size_t(st.st_size), ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED,
-                   fd.fd, 0);
+                   raw_fd, 0);
   if (p == MAP_FAILED) fail(Errc::io_error, name, std::string("mmap: ") + std::strerror(errno));
   auto seg = std::unique_ptr<Segment>(new Segment());
   seg->mapping_ = std::make_unique<Mapping>();
@@ -354,6 +414,7 @@ std::unique_ptr<Segment> Segment::attach(std::string_view name, bool allow_forei
   seg->base_ = static_cast<std::uint8_t*>(p);
   seg->size_ = std::size_t(st.st_size);
   seg->read_only_ = ro;
+  seg->sealed_ = sealed;
   seg->owner_uid_ = st.st_uid;
   seg->mode_ = st.st_mode & 0777;
   // The creator publishes only complete segments, so one acquire of the
@@ -377,6 +438,20 @@ std::unique_ptr<Segment> Segment::attach(std::string_view name, bool allow_forei
 }
 
 namespace {
+
+// Writes a fresh header and stripes into a mapping of g.segment_bytes bytes,
+// publishing the magic last.
+void initialize(std::uint8_t* base, const Config& c, const Geometry& g) {
+  auto* h = reinterpret_cast<Header*>(base);
+  init_header(h, c, g);
+  for (std::uint32_t i = 0; i < g.stripe_count; ++i) {
+    auto* sh = reinterpret_cast<layout::StripeHeader*>(base + g.stripes_off + std::uint64_t(i) * g.stripe_bytes);
+    stripe_lock::init(sh->lock);
+  }
+  h->state = layout::kStateReady;
+  std::atomic_thread_fence(std::memory_order_release);
+  std::memcpy(h->magic, layout::kMagic, 8);
+}
 
 // Creates under a private temporary name, initializes, then publishes with
 // link(2). Returns nullptr if the name was taken meanwhile.
@@ -406,16 +481,7 @@ std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, Geometry
   } catch (const bip::interprocess_exception& e) {
     fail(Errc::io_error, c.name, std::string("cannot size or map the segment: ") + e.what());
   }
-  auto* base = static_cast<std::uint8_t*>(region->get_address());
-  auto* h = reinterpret_cast<Header*>(base);
-  init_header(h, c, g);
-  for (std::uint32_t i = 0; i < g.stripe_count; ++i) {
-    auto* sh = reinterpret_cast<layout::StripeHeader*>(base + g.stripes_off + std::uint64_t(i) * g.stripe_bytes);
-    stripe_lock::init(sh->lock);
-  }
-  h->state = layout::kStateReady;
-  std::atomic_thread_fence(std::memory_order_release);
-  std::memcpy(h->magic, layout::kMagic, 8);
+  initialize(static_cast<std::uint8_t*>(region->get_address()), c, g);
   const std::string final_path = Segment::path_of(c.name);
   if (::link(("/dev/shm/" + temp).c_str(), final_path.c_str()) != 0) {
     if (errno == EEXIST) return nullptr;
@@ -426,7 +492,48 @@ std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, Geometry
 
 }  // namespace
 
+std::unique_ptr<Segment> Segment::create_sealed(const Config& config) {
+  validate_name(config.name);
+  Geometry g = plan(config);
+  fill_secret(g);
+  Fd fd;
+  fd.fd = ::memfd_create(object_of(config.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd.fd < 0) fail(Errc::io_error, config.name, std::string("memfd_create: ") + std::strerror(errno));
+  if (::fchmod(fd.fd, config.mode) != 0) {
+    fail(Errc::io_error, config.name, std::string("fchmod: ") + std::strerror(errno));
+  }
+  if (::ftruncate(fd.fd, off_t(config.capacity_bytes)) != 0) {
+    fail(Errc::io_error, config.name, std::string("ftruncate: ") + std::strerror(errno));
+  }
+  // Sealed before anything is mapped: nobody, not even we, can shrink or grow
+  // it from now on, so no process that maps it can be killed by SIGBUS.
+  if (::fcntl(fd.fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    fail(Errc::io_error, config.name, std::string("F_ADD_SEALS: ") + std::strerror(errno));
+  }
+  void* p = ::mmap(nullptr, config.capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
+  if (p == MAP_FAILED) fail(Errc::io_error, config.name, std::string("mmap: ") + std::strerror(errno));
+  initialize(static_cast<std::uint8_t*>(p), config, g);
+  auto seg = std::unique_ptr<Segment>(new Segment());
+  seg->mapping_ = std::make_unique<Mapping>();
+  seg->mapping_->raw = p;
+  seg->mapping_->raw_size = config.capacity_bytes;
+  seg->mapping_->keep_fd = fd.fd;  // kept open: the tools find the segment through /proc/PID/fd
+  fd.fd = -1;
+  seg->name_ = config.name;
+  seg->base_ = static_cast<std::uint8_t*>(p);
+  seg->size_ = config.capacity_bytes;
+  seg->geo_ = g;
+  seg->sealed_ = true;
+  seg->owner_uid_ = ::geteuid();
+  seg->mode_ = config.mode;
+  return seg;
+}
+
 std::unique_ptr<Segment> Segment::open(const Config& config, bool& created) {
+  if (config.sealed) {
+    created = true;
+    return create_sealed(config);
+  }
   validate_name(config.name);
   Geometry g = plan(config);
   for (int attempt = 0; attempt < 8; ++attempt) {

@@ -72,6 +72,14 @@ class Segment {
   static std::unique_ptr<Segment> open(const Config& config, bool& created);
   // Attaches to an existing segment. read_only maps PROT_READ (tools).
   static std::unique_ptr<Segment> attach(std::string_view name, bool allow_foreign, Access access);
+  // Creates a sealed, unnamed segment (Config::sealed): a memfd sealed
+  // against shrinking and growing, inherited by forked children, reachable by
+  // others only through this process (attach_pid).
+  static std::unique_ptr<Segment> create_sealed(const Config& config);
+  // Attaches to the sealed segment `name` that process `pid` holds open
+  // (tools; a worker started by exec). Refuses one that is not sealed.
+  static std::unique_ptr<Segment> attach_pid(std::uint32_t pid, std::string_view name, bool allow_foreign,
+                                             Access access);
   // Unlinks the name; false if it did not exist.
   static bool remove(std::string_view name);
 
@@ -87,6 +95,8 @@ class Segment {
   std::uint8_t* base() const { return base_; }
   std::size_t size() const { return size_; }
   bool read_only() const { return read_only_; }
+  // Sealed against shrinking and growing (a memfd segment): no SIGBUS possible.
+  bool sealed() const { return sealed_; }
   const Geometry& geometry() const { return geo_; }
 
   layout::Header* header() const { return reinterpret_cast<layout::Header*>(base_); }
@@ -120,12 +130,15 @@ class Segment {
 
  private:
   Segment() = default;
+  static std::unique_ptr<Segment> attach_fd(int fd, const std::string& path, std::string_view name, bool allow_foreign,
+                                            Access access, bool must_be_sealed);
   struct Mapping;
   std::unique_ptr<Mapping> mapping_;
   std::string name_;
   std::uint8_t* base_ = nullptr;
   std::size_t size_ = 0;
   bool read_only_ = false;
+  bool sealed_ = false;
   Geometry geo_;
   std::uint32_t owner_uid_ = 0;
   std::uint32_t mode_ = 0;

@@ -40,6 +40,7 @@
 
 namespace hostcache {
 
+class Segment;
 namespace detail {
 struct Access;  // the library's own parts (memoize, inspect) reach the segment through it
 }
@@ -76,6 +77,11 @@ class Cache {
   // Throws Error (not_found, incompatible, corrupt, permission_denied, ...).
   static Cache attach(std::string_view name);
   static Cache attach(std::string_view name, bool allow_foreign);
+
+  // Attaches to the sealed segment `name` (Config::sealed) that process `pid`
+  // holds, through /proc/PID/fd (its uid, or root). Refuses a segment that
+  // is not sealed. Throws as attach() does.
+  static Cache attach_pid(std::uint32_t pid, std::string_view name, bool allow_foreign = false);
 
   // Unlinks the name. Processes that mapped it keep working on their mapping;
   // the memory is freed when the last one unmaps it. False if there was none.
@@ -202,6 +208,7 @@ class Cache {
 
  private:
   explicit Cache(std::unique_ptr<Impl> impl);
+  static Cache attached(std::unique_ptr<Segment> segment);
   friend struct detail::Access;
   std::unique_ptr<Impl> impl_;
 };

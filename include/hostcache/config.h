@@ -57,6 +57,14 @@ struct Config {
   // a memoized 50 ms computation is worth a 5 us decompression.
   std::size_t compress_min_bytes = 0;
   int compress_level = 1;                  // zstd level, 1 (fastest) .. 19
+  // Sealed mode, for a prefork master: open() creates a new, unnamed segment
+  // (a memfd sealed against shrinking and growing) instead of attaching by
+  // name. Forked workers keep using it; nothing in /dev/shm can be squatted,
+  // replaced or truncated under them (a writer of a named segment can shrink
+  // it and kill its users with SIGBUS; nobody can shrink a sealed one).
+  // Others reach it only through this process: Cache::attach_pid(pid, name),
+  // `shm-dump --pid PID NAME`, with the right to inspect the process.
+  bool sealed = false;
 };
 
 struct SetOptions {
