@@ -24,9 +24,11 @@ bool read_header(const StripeView& s, std::uint64_t off, EntryHeader& out) {
   const std::uint64_t a = s.arena_bytes;
   if (off % 8 != 0 || off >= a || a - off < 8) return false;
   std::uint64_t first = words::load_word(s.arena + off);
+  out = EntryHeader{};
   std::memcpy(&out, &first, 8);
   if (out.magic != layout::kEntryMagic || out.size % 8 != 0 || out.size < 8 || out.size > a - off) return false;
   if (out.kind == layout::kKindPad) return off + out.size == a;
+  if (out.kind == layout::kKindGap) return out.live == 0;
   if (out.kind != layout::kKindEntry || out.size < kHeaderBytes) return false;
   std::uint64_t w[kHeaderBytes / 8];
   w[0] = first;
@@ -92,7 +94,7 @@ bool walk(const StripeView& s, std::uint64_t tail, std::uint64_t head,
     }
     walked += h.size;
     if (walked > a) return broken("ring longer than the arena");
-    if (h.kind == layout::kKindEntry) fn(p, h);
+    if (h.kind != layout::kKindPad) fn(p, h);  // entries, and gaps (dead, live == 0)
     p += h.size;
     if (p == a) p = 0;
   }
@@ -135,6 +137,22 @@ void retire(const StripeView& s, std::uint64_t off) {
   words::store_word(s.arena + off, words::load_word(s.arena + off) & ~(std::uint64_t{0xff} << 56));
 }
 
+// Closes the free run [off, off + size) just before the tail: the ring is then
+// full and the tail entry can be rotated in place (move_tail_to_head).
+void write_gap(const StripeView& s, std::uint64_t off, std::uint64_t size) {
+  EntryHeader gap{};
+  gap.size = std::uint32_t(size);
+  gap.magic = layout::kEntryMagic;
+  gap.kind = layout::kKindGap;
+  std::uint64_t w;
+  std::memcpy(&w, &gap, 8);
+  words::store_word(s.arena + off, w);
+  const std::uint64_t head = off + size;
+  store(s.hdr->head, head == s.arena_bytes ? 0 : head);  // head before used, as everywhere
+  store(s.hdr->used, load(s.hdr->used) + size);
+  store(s.hdr->dead_bytes, load(s.hdr->dead_bytes) + size);
+}
+
 void write_pad(const StripeView& s, std::uint64_t off) {
   EntryHeader pad{};
   pad.size = std::uint32_t(s.arena_bytes - off);
@@ -149,17 +167,32 @@ void write_pad(const StripeView& s, std::uint64_t off) {
   store(s.hdr->used, load(s.hdr->used) + pad.size);
 }
 
-// Moves the live entry at the tail to the head. When the ring is full (head
-// == tail) the entry is rotated in place: it becomes the newest without a copy.
-void move_tail_to_head(const StripeView& s, const EntryHeader& h, layout::Bucket* bucket, bool keep_ref) {
-  const std::uint64_t a = s.arena_bytes, src = load(s.hdr->tail);
+// Moves the live entry at the tail (`src`, validated by the caller) to the
+// head. When the ring is full (head == tail) the entry is rotated in place:
+// it becomes the newest without a copy. A copy never overlaps its source:
+// when the free run before the tail is shorter than the entry, the run is
+// closed with a gap and the entry rotated in place instead, so that at every
+// instant an intact copy of it exists (invariant 6: a writer killed here
+// costs nothing). Returns false, having reset the stripe, for a head that a
+// writer of the segment moved out of bounds under the lock.
+bool move_tail_to_head(const StripeView& s, std::uint64_t src, const EntryHeader& h, layout::Bucket* bucket,
+                       bool keep_ref) {
+  const std::uint64_t a = s.arena_bytes;
   std::uint64_t head = load(s.hdr->head);
+  if (head >= a || head % 8 != 0) {
+    reset(s);
+    return false;
+  }
   if (head > src && a - head < h.size) {
     write_pad(s, head);
     head = 0;
   }
-  // Now the entry fits at head: either in [head, a) with head > src, or head
-  // <= src and a forward copy is safe even where it overlaps the source.
+  if (head < src && src - head < h.size) {
+    write_gap(s, head, src - head);
+    head = src;
+  }
+  // Now the entry fits at head without touching its source: in [head, a)
+  // with head > src, or in [head, src) with room, or head == src (in place).
   store(s.hdr->move_src, src);
   store(s.hdr->move_dst, head);
   store(s.hdr->move_size, std::uint64_t(h.size));
@@ -174,6 +207,7 @@ void move_tail_to_head(const StripeView& s, const EntryHeader& h, layout::Bucket
   store(s.hdr->tail, new_tail == a ? 0 : new_tail);
   HOSTCACHE_CRASH_POINT("move.committed");
   store(s.hdr->move_size, std::uint64_t{0});
+  return true;
 }
 
 // ---- eviction laps -------------------------------------------------------------
@@ -240,8 +274,7 @@ void reclaim_one(const StripeView& s, const generations::Judge& judge, std::uint
     if ((dead_known || unknown || hot) && moved < 2 * s.arena_bytes) {
       if (unknown) start_lap(s, judge);
       lap_pass(s, h.size, h.expires_ms);
-      move_tail_to_head(s, h, bucket, dead_known || unknown);
-      moved += h.size;
+      if (move_tail_to_head(s, tail, h, bucket, dead_known || unknown)) moved += h.size;
       return;
     }
   }
@@ -272,12 +305,19 @@ std::uint64_t make_room(const StripeView& s, std::uint64_t bytes, const generati
   if (bytes > a || bytes < layout::kHeaderBytes || bytes % 8 != 0) return kNoRoom;  // callers check first
   std::uint64_t moved = 0;
   for (;;) {
-    if (load(s.hdr->used) == 0) {
+    const std::uint64_t used = load(s.hdr->used);
+    if (used == 0) {
       store(s.hdr->head, std::uint64_t{0});
       store(s.hdr->tail, std::uint64_t{0});
-      return 0;  // bytes <= arena_bytes: Segment::plan sized the arena for the largest entry
+      return 0;  // bytes <= arena_bytes: checked above
     }
+    // Read once and checked before use, every turn: a writer of the segment
+    // may change them even while we hold the lock.
     const std::uint64_t head = load(s.hdr->head), tail = load(s.hdr->tail);
+    if (head >= a || tail >= a || head % 8 != 0 || tail % 8 != 0 || used > a) {
+      reset(s);
+      continue;
+    }
     if (head > tail) {  // data [tail, head); free [head, a) and [0, tail)
       if (a - head >= bytes) return head;
       write_pad(s, head);  // wrap; with tail == 0 the ring is now full
@@ -297,7 +337,12 @@ void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, s
   // memoized result computed across an invalidation) is garbage it did not see.
   store(s.hdr->clean_until_ms, std::min(load(s.hdr->clean_until_ms), h.expires_ms));
   if (load(s.hdr->lap_left) != 0) store(s.hdr->lap_until_ms, std::min(load(s.hdr->lap_until_ms), h.expires_ms));
-  if (judge.of(h) != generations::State::valid) store(s.hdr->clean_epoch, std::uint64_t{0});
+  if (judge.of(h) != generations::State::valid) {
+    // Garbage the stripe has not seen: not clean, and a lap under way must
+    // not declare it clean when it ends (the entry lies beyond its range).
+    store(s.hdr->clean_epoch, std::uint64_t{0});
+    store(s.hdr->lap_epoch, ~std::uint64_t{0});
+  }
   words::copy_in(s.arena + off, image, bytes);
   HOSTCACHE_CRASH_POINT("set.after_write");
   const std::uint64_t head = off + bytes;

@@ -67,6 +67,7 @@ struct alignas(kCacheLine) Header {
   std::uint64_t stripes_off;
   std::uint64_t key_secret[2];   // random at creation: keys memoize's hashes (never 0, 0)
   std::uint64_t pidns_ino;       // st_ino of the creator's /proc/self/ns/pid (0: unknown)
+  std::uint64_t timens_ino;      // st_ino of the creator's /proc/self/ns/time (0: unknown)
   std::uint64_t outbox_off;      // OutboxHeader, RelayState, OutboxSlot[outbox_slots]
   std::uint64_t host_id[2];      // random at creation: names this host's events between hosts
 
@@ -254,6 +255,10 @@ inline constexpr Bucket kOffsetMask = (Bucket{1} << 40) - 1;
 inline constexpr std::uint16_t kEntryMagic = 0x4845;  // "HE"
 inline constexpr std::uint8_t kKindEntry = 1;
 inline constexpr std::uint8_t kKindPad = 2;  // fills the arena's end before a wrap
+// Dead bytes closing the free run just before the tail, so that a live entry
+// there is rotated in place instead of copied over itself (arena.cpp): one
+// header word; counted in dead_bytes until the tail reclaims it.
+inline constexpr std::uint8_t kKindGap = 3;
 
 // An entry in the arena: EntryHeader, key, value (as stored: compressed when
 // kFlagCompressed), tags blob (each tag a length byte then its bytes), the

@@ -80,6 +80,11 @@ std::uint64_t own_pidns() {
   return ::stat("/proc/self/ns/pid", &st) == 0 ? std::uint64_t(st.st_ino) : 0;
 }
 
+std::uint64_t own_timens() {
+  struct stat st;
+  return ::stat("/proc/self/ns/time", &st) == 0 ? std::uint64_t(st.st_ino) : 0;
+}
+
 namespace {
 
 struct Fd {
@@ -209,6 +214,8 @@ void fill_secret(Geometry& g) {
   } while (g.key_secret[0] == 0 && g.key_secret[1] == 0);
   g.host_id[0] = (std::uint64_t(rd()) << 32) | rd();
   g.host_id[1] = (std::uint64_t(rd()) << 32) | rd();
+  g.pidns_ino = own_pidns();
+  g.timens_ino = own_timens();
 }
 
 void init_header(Header* h, const Config& c, const Geometry& g) {
@@ -240,7 +247,8 @@ void init_header(Header* h, const Config& c, const Geometry& g) {
   h->host_id[1] = g.host_id[1];
   h->key_secret[0] = g.key_secret[0];
   h->key_secret[1] = g.key_secret[1];
-  h->pidns_ino = own_pidns();
+  h->pidns_ino = g.pidns_ino;
+  h->timens_ino = g.timens_ino;
   h->global_gen = 1;
 }
 
@@ -319,6 +327,8 @@ Geometry verified_geometry(const Header* live, std::uint64_t file_bytes, std::st
   g.key_secret[1] = h->key_secret[1];
   g.host_id[0] = h->host_id[0];
   g.host_id[1] = h->host_id[1];
+  g.pidns_ino = h->pidns_ino;
+  g.timens_ino = h->timens_ino;
   if (g.key_secret[0] == 0 && g.key_secret[1] == 0) bad("key secret");
   return g;
 }
@@ -425,13 +435,20 @@ std::unique_ptr<Segment> Segment::attach_fd(int raw_fd, const std::string& path,
     // Dead-owner detection judges thread ids: they mean nothing across pid
     // namespaces (a container sharing /dev/shm with its host), where a live
     // owner would look dead and be taken over. Read-only tools lock nothing.
-    const std::uint64_t theirs = words::load(seg->header()->pidns_ino), mine = own_pidns();
-    if (theirs != 0 && mine != 0 && theirs != mine) {
+    const Geometry& g = seg->geo_;
+    const std::uint64_t pid_mine = own_pidns(), time_mine = own_timens();
+    if (g.pidns_ino != 0 && pid_mine != 0 && g.pidns_ino != pid_mine) {
       fail(Errc::incompatible, name,
-           "created in another pid namespace (ns inode " + std::to_string(theirs) + ", ours " +
-               std::to_string(mine) +
+           "created in another pid namespace (ns inode " + std::to_string(g.pidns_ino) + ", ours " +
+               std::to_string(pid_mine) +
                "): processes sharing a segment must share a pid namespace; open the segment from "
                "that namespace (e.g. share the host's with --pid=host) or use another name");
+    }
+    if (g.timens_ino != 0 && time_mine != 0 && g.timens_ino != time_mine) {
+      fail(Errc::incompatible, name,
+           "created in another time namespace (ns inode " + std::to_string(g.timens_ino) + ", ours " +
+               std::to_string(time_mine) + "): start times, which tell a live lock holder from a dead one, "
+               "differ between time namespaces");
     }
   }
   return seg;

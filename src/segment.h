@@ -49,10 +49,13 @@ struct Geometry {
   std::int64_t default_ttl_ms = 0;
   std::uint64_t key_secret[2] = {0, 0};
   std::uint64_t host_id[2] = {0, 0};
+  std::uint64_t pidns_ino = 0, timens_ino = 0;  // the creator's namespaces (0: unknown)
 };
 
 // The inode of this process's pid namespace (/proc/self/ns/pid), 0 if unknown.
 std::uint64_t own_pidns();
+// The same for its time namespace (/proc/self/ns/time).
+std::uint64_t own_timens();
 
 // The largest entry (header + key + value + tags) a Config can write.
 std::uint64_t max_entry_bytes(std::uint64_t max_key, std::uint64_t max_value);

@@ -203,6 +203,14 @@ void set_recovery_observer(RecoveryObserver observer) noexcept { g_recovery_obse
 
 Locked::Locked(Segment& segment, std::uint32_t index)
     : segment_(segment), view_(arena::StripeView::over(segment.stripe_base(index), segment.geometry())) {
+  // A process that moved to another pid or time namespace after attaching
+  // (a child forked into a new one keeps the mapping) must not lock: its
+  // thread ids and start times mean something else to the others.
+  if (!stripe_lock::same_namespaces(segment.geometry().pidns_ino, segment.geometry().timens_ino)) {
+    throw Error(Errc::incompatible, "segment '" + segment.name() +
+                                        "': this process is in another pid or time namespace than the segment's "
+                                        "creator; it cannot take stripe locks");
+  }
   const stripe_lock::Acquired a =
       stripe_lock::lock(*view_.hdr, std::chrono::steady_clock::now() + segment.lock_timeout());
   if (!a.acquired) {

@@ -4,6 +4,8 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -79,7 +81,7 @@ bool read_task_stat(const char* path, TaskStat& out) {
   }
   out.state = p[2];
   p += 3;
-  for (int field = 4; field < 22; ++field) {
+  for (int field = 4; field <= 22; ++field) {  // ends at the start of field 22, starttime
     p = std::strchr(p, ' ');
     if (p == nullptr) {
       errno = EINVAL;
@@ -97,22 +99,60 @@ bool proc_mounted() {
 }
 
 // ---- this thread's identity --------------------------------------------------
+//
+// Cached per thread, and recomputed in a child after any fork: a page
+// mapped MADV_WIPEONFORK reads zero in every child, however it was forked
+// (fork(), _Fork(), a raw clone syscall: atfork handlers alone miss the last
+// two, and a child that kept its parent thread's identity would take its
+// parent's lock over as "scribbled with our own identity").
 
-std::atomic<std::uint64_t> g_fork_generation{0};
-std::once_flag g_atfork_once;
+struct ForkPage {
+  std::uint64_t generation;  // 0 in a fresh child: recompute
+};
+
+ForkPage* fork_page() {
+  static ForkPage* page = [] {
+    void* m = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return static_cast<ForkPage*>(nullptr);
+    if (::madvise(m, 4096, MADV_WIPEONFORK) != 0) {
+      // Before Linux 4.14: atfork handlers are the fallback (fork() only).
+      pthread_atfork(nullptr, nullptr, [] { words::store(fork_page()->generation, std::uint64_t{0}); });
+    }
+    return static_cast<ForkPage*>(m);
+  }();
+  return page;
+}
+
+std::uint64_t fresh_generation() {
+  static std::atomic<std::uint64_t> counter{0};
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  const std::uint64_t g = (std::uint64_t(::getpid()) << 40) ^ (std::uint64_t(ts.tv_nsec) << 8) ^
+                          std::uint64_t(ts.tv_sec) ^ counter.fetch_add(1);
+  return g == 0 ? 1 : g;
+}
+
+std::uint64_t ns_inode(const char* path) {
+  struct stat st;
+  return ::stat(path, &st) == 0 ? std::uint64_t(st.st_ino) : 0;
+}
 
 struct Self {
-  std::uint64_t generation = ~std::uint64_t{0};
+  std::uint64_t generation = 0;
   std::uint64_t word = 0;
   std::uint32_t pid = 0;
+  std::uint64_t pidns = 0, timens = 0;
 };
 thread_local Self t_self;
 
 const Self& self() {
-  std::call_once(g_atfork_once, [] {
-    pthread_atfork(nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
-  });
-  const std::uint64_t gen = g_fork_generation.load(std::memory_order_relaxed);
+  ForkPage* page = fork_page();
+  std::uint64_t gen = page ? words::load(page->generation) : 1;
+  if (gen == 0) {
+    std::uint64_t zero = 0;
+    const std::uint64_t mine = fresh_generation();
+    gen = std::atomic_ref<std::uint64_t>(page->generation).compare_exchange_strong(zero, mine) ? mine : zero;
+  }
   if (t_self.generation != gen) {
     const auto tid = std::uint32_t(::syscall(SYS_gettid));
     std::uint32_t birth = 0;
@@ -122,6 +162,8 @@ const Self& self() {
     if (read_task_stat(path, st)) birth = std::uint32_t(st.start_time);
     t_self.word = (std::uint64_t(birth) << 32) | (tid & 0x7fffffffu);
     t_self.pid = std::uint32_t(::getpid());
+    t_self.pidns = ns_inode("/proc/self/ns/pid");
+    t_self.timens = ns_inode("/proc/self/ns/time");
     t_self.generation = gen;
   }
   return t_self;
@@ -210,6 +252,11 @@ void init(std::uint64_t& word) { words::store(word, std::uint64_t{0}, std::memor
 
 std::uint64_t self_word() { return self().word; }
 
+bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) {
+  const Self& me = self();
+  return (pidns == 0 || me.pidns == 0 || pidns == me.pidns) && (timens == 0 || me.timens == 0 || timens == me.timens);
+}
+
 Life owner_life(std::uint64_t word) {
   const std::uint32_t tid = tid_of(word);
   const auto birth = std::uint32_t(word >> 32);
@@ -222,7 +269,11 @@ Life owner_life(std::uint64_t word) {
   std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
   TaskStat st;
   if (!read_task_stat(path, st)) {
-    return errno == ENOENT || errno == ESRCH ? Life::dead : Life::alive;
+    if (errno != ENOENT && errno != ESRCH) return Life::alive;
+    // Gone from /proc, or hidden from us (hidepid=2, a process that is not
+    // dumpable): only the kernel's answer to a signal 0 tells them apart. A
+    // hidden live thread is alive; its birth cannot be checked.
+    return ::kill(pid_t(tid), 0) != 0 && errno == ESRCH ? Life::dead : Life::alive;
   }
   if (st.state == 'Z' || st.state == 'X' || st.state == 'x') return Life::dead;  // exited, not yet reaped
   if (birth != 0 && std::uint32_t(st.start_time) != birth) return Life::dead;   // the id was reused

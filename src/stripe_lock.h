@@ -21,9 +21,16 @@
 // never reused. There is no second object to reinitialize and no guard to
 // give back, so no two processes can ever hold the lock at once.
 //
-// Scope: liveness is judged with thread ids, so every process locking a
-// segment must share one pid namespace; segment.cpp refuses a read-write
-// attach from another one.
+// Scope: liveness is judged with thread ids and start times, so every
+// process locking a segment must share one pid namespace and one time
+// namespace: segment.cpp refuses a read-write attach from another, and
+// stripe.cpp refuses to lock from a process that moved to another after
+// attaching (a child forked into a new namespace). Known limit: a holder
+// killed because another thread of its process called execve() leaves the
+// new program with its thread id and start time; the lock then looks held
+// by a live owner, and lockers get Errc::busy after lock_timeout until that
+// program exits. Under hidepid=2 an owner hidden from /proc is judged by
+// kill(tid, 0) alone (a reused id looks alive: busy, never two holders).
 //
 // Thread-safety: any number of threads and processes call lock/unlock on the
 // same word. Not reentrant: a thread that finds its own identity in the word
@@ -58,6 +65,11 @@ std::uint64_t self_word();
 // Liveness of the owner named by a lock word (tests, tools).
 enum class Life { alive, dead };
 Life owner_life(std::uint64_t word);
+
+// True unless this process's pid or time namespace (inodes of
+// /proc/self/ns/pid and /proc/self/ns/time; 0: unknown) differs from the
+// given ones: thread ids and start times mean nothing across them.
+bool same_namespaces(std::uint64_t pidns, std::uint64_t timens);
 
 // The owner's thread id in a lock word (0 when free).
 inline std::uint32_t tid_of(std::uint64_t word) { return std::uint32_t(word) & 0x7fffffffu; }
