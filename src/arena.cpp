@@ -23,17 +23,21 @@ std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, std::ui
 bool read_header(const StripeView& s, std::uint64_t off, EntryHeader& out) {
   const std::uint64_t a = s.arena_bytes;
   if (off % 8 != 0 || off >= a || a - off < 8) return false;
-  std::uint64_t first = words::load_word(s.arena + off);
-  out = EntryHeader{};
-  std::memcpy(&out, &first, 8);
+  auto* dst = reinterpret_cast<unsigned char*>(&out);
+  const std::uint64_t first = words::load_word(s.arena + off);
+  std::memcpy(dst, &first, 8);
   if (out.magic != layout::kEntryMagic || out.size % 8 != 0 || out.size < 8 || out.size > a - off) return false;
   if (out.kind == layout::kKindPad) return off + out.size == a;
-  if (out.kind == layout::kKindGap) return out.live == 0;
+  if (out.kind == layout::kKindGap) {
+    std::memset(dst + 8, 0, sizeof out - 8);  // one word on disk; the rest reads as zero
+    return out.live == 0;
+  }
   if (out.kind != layout::kKindEntry || out.size < kHeaderBytes) return false;
-  std::uint64_t w[kHeaderBytes / 8];
-  w[0] = first;
-  for (std::size_t i = 1; i < kHeaderBytes / 8; ++i) w[i] = words::load_word(s.arena + off + 8 * i);
-  std::memcpy(&out, w, kHeaderBytes);
+  // size >= kHeaderBytes <= a - off: every word of the header is in bounds.
+  for (std::size_t i = 1; i < kHeaderBytes / 8; ++i) {
+    const std::uint64_t w = words::load_word(s.arena + off + 8 * i);
+    std::memcpy(dst + 8 * i, &w, 8);
+  }
   if (out.live > 1 || out.ntags > 4 || out.key_len == 0 || (out.flags & ~layout::kKnownFlags) != 0) return false;
   if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > (1u << 30)) {
     return false;

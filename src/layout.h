@@ -123,7 +123,7 @@ static_assert(sizeof(FlightSlot) == kCacheLine, "one cache line per flight");
 inline constexpr std::size_t kMethodNameBytes = 64;
 
 struct alignas(kCacheLine) MethodSlot {
-  std::uint32_t claimed;           // 0 free, 1 being named, 2 named (CAS 0 -> 1 -> 2)
+  std::uint32_t claimed;           // 0 free, (pid << 2) | 1 being named by pid, 2 named (memoize.cpp)
   std::uint32_t name_len;
   char name[kMethodNameBytes];     // method name, not NUL-terminated
   std::uint64_t requests;          // fetch_add by any process

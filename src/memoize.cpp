@@ -3,11 +3,18 @@
 // startup. The cross-process single flight it runs is in flight.cpp.
 #include <hostcache/memoize.h>
 #include <sched.h>
+#include <signal.h>
+#include <unistd.h>
+// Inlined: XXH3_generateSecret belongs to xxhash's version-tied API.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <optional>
 
 #include "atomic_words.h"
@@ -25,42 +32,137 @@ using flight::Flights;
 using layout::MethodSlot;
 using steady = std::chrono::steady_clock;
 
-// A method slot being named longer than this: its process died there.
-constexpr std::int64_t kNamingGraceMs = 1000;
+// A lease beyond this is this (no steady_clock overflow).
+constexpr std::chrono::milliseconds kLongestLease = std::chrono::hours(24 * 365 * 10);
 
-// ---- per-method statistics ---------------------------------------------------
+// MethodSlot::claimed: 0 free, 2 named, (pid << 2) | 1 being named by pid.
+// A namer CASes 0 -> its naming word, writes the name, CASes it -> 2. A
+// naming word whose pid is gone (a namer killed there; 1, which older builds
+// wrote, names pid 0) is taken over by CAS. One of a live process is given
+// kNamingPatience in all per lookup, then skipped: the worst a namer that
+// stalls or lies can cost is a method counted in a second slot (method_stats
+// merges by name) or not counted, never a wait per call: each Cache handle
+// looks a method up once (then again at most every kLookupRetry while it has
+// no slot).
+constexpr std::uint32_t kNamed = 2;
+constexpr auto kNamingPatience = std::chrono::milliseconds(2);
+constexpr auto kLookupRetry = std::chrono::seconds(1);
+
+bool is_naming(std::uint32_t c) { return (c & 3u) == 1u; }
+std::uint32_t naming_word(pid_t pid) { return (std::uint32_t(pid) << 2) | 1u; }
+bool namer_gone(std::uint32_t c) {
+  const pid_t pid = pid_t(c >> 2);
+  return pid <= 0 || (kill(pid, 0) == -1 && errno == ESRCH);
+}
+
+// Writes the name into a slot whose claimed word we set to `mine`.
+bool name_slot(MethodSlot& s, std::uint32_t mine, std::string_view name) {
+  std::atomic_ref<std::uint32_t> claimed(s.claimed);
+  std::memcpy(s.name, name.data(), name.size());
+  words::store(s.name_len, std::uint32_t(name.size()));
+  return claimed.compare_exchange_strong(mine, kNamed, std::memory_order_release,
+                                         std::memory_order_relaxed);
+}
 
 // The slot named `name` (truncated to kMethodNameBytes), claimed if new; open
-// addressing from xxh3(name). nullptr when every slot holds another method.
-MethodSlot* method_slot(const Segment& segment, std::string_view name) {
-  const std::uint32_t n = segment.header()->method_slots;
+// addressing from xxh3(name) over method_slots as verified at attach.
+// nullptr when no slot can be had now.
+MethodSlot* find_method_slot(const Segment& segment, std::string_view name) {
+  const std::uint32_t n = segment.geometry().method_slots;
   if (name.empty() || n == 0) return nullptr;
   name = name.substr(0, layout::kMethodNameBytes);
   MethodSlot* slots = segment.method_slots();
   const std::uint64_t h = XXH3_64bits(name.data(), name.size());
+  const std::uint32_t mine = naming_word(getpid());
+  const steady::time_point patience_ends = steady::now() + kNamingPatience;
   for (std::uint32_t i = 0; i < n; ++i) {
     MethodSlot& s = slots[(h + i) % n];
     std::atomic_ref<std::uint32_t> claimed(s.claimed);
     std::uint32_t c = claimed.load(std::memory_order_acquire);
-    if (c == 0 && claimed.compare_exchange_strong(c, 1, std::memory_order_acquire)) {
-      std::memcpy(s.name, name.data(), name.size());
-      words::store(s.name_len, std::uint32_t(name.size()));
-      claimed.store(2, std::memory_order_release);
-      return &s;
+    while (is_naming(c) && !namer_gone(c) && steady::now() < patience_ends) {
+      sched_yield();  // a live namer: a few stores, unless it is stalled or lying
+      c = claimed.load(std::memory_order_acquire);
     }
-    // Being named: a few stores, unless its process died there (then skip it).
-    const steady::time_point give_up = steady::now() + std::chrono::milliseconds(kNamingGraceMs);
-    while ((c = claimed.load(std::memory_order_acquire)) == 1 && steady::now() < give_up) {
-      sched_yield();
+    if (is_naming(c) && namer_gone(c) && c != mine &&
+        claimed.compare_exchange_strong(c, mine, std::memory_order_acquire)) {
+      if (name_slot(s, mine, name)) return &s;
+      continue;
     }
-    if (c == 2 && words::load(s.name_len) == name.size() &&
+    if (c == 0 && claimed.compare_exchange_strong(c, mine, std::memory_order_acquire)) {
+      if (name_slot(s, mine, name)) return &s;
+      continue;
+    }
+    if (c == kNamed && words::load(s.name_len) == name.size() &&
         std::memcmp(s.name, name.data(), name.size()) == 0) {
       return &s;
     }
+    // Another method's, still being named, or garbage: the next one.
   }
   log::get().warn("memoize: no free method slot for '{}': its calls are not counted per method",
                   name);
   return nullptr;
+}
+
+}  // namespace
+
+// What a Cache handle keeps for memoize (Cache::Impl::memoize_state).
+struct MemoizeState {
+  explicit MemoizeState(const Geometry& g) {
+    // The segment's random secret, verified at attach, keys every hash that
+    // stands for part of a key: a collision must be found without knowing it.
+    XXH3_generateSecret(secret, sizeof secret, g.key_secret, sizeof g.key_secret);
+  }
+  XXH128_hash_t hash(char domain, std::string_view bytes) const {
+    // The domain byte first: a user, a parameter and a whole key never hash alike.
+    XXH3_state_t st;
+    XXH3_128bits_reset_withSecret(&st, secret, sizeof secret);
+    XXH3_128bits_update(&st, &domain, 1);
+    XXH3_128bits_update(&st, bytes.data(), bytes.size());
+    return XXH3_128bits_digest(&st);
+  }
+
+  alignas(64) unsigned char secret[XXH3_SECRET_DEFAULT_SIZE];
+
+  struct Method {
+    MethodSlot* slot = nullptr;
+    steady::time_point retry_at{};  // when slot is nullptr: look again after this
+  };
+  std::mutex mutex;
+  std::map<std::string, Method, std::less<>> methods;
+};
+
+namespace {
+
+MemoizeState& memo_state(const Cache& cache) {
+  Cache::Impl& impl = detail::Access::impl(cache);
+  if (MemoizeState* s = impl.memoize_state.load(std::memory_order_acquire)) return *s;
+  static std::mutex making;
+  std::lock_guard<std::mutex> lock(making);
+  if (MemoizeState* s = impl.memoize_state.load(std::memory_order_relaxed)) return *s;
+  impl.memoize_owner = std::make_shared<MemoizeState>(impl.segment->geometry());
+  impl.memoize_state.store(impl.memoize_owner.get(), std::memory_order_release);
+  return *impl.memoize_owner;
+}
+
+// The method's slot, looked up once per handle (cached, including a miss for
+// kLookupRetry).
+MethodSlot* method_slot(const Cache& cache, std::string_view name) {
+  if (name.empty()) return nullptr;
+  name = name.substr(0, layout::kMethodNameBytes);
+  MemoizeState& state = memo_state(cache);
+  const steady::time_point now = steady::now();
+  {
+    std::lock_guard<std::mutex> lock(state.mutex);
+    auto it = state.methods.find(name);
+    if (it != state.methods.end() && (it->second.slot != nullptr || now < it->second.retry_at)) {
+      return it->second.slot;
+    }
+  }
+  MethodSlot* slot = find_method_slot(detail::Access::segment(cache), name);  // no lock held
+  std::lock_guard<std::mutex> lock(state.mutex);
+  auto& m = state.methods[std::string(name)];
+  if (m.slot == nullptr) m = {slot, now + kLookupRetry};
+  return m.slot;
 }
 
 // ---- stale-while-revalidate envelope -----------------------------------------
@@ -105,13 +207,17 @@ class Call {
         key_(key),
         options_(options),
         hooks_(hooks),
-        method_(method_slot(segment_, options.method)),
+        method_(method_slot(cache, options.method)),
         start_(steady::now()) {}
 
   void run() {
     std::optional<Flights> flights;  // hashing the key is for misses only
     auto flights_of_key = [&]() -> Flights& {
-      if (!flights) flights.emplace(segment_, XXH3_64bits(key_.data(), key_.size()));
+      // Nothing waits past our own lease, whatever the segment says of others'.
+      const auto own_lease = std::min<std::chrono::milliseconds>(options_.lease, kLongestLease);
+      if (!flights) {
+        flights.emplace(segment_, XXH3_64bits(key_.data(), key_.size()), start_ + own_lease);
+      }
       return *flights;
     };
     const std::int64_t lease_ms = options_.lease.count();
@@ -161,7 +267,7 @@ class Call {
   void compute_and_store(const Flight* flight) {
     flight::ReleaseGuard guard{flight};  // after the set below, so that waiters find the value
     const GenerationStamp stamp =
-        cache_.generations(options_.set.tags);  // before compute (invariant 3)
+        cache_.generations(options_.set.tags, options_.set.ns);  // before compute (invariant 3)
     std::string bytes;
     try {
       hooks_.compute(hooks_.ctx, bytes);
@@ -211,18 +317,26 @@ void append_hex(std::string& out, std::uint64_t v) {
   for (int shift = 60; shift >= 0; shift -= 4) out.push_back(kHex[(v >> shift) & 15]);
 }
 
-std::string hash128_token(std::string_view prefix, std::string_view bytes) {
-  XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
-  std::string out(prefix);
+void append_hex128(std::string& out, XXH128_hash_t h) {
   append_hex(out, h.high64);
   append_hex(out, h.low64);
+}
+
+// Unkeyed: for tags only, where a collision over-invalidates (safe).
+std::string hash128_token(std::string_view prefix, std::string_view bytes) {
+  std::string out(prefix);
+  append_hex128(out, XXH3_128bits(bytes.data(), bytes.size()));
   return out;
 }
 
+// A text part: '%', '_', ':' and bytes outside '!'..'~' as %XX (uppercase
+// hex). So an escaped part never holds '_' (parts split one way only) nor
+// ':' (the type tags below cannot be forged), and '%' is always followed by
+// two uppercase hex digits ("%h" and "%u" cannot be forged either).
 void append_escaped(std::string& out, std::string_view part) {
   static constexpr char kUpperHex[] = "0123456789ABCDEF";
   for (unsigned char c : part) {
-    if (c > 0x20 && c < 0x7f && c != '%' && c != '_') {
+    if (c > 0x20 && c < 0x7f && c != '%' && c != '_' && c != ':') {
       out.push_back(char(c));
     } else {
       out.push_back('%');
@@ -230,6 +344,44 @@ void append_escaped(std::string& out, std::string_view part) {
       out.push_back(kUpperHex[c & 15]);
     }
   }
+}
+
+using detail::KeyArg;
+
+// Hash domains of the keyed hash.
+constexpr char kDomainUser = 'u', kDomainParam = 'p', kDomainKey = 'k';
+
+// An argument as it appears in a key: text escaped, the others type-tagged
+// ("i:42", "b:true", "e:3", "h:" + the keyed hash of their msgpack bytes).
+void append_arg(std::string& out, const MemoizeState& state, const KeyArg& a) {
+  switch (a.kind) {
+    case KeyArg::Kind::text:
+      append_escaped(out, a.bytes);
+      return;
+    case KeyArg::Kind::packed:
+      out.append("h:");
+      append_hex128(out, state.hash(kDomainParam, a.bytes));
+      return;
+    case KeyArg::Kind::integer:
+    case KeyArg::Kind::boolean:
+    case KeyArg::Kind::enumeration:
+      out.push_back(char(a.kind));
+      out.push_back(':');
+      append_escaped(out, a.bytes);  // digits, '-', letters: unchanged
+      return;
+  }
+  out.append("?:");  // a Kind no build knows (a cast): still one token
+  append_escaped(out, a.bytes);
+}
+
+// "u" + 32 hex digits of the keyed hash of the user's type tag and bytes.
+std::string user_text(const MemoizeState& state, const KeyArg& user) {
+  std::string tagged(1, char(user.kind));
+  tagged.push_back(':');
+  tagged.append(user.bytes);
+  std::string out = "u";
+  append_hex128(out, state.hash(kDomainUser, tagged));
+  return out;
 }
 
 }  // namespace
@@ -264,30 +416,52 @@ std::string hash_token(std::string_view bytes) {
   return out;
 }
 
-std::string user_token(std::string_view bytes) { return hash128_token("u", bytes); }
+std::string user_token(const Cache& cache, const KeyArg& user) {
+  return user_text(memo_state(cache), user);
+}
 
-std::string build_key(const KeyParts& parts, std::size_t max_key_bytes) {
+std::string build_key(const Cache& cache, const KeyParts& parts) {
+  const MemoizeState& state = memo_state(cache);
+  const std::size_t max_key_bytes = cache.max_key_bytes();
+  static const KeyArg kNone{};
+  const std::string user = parts.user != nullptr ? user_text(state, *parts.user) : "any";
+  // Every part is always there, after its separator (an empty one too): the
+  // key splits on '_' into exactly 5 + params.size() tokens, each decoding
+  // to one part, so two different calls never render alike.
   std::string key;
-  for (std::string_view part : {parts.prefix, parts.method, parts.app, parts.model, parts.user}) {
-    if (!key.empty()) key.push_back('_');
-    append_escaped(key, part);
-  }
+  append_escaped(key, parts.prefix);
+  key.push_back('_');
+  append_escaped(key, parts.method);
+  key.push_back('_');
+  append_arg(key, state, parts.app != nullptr ? *parts.app : kNone);
+  key.push_back('_');
+  append_arg(key, state, parts.model != nullptr ? *parts.model : kNone);
+  key.push_back('_');
+  key.append(user);  // "u" + hex or "any": no '_'
   const std::size_t head = key.size();
   if (parts.params != nullptr) {
-    for (const std::string& p : *parts.params) {
+    for (const KeyArg& p : *parts.params) {
       key.push_back('_');
-      append_escaped(key, p);
+      append_arg(key, state, p);
     }
   }
   if (key.size() <= max_key_bytes) return key;
-  // "%h" never comes out of append_escaped (its escapes are %XX, uppercase hex).
-  std::string tail = hash128_token("_%h", key);
+  // Too long: a token no part renders ("%h", see append_escaped) and the
+  // keyed hash of the whole key, after as much of the head as fits.
+  std::string tail = "_%h";
+  append_hex128(tail, state.hash(kDomainKey, key));
   if (head + tail.size() <= max_key_bytes) {
     key.resize(head);
     return key + tail;
   }
   std::string shortest;
   append_escaped(shortest, parts.prefix);
+  shortest.push_back('_');
+  if (shortest.size() + user.size() + tail.size() <= max_key_bytes) {
+    shortest.append(user);  // prefix_user_%h...: 3 tokens, the user in plain sight
+  } else {
+    shortest.pop_back();    // prefix_%h...: 2 tokens
+  }
   return shortest + tail;  // if even this is too long, set() refuses it and every call computes
 }
 
@@ -311,7 +485,7 @@ std::vector<MethodStats> method_stats(const Cache& cache) {
   const Segment& segment = detail::Access::segment(cache);
   const MethodSlot* slots = segment.method_slots();
   std::vector<MethodStats> out;
-  for (std::uint32_t i = 0; i < segment.header()->method_slots; ++i) {
+  for (std::uint32_t i = 0; i < segment.geometry().method_slots; ++i) {  // never the live header
     const MethodSlot& s = slots[i];
     if (words::load(s.claimed, std::memory_order_acquire) != 2) continue;
     std::string name(s.name,

@@ -75,8 +75,9 @@ inline int finishes(pid_t pid) {
 inline const layout::FlightSlot* flight_slots(const Cache& c) {
   return detail::Access::segment(c).flight_slots();
 }
+// As verified at attach: the live header may have been scribbled on.
 inline std::uint32_t flight_count(const Cache& c) {
-  return detail::Access::segment(c).header()->flight_slots;
+  return detail::Access::segment(c).geometry().flight_slots;
 }
 inline std::uint32_t sleeping_waiters(const Cache& c) {
   std::uint32_t n = 0;

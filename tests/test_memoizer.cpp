@@ -45,39 +45,53 @@ struct Filter {
   MSGPACK_DEFINE(min, op)
 };
 
-TEST(MemoizeKeys, ReadableForStringsAndIntegersHashedOtherwise) {
-  std::vector<std::string> params{"created_at", "42", detail::render(Filter{3, ">"})};
-  std::string user = detail::user_token("alice");
-  std::string key = detail::build_key(
-      {"metadata", "extract_model_metadata", "shop", "order", user, &params}, 1024);
-  EXPECT_EQ(key, "metadata_extract%5Fmodel%5Fmetadata_shop_order_" + user + "_created%5Fat_42_" +
-                     params[2]);
-  EXPECT_EQ(detail::render(42), "42");
+// A key of (app, model, user-or-any, params...) as Memoized builds it.
+std::string key_of(const Cache& c, std::string_view method, const detail::KeyArg& app,
+                   const detail::KeyArg& model, const detail::KeyArg* user,
+                   const std::vector<detail::KeyArg>& params) {
+  return detail::build_key(c, {"metadata", method, &app, &model, user, &params});
+}
+detail::KeyArg text(std::string s) { return detail::key_arg(s); }
+
+TEST_F(MemoizeTest, KeysReadableForStringsAndIntegersHashedOtherwise) {
+  const std::vector<detail::KeyArg> params{detail::key_arg("created_at"), detail::key_arg(42),
+                                           detail::key_arg(Filter{3, ">"})};
+  const detail::KeyArg alice = text("alice");
+  const std::string user = detail::user_token(cache_, alice);
+  const std::string key =
+      key_of(cache_, "extract_model_metadata", text("shop"), text("order"), &alice, params);
+  const std::string head = "metadata_extract%5Fmodel%5Fmetadata_shop_order_" + user +
+                           "_created%5Fat_i:42_h:";
+  EXPECT_EQ(key.substr(0, head.size()), head);
+  EXPECT_EQ(key.size(), head.size() + 32);  // the keyed 128-bit hash of Filter's msgpack bytes
+  EXPECT_NE(key, key_of(cache_, "extract_model_metadata", text("shop"), text("order"), &alice,
+                        {params[0], params[1], detail::key_arg(Filter{4, ">"})}));
+  EXPECT_EQ(detail::render(42), "42");  // tags keep the plain forms
   EXPECT_EQ(detail::render(std::string("x y")), "x y");
-  EXPECT_EQ(params[2].size(), 17u);
-  EXPECT_EQ(params[2][0], 'h');
-  EXPECT_NE(detail::render(Filter{3, ">"}), detail::render(Filter{4, ">"}));
+  EXPECT_EQ(detail::render(Filter{3, ">"}).size(), 17u);
   EXPECT_EQ(user.size(), 33u);
+  EXPECT_EQ(user[0], 'u');
   EXPECT_EQ(key.find("alice"), std::string::npos);  // the user appears only as a hash
 }
 
-TEST(MemoizeKeys, SplitOneWayOnly) {
-  std::vector<std::string> none;
+TEST_F(MemoizeTest, KeysSplitOneWayOnly) {
   auto key = [&](std::string_view app, std::string_view model) {
-    return detail::build_key({"metadata", "m", app, model, "any", &none}, 1024);
+    return key_of(cache_, "m", text(std::string(app)), text(std::string(model)), nullptr, {});
   };
   EXPECT_NE(key("a_b", "c"), key("a", "b_c"));
   EXPECT_NE(key("a%5Fb", "c"), key("a_b", "c"));
-  std::vector<std::string> one{""};
-  EXPECT_NE(detail::build_key({"metadata", "m", "a", "b", "any", &none}, 1024),
-            detail::build_key({"metadata", "m", "a", "b", "any", &one}, 1024));
+  EXPECT_NE(key("i:1", "c"), key_of(cache_, "m", detail::key_arg(1), text("c"), nullptr, {}));
+  EXPECT_NE(key_of(cache_, "m", text("a"), text("b"), nullptr, {}),
+            key_of(cache_, "m", text("a"), text("b"), nullptr, {text("")}));
 }
 
-TEST(MemoizeKeys, LongKeysEndInAHashAndStayDistinct) {
-  std::vector<std::string> p1{std::string(2000, 'x')}, p2{std::string(2000, 'x') + "y"};
-  std::string k1 = detail::build_key({"metadata", "m", "a", "b", "any", &p1}, 256);
-  std::string k2 = detail::build_key({"metadata", "m", "a", "b", "any", &p2}, 256);
-  EXPECT_LE(k1.size(), 256u);
+TEST_F(MemoizeTest, LongKeysEndInAHashAndStayDistinct) {
+  const std::size_t max = cache_.max_key_bytes();
+  const std::vector<detail::KeyArg> p1{text(std::string(max + 100, 'x'))};
+  const std::vector<detail::KeyArg> p2{text(std::string(max + 100, 'x') + "y")};
+  const std::string k1 = key_of(cache_, "m", text("a"), text("b"), nullptr, p1);
+  const std::string k2 = key_of(cache_, "m", text("a"), text("b"), nullptr, p2);
+  EXPECT_LE(k1.size(), max);
   EXPECT_NE(k1, k2);
   EXPECT_EQ(k1.rfind("metadata_m_a_b_any_%h", 0), 0u);
   EXPECT_EQ(model_tag("shop", "order"), "shop.order");
@@ -97,10 +111,10 @@ TEST_F(MemoizeTest, MemoizerReadsLikeTheSeedsDecorator) {
   EXPECT_EQ(extract(std::string("shop"), std::string("order"), std::string("alice")), m);
   EXPECT_EQ(calls, 1);
   // The key is the documented one, readable by anyone holding the cache.
-  std::vector<std::string> none;
-  std::string key = detail::build_key(
-      {"metadata", "extract_model_metadata", "shop", "order", detail::user_token("alice"), &none},
-      cache_.max_key_bytes());
+  const detail::KeyArg alice = text("alice");
+  const std::string key =
+      key_of(cache_, "extract_model_metadata", text("shop"), text("order"), &alice, {});
+  EXPECT_EQ(key.rfind("metadata_extract%5Fmodel%5Fmetadata_shop_order_u", 0), 0u);
   EXPECT_EQ(cache_.get_as<Metadata>(key), m);
 }
 

@@ -9,13 +9,16 @@
 // once per host, not once per worker.
 //
 // The flight is a lease, not a lock: a waiter takes it over when the computing
-// process has died, or has held it longer than ComputeOptions::lease (then two
-// computations may overlap; both results are valid, the later write wins).
-// Waiters sleep with a bounded timeout and re-check, so nothing ever waits on
-// a dead process. No stripe lock is held while compute() runs.
+// process has died, or has held it longer than its ComputeOptions::lease, or
+// when the waiter has waited its own lease (then two computations may
+// overlap; both results are valid, the later write wins). Waiters sleep with
+// a bounded timeout and re-check, so nothing ever waits on a dead process,
+// and no call waits longer than its own lease whatever the segment holds.
+// No stripe lock is held while compute() runs.
 //
 // memoize<T>(cache, options, fn) wraps `fn(app, model, user, params...)` the
-// way the seed's decorator does: keys `metadata_{method}_{app}_{model}_{user}_{params}`,
+// way the seed's decorator does: keys `metadata_{method}_{app}_{model}_{user}_{params}`
+// (one key per distinct call: see detail::build_key),
 // entries tagged "{app}.{model}" so that cache.invalidate(model_tag(app, model))
 // drops every method's entries for that model, and per-method statistics that
 // every process and the tools see (method_stats()).
@@ -27,7 +30,9 @@
 //  - A result computed across a clear()/invalidate() is stored stale and never
 //    served (DESIGN.md invariant 3): the generations are read before compute().
 //  - With user_specific (the default) a memoized call never receives a value
-//    computed for another user (users are keyed by a 128-bit hash).
+//    computed for another user: users (with their type: the string "42" is
+//    not the integer 42) are keyed by a 128-bit hash keyed with the
+//    segment's random secret, so a colliding user cannot be computed offline.
 //  - When the cache is disabled (Config::enabled = false or
 //    HOSTCACHE_DISABLED=1) every call runs compute() and touches nothing.
 //
@@ -61,8 +66,9 @@ namespace hostcache {
 struct ComputeOptions {
   SetOptions set;  // ttl (0: the cache's default) and invalidation tags
   // How long a computing process may hold the key's flight before a waiter
-  // takes it over. Make it longer than the slowest compute(): past it, the
-  // computation may run twice.
+  // takes it over, and how long this call waits on another's flight at most.
+  // Make it longer than the slowest compute(): past it, the computation may
+  // run twice.
   std::chrono::milliseconds lease = std::chrono::seconds(30);
   // After the ttl, for this long, the expired value is still returned to every
   // caller but one, which recomputes (0: off). The entry is stored for
@@ -163,27 +169,71 @@ void get_or_compute(Cache& cache, std::string_view key, const ComputeOptions& op
                     const ComputeHooks& hooks);
 
 // "h" + 16 hex digits of XXH3_64bits(bytes): a call argument that is neither a
-// string nor an integer.
+// string nor an integer, as it appears in tags (render()). Unkeyed: a tag
+// collision only over-invalidates. Keys never use it (see KeyArg).
 std::string hash_token(std::string_view bytes);
-// "u" + 32 hex digits of XXH3_128bits(bytes): a user in a key.
-std::string user_token(std::string_view bytes);
 
-// Already-rendered parts of a memoized call's key.
-struct KeyParts {
-  std::string_view prefix, method, app, model, user;  // user: user_token() or "any"
-  const std::vector<std::string>* params = nullptr;
+// One argument of a memoized call (app, model, user or a param), typed, as
+// the key builder renders it.
+struct KeyArg {
+  enum class Kind : char {
+    text = 's',         // bytes: the string
+    integer = 'i',      // bytes: its decimal
+    boolean = 'b',      // bytes: "true" or "false"
+    enumeration = 'e',  // bytes: its underlying value in decimal
+    packed = 'm',       // bytes: its msgpack encoding
+  };
+  Kind kind = Kind::text;
+  std::string bytes;
 };
-// prefix_method_app_model_user[_param...], each part with '%', '_' and bytes
-// outside '!'..'~' written %XX so that the key splits one way only. A key
-// over max_key_bytes keeps its head and ends in "%h" + the hash of the whole.
-std::string build_key(const KeyParts& parts, std::size_t max_key_bytes);
+
+// "u" + 32 hex digits of the keyed 128-bit hash (keyed with the segment's
+// key_secret) of the user's type and bytes: a user in a key.
+std::string user_token(const Cache& cache, const KeyArg& user);
+
+// A memoized call's key parts.
+struct KeyParts {
+  std::string_view prefix, method;
+  const KeyArg* app = nullptr;
+  const KeyArg* model = nullptr;
+  const KeyArg* user = nullptr;  // nullptr: not user specific ("any")
+  const std::vector<KeyArg>* params = nullptr;
+};
+// prefix_method_app_model_user[_param...]: every part always there after
+// its separator (empty ones too); text written with '%', '_', ':' and bytes
+// outside '!'..'~' as %XX; integers, booleans and enums type-tagged ("i:42",
+// "b:true", "e:3"); any other argument "h:" + the keyed 128-bit hash of its
+// msgpack bytes; the user as user_token(). So the key splits one way only and
+// distinct calls get distinct keys (up to collisions of a hash keyed with a
+// secret an attacker does not know). A key over cache.max_key_bytes() keeps
+// what fits of prefix_method_app_model_user, else prefix_user, else prefix,
+// and ends in "_%h" + the keyed hash of the whole key.
+std::string build_key(const Cache& cache, const KeyParts& parts);
 // "{app}.{model}" (or "%h" + its hash when over kMaxTagBytes).
 std::string join_model_tag(std::string_view app, std::string_view model);
 
 void note_warm_failure(std::string_view key, const char* what) noexcept;
 
-// A call argument as it appears in keys and tags: strings as they are,
-// integers and enums in decimal, anything else as hash_token(msgpack(x)).
+// A call argument as the key builder takes it.
+template <class X>
+KeyArg key_arg(const X& x) {
+  if constexpr (std::is_convertible_v<const X&, std::string_view>) {
+    return {KeyArg::Kind::text, std::string(std::string_view(x))};
+  } else if constexpr (std::is_same_v<X, bool>) {
+    return {KeyArg::Kind::boolean, x ? "true" : "false"};
+  } else if constexpr (std::is_integral_v<X>) {
+    return {KeyArg::Kind::integer, std::to_string(x)};
+  } else if constexpr (std::is_enum_v<X>) {
+    return {KeyArg::Kind::enumeration, std::to_string(static_cast<std::underlying_type_t<X>>(x))};
+  } else {
+    msgpack::sbuffer packed;
+    msgpack::pack(packed, x);
+    return {KeyArg::Kind::packed, std::string(packed.data(), packed.size())};
+  }
+}
+
+// A call argument as it appears in tags: strings as they are, integers and
+// enums in decimal, anything else as hash_token(msgpack(x)).
 template <class X>
 std::string render(const X& x) {
   if constexpr (std::is_convertible_v<const X&, std::string_view>) {
@@ -266,7 +316,7 @@ detail::result_t<T, Compute> get_or_compute(Cache& cache, std::string_view key, 
 // ---- memoize -----------------------------------------------------------------
 
 // The tag memoized entries of (app, model) carry: "{app}.{model}", the parts
-// rendered as in keys. cache.invalidate(model_tag(app, model)) drops them all.
+// rendered by render(). cache.invalidate(model_tag(app, model)) drops them all.
 template <class App, class Model>
 std::string model_tag(const App& app, const Model& model) {
   return detail::join_model_tag(detail::render(app), detail::render(model));
@@ -280,21 +330,23 @@ class Memoized {
       : cache_(&cache), options_(std::move(options)), fn_(std::move(fn)) {}
 
   // The cached result of fn(app, model, user, params...), or fn's result now.
-  // Costs a key build (a few hashes for non-string arguments) and one
-  // get_or_compute.
+  // Costs a key build (a keyed hash of the user, and of each argument that is
+  // neither a string nor an integer) and one get_or_compute.
   template <class App, class Model, class User, class... Params>
   T operator()(const App& app, const Model& model, const User& user,
                const Params&... params) const {
     auto call = [&]() -> T { return fn_(app, model, user, params...); };
     if (!cache_->enabled()) return call();
-    std::vector<std::string> rendered{detail::render(params)...};
-    std::string app_text = detail::render(app), model_text = detail::render(model);
-    std::string user_text = options_.user_specific ? detail::user_token(user_bytes(user)) : "any";
+    const std::vector<detail::KeyArg> args{detail::key_arg(params)...};
+    const detail::KeyArg app_arg = detail::key_arg(app), model_arg = detail::key_arg(model);
+    std::optional<detail::KeyArg> user_arg;
+    if (options_.user_specific) user_arg = detail::key_arg(user);
     std::string key = detail::build_key(
-        {options_.key_prefix, options_.method, app_text, model_text, user_text, &rendered},
-        cache_->max_key_bytes());
-    std::vector<std::string> tags{detail::join_model_tag(app_text, model_text)};
+        *cache_, {options_.key_prefix, options_.method, &app_arg, &model_arg,
+                  user_arg ? &*user_arg : nullptr, &args});
+    std::vector<std::string> tags{model_tag(app, model)};
     if (options_.extra_tags) {
+      const std::vector<std::string> rendered{detail::render(params)...};
       for (std::string& t : options_.extra_tags(rendered)) tags.push_back(std::move(t));
     }
     ComputeOptions o;
@@ -309,19 +361,6 @@ class Memoized {
   const MemoizeOptions& options() const { return options_; }
 
  private:
-  // What a user is hashed from: its text, its decimal, or its msgpack encoding.
-  template <class User>
-  static std::string user_bytes(const User& user) {
-    if constexpr (std::is_convertible_v<const User&, std::string_view> ||
-                  std::is_integral_v<User> || std::is_enum_v<User>) {
-      return detail::render(user);
-    } else {
-      msgpack::sbuffer packed;
-      msgpack::pack(packed, user);
-      return std::string(packed.data(), packed.size());
-    }
-  }
-
   Cache* cache_;
   MemoizeOptions options_;
   Fn fn_;
