@@ -12,9 +12,13 @@ pkgs=(
   nlohmann-json3-dev libcli11-dev
   clang libclang-rt-dev
   curl procps
+  python3-dev pybind11-dev python3-pybind11 python3-django python3-pytest python3-pytest-django
+  gunicorn python3-django-graphene
+  redis-server libhiredis-dev
 )
 if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(redis-server libhiredis-dev memcached libmemcached-dev liblmdb-dev gnuplot-nox wrk jq)
+  pkgs+=(redis-server libhiredis-dev memcached libmemcached-dev liblmdb-dev gnuplot-nox wrk jq
+    python3-diskcache python3-django-redis python3-pymemcache php-cli php-apcu)
 fi
 
 missing=()

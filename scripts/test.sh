@@ -22,14 +22,18 @@ build() {  # build DIR [cmake args...]  (TARGETS="a b" builds only those)
 echo "== plain build =="
 build build -DHOSTCACHE_CRASH_POINTS=OFF
 (cd build && ctest --output-on-failure -j "$jobs" --timeout 900)
+
+echo "== Python: the hostcache module, the Django backend and app, gunicorn (pytest) =="
+# Fails the script on any failure; exit 5 (no tests collected) is a failure too.
+PYTHONPATH=build/python /usr/bin/python3 -m pytest -q tests/python
 [[ "${1:-}" == "--quick" ]] && exit 0
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
-build build-asan -DHOSTCACHE_SANITIZE=address -DHOSTCACHE_CRASH_POINTS=ON -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF
+build build-asan -DHOSTCACHE_SANITIZE=address -DHOSTCACHE_CRASH_POINTS=ON -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF -DHOSTCACHE_BUILD_PYTHON=OFF
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j "$jobs" --timeout 900 -LE "nosan")
 
 echo "== ThreadSanitizer (in-process concurrency tests) =="
-TARGETS="test_threads test_memoize" build build-tsan -DHOSTCACHE_SANITIZE=thread -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF -DHOSTCACHE_BUILD_TOOLS=OFF
+TARGETS="test_threads test_memoize" build build-tsan -DHOSTCACHE_SANITIZE=thread -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF -DHOSTCACHE_BUILD_TOOLS=OFF -DHOSTCACHE_BUILD_PYTHON=OFF -DHOSTCACHE_BUILD_RELAY=OFF
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" --timeout 900 -R "^(test_threads|test_memoize)$")
 
 echo "== libFuzzer (clang, ASan + UBSan), bounded =="
