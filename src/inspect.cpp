@@ -57,10 +57,63 @@ const StripeHeader& live_header(const Segment& seg, std::uint32_t i) {
   return *reinterpret_cast<const StripeHeader*>(seg.stripe_base(i));
 }
 
+// Bytes taken from the segment, for a message: printable ASCII as it is,
+// everything else (and the backslash and quote) escaped, so that a message
+// never carries a control sequence to whoever prints it.
+std::string escaped(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    if (c == '\\' || c == '\'') {
+      out += '\\';
+      out += char(c);
+    } else if (c >= 0x20 && c < 0x7f) {
+      out += char(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+std::string size_text(std::uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = double(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) v /= 1024, ++u;
+  char buf[48];
+  if (u == 0) {
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[u]);
+  }
+  return buf;
+}
+
 std::string busy_text(const StripeCopy& copy) {
   if (copy.moving()) return "busy: live writers never left it at rest long enough to copy";
   return "busy: sequence " + std::to_string(copy.seq()) +
          " stayed odd (its writer is stalled or died without recovery)";
+}
+
+// Why a whole copy was not taken, in words, naming the limit to raise.
+std::string refused_text(Took took, const Segment& seg, const CopyLimits& limits,
+                         const StripeCopy& copy) {
+  switch (took) {
+    case Took::too_large:
+      return "stripe of " + size_text(seg.geometry().stripe_bytes) +
+             " is larger than --max-stripe-bytes (" + size_text(limits.max_stripe) +
+             "), the most one read copies";
+    case Took::over_budget:
+      return "the read budget is spent: " + size_text(limits.spent) + " copied of --max-read-bytes (" +
+             size_text(limits.max_total) + ")";
+    case Took::busy:
+    case Took::copied:
+      break;
+  }
+  return busy_text(copy);
 }
 
 std::string at(std::uint32_t stripe, std::uint64_t off) {
@@ -138,14 +191,20 @@ void collect_entries(const Segment& seg, StripeCopy& copy, std::uint32_t stripe,
   const std::uint32_t tag_mask = seg.geometry().tag_slots - 1;
   std::string why;
   std::vector<std::string> tags;
+  // A stripe of garbage could otherwise add a problem per entry-sized piece.
+  constexpr std::size_t kPerStripe = 16;
+  std::size_t bad = 0;
+  auto problem = [&](std::string what) {
+    if (bad++ < kPerStripe) snap.problems.push_back(std::move(what));
+  };
   auto visit = [&](std::uint64_t off, const EntryHeader& h) {
     if (h.live == 0 || snap.entries.size() >= filter.limit) return;
     if (!arena::checksum_ok(v, off, h)) {
-      snap.problems.push_back(at(stripe, off) + ": checksum mismatch; not shown");
+      problem(at(stripe, off) + ": checksum mismatch; not shown");
       return;
     }
     if (!arena::read_tags(v, off, h, tags)) {
-      snap.problems.push_back(at(stripe, off) + ": malformed tags; not shown");
+      problem(at(stripe, off) + ": malformed tags; not shown");
       return;
     }
     EntryInfo e;
@@ -172,14 +231,28 @@ void collect_entries(const Segment& seg, StripeCopy& copy, std::uint32_t stripe,
   };
   const StripeHeader& hdr = copy.hdr();
   if (!arena::walk(v, hdr.tail, hdr.head, visit, &why, nullptr)) {
-    snap.problems.push_back("stripe " + std::to_string(stripe) + ": ring does not walk: " + why);
+    problem("stripe " + std::to_string(stripe) + ": ring does not walk: " + why);
   }
+  if (bad > kPerStripe) {
+    snap.problems.push_back("stripe " + std::to_string(stripe) + ": " +
+                            std::to_string(bad - kPerStripe) + " more problems not listed");
+  }
+}
+
+CopyLimits limits_of(const Options& options) {
+  CopyLimits l;
+  l.max_stripe = options.max_stripe_bytes;
+  l.max_total = options.max_read_bytes;
+  return l;
 }
 
 }  // namespace
 
-Snapshot read(std::string_view name, const Filter& filter) {
-  std::unique_ptr<Segment> seg = Segment::attach(name, true, Segment::Access::read_only);
+Snapshot read(std::string_view name, const Filter& filter, const Options& options) {
+  // The same owner and mode checks as Cache::attach: a segment another user
+  // can write may hold anything, and `hostcache save` would carry it on.
+  std::unique_ptr<Segment> seg =
+      Segment::attach(name, options.allow_foreign, Segment::Access::read_only);
   Snapshot snap;
   snap.segment = segment_info(*seg);
   snap.stats = StatsRecorder::read(*seg);
@@ -187,14 +260,24 @@ Snapshot read(std::string_view name, const Filter& filter) {
   const generations::Judge judge(*seg, clock::now_ms());
   StripeCopy copy(*seg);
   BusyBudget budget;
+  CopyLimits limits = limits_of(options);
   for (std::uint32_t i = 0; i < seg->geometry().stripe_count; ++i) {
     StripeInfo info;
     info.index = i;
     info.lock_owner_pid = words::load(live_header(*seg, i).owner_pid);
     // With no entries wanted (limit 0, or reached) only the header is copied:
     // `hostcache stats --watch` then costs a few cache lines per stripe.
-    const bool want = snap.entries.size() < filter.limit;
-    if (!copy.take(i, want, budget)) {
+    bool want = snap.entries.size() < filter.limit;
+    Took took = copy.take(i, want, budget, limits);
+    if (took == Took::too_large || took == Took::over_budget) {
+      // Its entries are not read; its counters still are, from its header.
+      snap.problems.push_back("stripe " + std::to_string(i) + ": " +
+                              refused_text(took, *seg, limits, copy) + "; entries not read");
+      want = false;
+      took = copy.take(i, false, budget, limits);
+      info.consistent = false;
+    }
+    if (took != Took::copied) {
       info.consistent = false;
       info.seq = copy.seq();
       snap.problems.push_back("stripe " + std::to_string(i) + ": " + busy_text(copy) +
@@ -264,9 +347,7 @@ void check_header(const Segment& seg, std::vector<Violation>& out) {
   // attach() verified the geometry; these restate what parsing a stripe relies on.
   const std::uint64_t stripe_need =
       sizeof(StripeHeader) + std::uint64_t(g.groups_per_stripe) * 64 + g.arena_bytes;
-  if (g.groups_per_stripe == 0 || (g.groups_per_stripe & (g.groups_per_stripe - 1)) != 0) {
-    bad("groups per stripe is not a power of two");
-  }
+  if (g.groups_per_stripe == 0) bad("a stripe has no bucket groups");
   if (g.arena_bytes % 8 != 0) bad("arena bytes not a multiple of 8");
   if (stripe_need > g.stripe_bytes) bad("header, buckets and arena overflow the stripe");
   if (g.stripes_off + std::uint64_t(g.stripe_count) * g.stripe_bytes > seg.size()) {
@@ -276,7 +357,10 @@ void check_header(const Segment& seg, std::vector<Violation>& out) {
   for (std::uint32_t i = 0; i < g.method_slots; ++i) {
     const std::uint32_t claimed = words::load(methods[i].claimed, std::memory_order_acquire);
     const std::string where = "method slot " + std::to_string(i);
-    if (claimed > 2) out.push_back({where, "claimed is " + std::to_string(claimed) + ", not 0..2"});
+    // 0 free, 2 named, (pid << 2) | 1 being named by pid (memoize.cpp).
+    if (claimed != 0 && claimed != 2 && (claimed & 3) != 1) {
+      out.push_back({where, "claimed is " + std::to_string(claimed) + ", not 0, 2 or (pid << 2) | 1"});
+    }
     if (claimed == 2 && words::load(methods[i].name_len) > layout::kMethodNameBytes) {
       out.push_back({where, "name longer than the slot"});
     }
@@ -290,15 +374,15 @@ struct SeenEntry {
 };
 
 void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBudget& budget,
-                  Report& report) {
+                  CopyLimits& limits, Report& report) {
   const std::string where = "stripe " + std::to_string(i);
   report.start(i);
   const std::uint32_t owner = words::load(live_header(seg, i).owner_pid);
   if (owner != 0 && ::kill(pid_t(owner), 0) != 0 && errno == ESRCH) {
     report.add(where, "lock held by dead pid " + std::to_string(owner) + " (not yet recovered)");
   }
-  if (!copy.take(i, true, budget)) {
-    report.add(where, "not verified: " + busy_text(copy));
+  if (const Took took = copy.take(i, true, budget, limits); took != Took::copied) {
+    report.add(where, "not verified: " + refused_text(took, seg, limits, copy));
     return;
   }
   const StripeHeader& h = copy.hdr();
@@ -332,7 +416,8 @@ void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBud
     }
     for (std::size_t k = 0; k < tags.size(); ++k) {
       if (e.tag_slot[k] >= tag_slots || e.tag_slot[k] != generations::slot_of(tags[k], tag_slots)) {
-        report.add(at(i, off), "tag '" + tags[k] + "' recorded in the wrong generation slot");
+        report.add(at(i, off),
+                   "tag '" + escaped(tags[k]) + "' recorded in the wrong generation slot");
       }
     }
   };
@@ -389,15 +474,17 @@ void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBud
 
 }  // namespace
 
-std::vector<Violation> check(std::string_view name) {
-  std::unique_ptr<Segment> seg = Segment::attach(name, true, Segment::Access::read_only);
+std::vector<Violation> check(std::string_view name, const Options& options) {
+  std::unique_ptr<Segment> seg =
+      Segment::attach(name, options.allow_foreign, Segment::Access::read_only);
   std::vector<Violation> out;
   check_header(*seg, out);
   StripeCopy copy(*seg);
   BusyBudget budget;
+  CopyLimits limits = limits_of(options);
   Report report(out);
   for (std::uint32_t i = 0; i < seg->geometry().stripe_count; ++i) {
-    check_stripe(*seg, i, copy, budget, report);
+    check_stripe(*seg, i, copy, budget, limits, report);
   }
   report.flush();
   return out;

@@ -16,6 +16,7 @@
 
 #include "arena.h"
 #include "cache_impl.h"
+#include "stripe_lock.h"
 #include "index.h"
 #include "test_support.h"
 
@@ -357,10 +358,13 @@ TEST(Inspect, IgnoresAHeldStripeLock) {
   pid_t child = testing::spawn([&] {
     auto seg = Segment::attach(f.name.name, false, Segment::Access::read_write);
     auto& h = *reinterpret_cast<layout::StripeHeader*>(seg->stripe_base(0));
-    if (pthread_mutex_lock(&h.lock) != 0) return 1;
+    // The stripe lock word (stripe_lock.h), taken as a writer would.
+    if (!stripe_lock::lock(h, std::chrono::steady_clock::now() + std::chrono::seconds(5)).acquired) {
+      return 1;
+    }
     locked.open();
     release.wait();
-    pthread_mutex_unlock(&h.lock);
+    stripe_lock::unlock(h);
     return 0;
   });
   locked.wait();

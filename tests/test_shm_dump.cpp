@@ -14,6 +14,7 @@
 
 #include "arena.h"
 #include "cache_impl.h"
+#include "stripe_lock.h"
 #include "tools_test_support.h"
 
 namespace hostcache {
@@ -28,8 +29,9 @@ TEST(ShmDump, ShowsHeaderStripesStatsAndEntries) {
   Populated p;
   Result r = dump(p.name.name);
   ASSERT_EQ(r.code, 0) << show(r);
+  const std::string version = "layout    version " + std::to_string(layout::kLayoutVersion);
   for (const char* word :
-       {"layout    version 1", "capacity  1.0 MiB: 2 stripes", "global generation", "fill",
+       {version.c_str(), "capacity  1.0 MiB: 2 stripes", "global generation", "fill",
         "hit ratio", "entries   4 shown", "meta:user:1", "{\"age\":42,\"id\":1}", "model:user@",
         "stale", "(now ", "bin\\x00\\xff", "hello world"}) {
     EXPECT_TRUE(has(r.out, word)) << "missing '" << word << "' in:\n" << r.out;
@@ -64,8 +66,10 @@ TEST(ShmDump, JsonIsOneParsableDocument) {
   EXPECT_EQ(by_key["meta:user:1"]["value"]["age"], 42);
   EXPECT_EQ(by_key["meta:user:1"]["state"], "valid");
   EXPECT_EQ(by_key["meta:user:1"]["tags"][0]["name"], "model:user");
-  EXPECT_EQ(by_key["raw:1"]["value_encoding"], "escaped");
-  EXPECT_EQ(by_key["raw:1"]["value"], "bin\\x00\\xff");
+  EXPECT_EQ(by_key["raw:1"]["value_encoding"], "base64");  // not UTF-8
+  EXPECT_EQ(by_key["raw:1"]["value"], "YmluAP8=");           // b i n \0 \xff
+  EXPECT_EQ(by_key["text:1"]["value_encoding"], "text");
+  EXPECT_EQ(by_key["text:1"]["value"], "hello world");
   EXPECT_EQ(by_key["meta:group:1"]["state"], "stale");
   EXPECT_GT(by_key["text:1"]["ttl_left_ms"].get<std::int64_t>(), 0);
 
@@ -146,10 +150,13 @@ TEST(ShmDump, FinishesWhileAnotherProcessHoldsAStripeLock) {
   pid_t child = testing::spawn([&] {
     auto seg = Segment::attach(p.name.name, false, Segment::Access::read_write);
     auto& h = *reinterpret_cast<layout::StripeHeader*>(seg->stripe_base(0));
-    if (pthread_mutex_lock(&h.lock) != 0) return 1;
+    // The stripe lock word (stripe_lock.h), taken as a writer would.
+    if (!stripe_lock::lock(h, std::chrono::steady_clock::now() + std::chrono::seconds(5)).acquired) {
+      return 1;
+    }
     locked.open();
     release.wait();
-    pthread_mutex_unlock(&h.lock);
+    stripe_lock::unlock(h);
     return 0;
   });
   locked.wait();

@@ -87,11 +87,96 @@ TEST(ToolUnits, MsgpackIsShownAsJsonOnlyWhenTheWholeBufferIsOneObject) {
   EXPECT_FALSE(msgpack_to_json(std::string("\xdd\xff\xff\xff\xff", 5)).has_value());
   // Nesting deeper than shown is refused rather than recursed into.
   EXPECT_FALSE(msgpack_to_json(std::string(100000, '\x91') + '\x01').has_value());
-  // Non-UTF-8 strings and binary stay valid JSON.
+  // Non-UTF-8 strings and binary stay valid JSON, marked and in base64.
   const std::string bad_utf8 = packed(std::string("\xff\xfe", 2));
-  EXPECT_EQ(msgpack_to_json(bad_utf8)->get<std::string>(), "\\xff\\xfe");
+  EXPECT_EQ(msgpack_to_json(bad_utf8)->dump(), "{\"$base64\":\"//4=\"}");
   EXPECT_NO_THROW(dump_json(*msgpack_to_json(packed(std::vector<char>{'\0', '\xff'}))));
   EXPECT_EQ(value_line("hello world", 8), "hello...");
+}
+
+TEST(ToolUnits, EscapingKeepsPrintableUtf8AndEscapesTheRest) {
+  EXPECT_EQ(escape_bytes("caf\xc3\xa9 \xe6\x97\xa5"), "caf\xc3\xa9 \xe6\x97\xa5");  // as they are
+  EXPECT_EQ(escape_bytes("\x1b]0;t\x07"), "\\x1b]0;t\\x07");
+  EXPECT_EQ(escape_bytes("\x7f"), "\\x7f");
+  EXPECT_EQ(escape_bytes("\xc2\x9b"), "\\u009b");      // C1 CSI
+  EXPECT_EQ(escape_bytes("\xc2\x85"), "\\u0085");      // C1 NEL
+  EXPECT_EQ(escape_bytes("\xe2\x80\xae"), "\\u202e");  // RLO
+  for (const char* bidi : {"\xe2\x80\xaa", "\xe2\x80\xab", "\xe2\x80\xac", "\xe2\x80\xad",
+                           "\xe2\x81\xa6", "\xe2\x81\xa7", "\xe2\x81\xa8", "\xe2\x81\xa9",
+                           "\xe2\x80\x8e", "\xe2\x80\x8f", "\xd8\x9c", "\xe2\x80\xa8"}) {
+    EXPECT_EQ(escape_bytes(bidi).substr(0, 2), "\\u") << escape_bytes(bidi);
+  }
+  // Invalid UTF-8, byte by byte: overlongs, surrogates, past U+10FFFF, truncated.
+  EXPECT_EQ(escape_bytes("\xc0\xaf"), "\\xc0\\xaf");
+  EXPECT_EQ(escape_bytes("\xe0\x80\xaf"), "\\xe0\\x80\\xaf");
+  EXPECT_EQ(escape_bytes("\xed\xa0\x80"), "\\xed\\xa0\\x80");
+  EXPECT_EQ(escape_bytes("\xf4\x90\x80\x80"), "\\xf4\\x90\\x80\\x80");
+  EXPECT_EQ(escape_bytes("\xe2\x80"), "\\xe2\\x80");
+  // Unambiguous: the text of an escape is itself escaped.
+  EXPECT_NE(escape_bytes("a\x80"), escape_bytes("a\\x80"));
+  EXPECT_NE(escape_bytes("\xe2\x80\xae"), escape_bytes("\\u202e"));
+  // A cut never splits a character.
+  EXPECT_EQ(escape_bytes("\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", 7), "\xc3\xa9\xc3\xa9...");
+  // Messages: the same, but their backslashes and quotes stay.
+  EXPECT_EQ(safe_text("tag 'a\\b' \"x\" \x1b[2J\xe2\x80\xae"), "tag 'a\\b' \"x\" \\x1b[2J\\u202e");
+}
+
+TEST(ToolUnits, Utf8IsStrict) {
+  EXPECT_TRUE(is_utf8("plain"));
+  EXPECT_TRUE(is_utf8("caf\xc3\xa9 \xf0\x9f\x98\x80"));
+  for (const char* bad : {"\x80", "\xc0\x80", "\xc1\xbf", "\xe0\x9f\xbf", "\xed\xa0\x80",
+                          "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff", "\xe2\x80"}) {
+    EXPECT_FALSE(is_utf8(bad)) << escape_bytes(bad);
+  }
+}
+
+TEST(ToolUnits, JsonMarksBytesThatAreNotUtf8) {
+  EXPECT_EQ(text_json("a\\x80").dump(), "\"a\\\\x80\"");
+  EXPECT_EQ(text_json(std::string("a\x80", 2)).dump(), "{\"base64\":\"YYA=\"}");
+  EXPECT_EQ(base64(""), "");
+  EXPECT_EQ(base64("f"), "Zg==");
+  EXPECT_EQ(base64("fo"), "Zm8=");
+  EXPECT_EQ(base64("foo"), "Zm9v");
+  EXPECT_EQ(base64("foob"), "Zm9vYg==");
+  // dump_json: DEL, C1 and bidi controls escaped; the document is the same.
+  const nlohmann::json j = {{"k", "a\x7f\xc2\x9b\xe2\x80\xae\xc3\xa9\x1b"}};
+  const std::string text = dump_json(j);
+  EXPECT_EQ(text, "{\"k\":\"a\\u007f\\u009b\\u202e\xc3\xa9\\u001b\"}");
+  EXPECT_EQ(nlohmann::json::parse(text), j);
+  EXPECT_EQ(dump_json(j, 2), "{\n  \"k\": \"a\\u007f\\u009b\\u202e\xc3\xa9\\u001b\"\n}");
+}
+
+TEST(ToolUnits, MsgpackMapsNeverLoseOrConfuseKeys) {
+  auto map_of = [](const std::vector<std::pair<std::string, int>>& kv) {
+    msgpack::sbuffer b;
+    msgpack::packer<msgpack::sbuffer> pk(b);
+    pk.pack_map(std::uint32_t(kv.size()));
+    for (const auto& [k, v] : kv) pk.pack(k), pk.pack(v);
+    return std::string(b.data(), b.size());
+  };
+  EXPECT_EQ(msgpack_to_json(map_of({{"a", 1}, {"b", 2}}))->dump(), "{\"a\":1,\"b\":2}");
+  // Not UTF-8, a repeated key, a key like a marker: the pairs, in order.
+  EXPECT_EQ(msgpack_to_json(map_of({{std::string("a\x80", 2), 1}, {"a\\x80", 2}}))->dump(),
+            "{\"$map\":[[{\"$base64\":\"YYA=\"},1],[\"a\\\\x80\",2]]}");
+  EXPECT_EQ(msgpack_to_json(map_of({{"a", 1}, {"a", 2}}))->dump(), "{\"$map\":[[\"a\",1],[\"a\",2]]}");
+  EXPECT_EQ(msgpack_to_json(map_of({{"$bin", 1}}))->dump(), "{\"$map\":[[\"$bin\",1]]}");
+  // A non-string key is a key of its own type, not its text.
+  msgpack::sbuffer b;
+  msgpack::packer<msgpack::sbuffer> pk(b);
+  pk.pack_map(2), pk.pack(1), pk.pack(1), pk.pack(std::string("1")), pk.pack(2);
+  EXPECT_EQ(msgpack_to_json(std::string(b.data(), b.size()))->dump(),
+            "{\"$map\":[[1,1],[\"1\",2]]}");
+}
+
+TEST(ToolUnits, Limits) {
+  std::uint64_t v = 0;
+  std::string why;
+  EXPECT_TRUE(parse_limit("--max-stripe-bytes", "256M", v, why));
+  EXPECT_EQ(v, 256u << 20);
+  EXPECT_FALSE(parse_limit("--max-stripe-bytes", "0", v, why));
+  EXPECT_FALSE(parse_limit("--max-stripe-bytes", "\x1b[2J", v, why));
+  EXPECT_NE(why.find("--max-stripe-bytes"), std::string::npos);
+  EXPECT_EQ(why.find('\x1b'), std::string::npos);
 }
 
 std::vector<SnapshotEntry> sample() {

@@ -7,7 +7,10 @@ if(TARGET shm-dump AND TARGET hostcache_cli)
   find_package(nlohmann_json 3 REQUIRED CONFIG)
   hostcache_test(test_tools test_tools.cpp LABELS tools TIMEOUT 300)
   hostcache_test(test_shm_dump test_shm_dump.cpp LABELS tools TIMEOUT 300)
-  foreach(t test_tools test_shm_dump)
+  # Issue 11: segments and files of another user, hostile geometry, planted
+  # symlinks, terminal escapes. Runs as root in CI (it becomes uid 65534).
+  hostcache_test(test_tools_untrusted test_tools_untrusted.cpp LABELS tools TIMEOUT 300)
+  foreach(t test_tools test_shm_dump test_tools_untrusted)
     target_link_libraries(${t} PRIVATE nlohmann_json::nlohmann_json)
     target_compile_definitions(${t} PRIVATE
       SHM_DUMP_BIN="$<TARGET_FILE:shm-dump>"

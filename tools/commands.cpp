@@ -62,7 +62,27 @@ std::optional<std::int64_t> ttl_of(const Options& o) {
   return ms;
 }
 
+// Cache::attach, with the warning --allow-foreign owes the user.
+Cache attach(const Options& o) {
+  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  if (o.allow_foreign) warn_if_foreign(kTool, o.name);
+  return cache;
+}
+
 }  // namespace
+
+bool inspect_options(const Options& o, inspect::Options& out, std::string& why) {
+  out.allow_foreign = o.allow_foreign;
+  if (!o.max_stripe_bytes.empty() &&
+      !parse_limit("--max-stripe-bytes", o.max_stripe_bytes, out.max_stripe_bytes, why)) {
+    return false;
+  }
+  if (!o.max_read_bytes.empty() &&
+      !parse_limit("--max-read-bytes", o.max_read_bytes, out.max_read_bytes, why)) {
+    return false;
+  }
+  return true;
+}
 
 int cmd_stats(const Options& o) {
   std::optional<std::int64_t> interval_ms;
@@ -74,10 +94,13 @@ int cmd_stats(const Options& o) {
   }
   inspect::Filter headers_only;
   headers_only.limit = 0;  // counters only: no entry is copied
+  inspect::Options options;
+  options.allow_foreign = o.allow_foreign;
   const bool clear_screen = interval_ms && !o.json && !o.prometheus && ::isatty(STDOUT_FILENO);
   std::optional<inspect::Snapshot> previous;
   for (std::uint64_t n = 0;; ++n) {
-    inspect::Snapshot snap = inspect::read(o.name, headers_only);
+    inspect::Snapshot snap = inspect::read(o.name, headers_only, options);
+    if (n == 0 && o.allow_foreign) warn_if_foreign(kTool, o.name);
     if (o.json) {
       // Watching prints one document per line (JSON Lines), so a consumer can
       // parse each refresh as it comes.
@@ -99,7 +122,7 @@ int cmd_stats(const Options& o) {
 }
 
 int cmd_clear(const Options& o) {
-  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  Cache cache = attach(o);
   cache.clear();
   std::cout << "cleared " << o.name << "\n";
   return kExitOk;
@@ -112,7 +135,7 @@ int cmd_invalidate(const Options& o) {
                   "tag " + shown(t) + " must be 1 to " + std::to_string(kMaxTagBytes) + " bytes");
     }
   }
-  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  Cache cache = attach(o);
   for (const std::string& t : o.tags) cache.invalidate(t);
   std::cout << "invalidated " << o.tags.size() << " tag" << (o.tags.size() == 1 ? "" : "s")
             << " in " << o.name << "\n";
@@ -120,13 +143,19 @@ int cmd_invalidate(const Options& o) {
 }
 
 int cmd_get(const Options& o) {
-  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  Cache cache = attach(o);
   std::string value;
   if (!cache.get(o.key, value)) {
     return fail_exit(kTool, o.name, kExitNotFound, "key " + shown(o.key) + " not found");
   }
-  std::cout << value;
-  if (!o.raw) std::cout << "\n";
+  if (!o.raw && ::isatty(STDOUT_FILENO)) {
+    // A person is reading: the value's control bytes must not drive the
+    // terminal. Escaped as shm-dump shows it; --raw (or a pipe) gets the bytes.
+    std::cout << escape_bytes(value) << "\n";
+  } else {
+    std::cout << value;
+    if (!o.raw) std::cout << "\n";
+  }
   std::cout.flush();
   return std::cout ? kExitOk : kExitSegment;
 }
@@ -138,7 +167,7 @@ int cmd_set(const Options& o) {
   if (std::optional<std::string> why = bad_tags(o.tags)) {
     return fail(kTool, o.name, Errc::tag_too_large, *why);
   }
-  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  Cache cache = attach(o);
   SetOptions options;
   options.ttl = std::chrono::milliseconds(*ttl);
   options.tags.assign(o.tags.begin(), o.tags.end());
@@ -149,7 +178,7 @@ int cmd_set(const Options& o) {
 }
 
 int cmd_erase(const Options& o) {
-  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  Cache cache = attach(o);
   if (!cache.erase(o.key)) {
     return fail_exit(kTool, o.name, kExitNotFound, "key " + shown(o.key) + " not found");
   }
@@ -215,7 +244,11 @@ int cmd_list(const Options& o) {
 int cmd_save(const Options& o) {
   inspect::Filter valid_only;
   valid_only.state = inspect::EntryState::valid;
-  const inspect::Snapshot snap = inspect::read(o.name, valid_only);
+  inspect::Options options;
+  std::string usage;
+  if (!inspect_options(o, options, usage)) return fail_exit(kTool, o.name, kExitUsage, usage);
+  const inspect::Snapshot snap = inspect::read(o.name, valid_only, options);
+  if (o.allow_foreign) warn_if_foreign(kTool, o.name);
   std::vector<SnapshotEntry> entries;
   for (const inspect::EntryInfo& e : snap.entries) {
     if (e.ttl_left_ms <= 0) continue;
@@ -224,26 +257,35 @@ int cmd_save(const Options& o) {
     entries.push_back(std::move(s));
   }
   for (const std::string& p : snap.problems) {
-    std::cerr << kTool << ": " << o.name << ": warning, not saved: " << p << "\n";
+    std::cerr << kTool << ": " << o.name << ": warning, not saved: " << safe_text(p) << "\n";
   }
   std::string why;
   if (!write_file_atomically(o.file, encode_snapshot(entries), why)) {
-    return fail_exit(kTool, o.name, kExitNotFound, "cannot write snapshot: " + why);
+    return fail_exit(kTool, o.name, kExitNotFound, "cannot write snapshot: " + safe_text(why));
   }
-  std::cout << "saved " << entries.size() << " entries of " << o.name << " to " << o.file << "\n";
+  std::cout << "saved " << entries.size() << " entries of " << o.name << " to "
+            << safe_text(o.file) << "\n";
   return kExitOk;
 }
 
 int cmd_load(const Options& o) {
-  std::string bytes, why;
+  std::string bytes, why, warning;
   std::vector<SnapshotEntry> entries;
-  if (!read_file(o.file, bytes, why)) {
-    return fail_exit(kTool, o.name, kExitNotFound, "cannot read snapshot: " + why);
+  switch (read_trusted_file(o.file, o.allow_foreign, bytes, why, warning)) {
+    case FileVerdict::ok:
+      break;
+    case FileVerdict::refused:
+      return fail_exit(kTool, o.name, kExitPermission,
+                       "snapshot refused, nothing loaded: " + safe_text(why));
+    case FileVerdict::unreadable:
+      return fail_exit(kTool, o.name, kExitNotFound, "cannot read snapshot: " + safe_text(why));
   }
+  if (!warning.empty()) std::cerr << kTool << ": " << o.name << ": warning: " << safe_text(warning) << "\n";
   if (!decode_snapshot(bytes, entries, why)) {
-    return fail_exit(kTool, o.name, kExitNotFound, o.file + ": refused, nothing loaded: " + why);
+    return fail_exit(kTool, o.name, kExitNotFound,
+                     safe_text(o.file) + ": refused, nothing loaded: " + why);
   }
-  Cache cache = Cache::attach(o.name, o.allow_foreign);
+  Cache cache = attach(o);
   // Everything the cache could refuse is checked before the first set, so a
   // snapshot from a segment with larger limits loads nothing rather than part.
   for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -259,7 +301,7 @@ int cmd_load(const Options& o) {
       refused = Errc::tag_too_large;
     if (refused != Errc::ok) {
       return fail(kTool, o.name, refused,
-                  o.file + ": refused, nothing loaded: entry " + std::to_string(i) + " (key " +
+                  safe_text(o.file) + ": refused, nothing loaded: entry " + std::to_string(i) + " (key " +
                       shown(e.key) + "): " + refusal(refused, cache));
     }
   }

@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+namespace hostcache::inspect {
+struct Options;
+}
+
 namespace hostcache::tools {
 
 // Every option any subcommand takes, already parsed by CLI11; each command
@@ -30,8 +34,13 @@ struct Options {
   bool json = false;
   bool prometheus = false;
   bool raw = false;            // get: exact bytes, no newline
-  bool allow_foreign = false;  // attach a segment of another uid or a wider mode
+  bool allow_foreign = false;  // use a segment (or, for load, a file) of another uid or a wider mode
+  std::string max_stripe_bytes;  // save: inspect::Options::max_stripe_bytes; empty: its default
+  std::string max_read_bytes;    // save: inspect::Options::max_read_bytes; empty: its default
 };
+
+// The inspect::Options of these options, or false with a usage message in `why`.
+bool inspect_options(const Options& o, hostcache::inspect::Options& out, std::string& why);
 
 int cmd_stats(const Options& o);
 int cmd_clear(const Options& o);

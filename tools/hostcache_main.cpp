@@ -24,7 +24,15 @@ void add_name(CLI::App* sub, Options& o) {
 
 void add_foreign(CLI::App* sub, Options& o) {
   sub->add_flag("--allow-foreign", o.allow_foreign,
-                "attach a segment owned by another user or with a wider mode");
+                "use a segment owned by another user or writable by every user (refused "
+                "otherwise: its contents may be forged); a warning is printed");
+}
+
+void add_limits(CLI::App* sub, Options& o) {
+  sub->add_option("--max-stripe-bytes", o.max_stripe_bytes,
+                  "skip stripes larger than SIZE instead of copying them (default 256M)");
+  sub->add_option("--max-read-bytes", o.max_read_bytes,
+                  "copy at most SIZE of stripes in all, then skip the rest (default 4G)");
 }
 
 }  // namespace
@@ -50,6 +58,7 @@ int main(int argc, char** argv) {
   CLI::Option* watch =
       stats->add_option("--watch", o.watch, "refresh every SECONDS (or 500ms, 1m) like top");
   stats->add_option("--count", o.count, "with --watch: stop after N refreshes")->needs(watch);
+  add_foreign(stats, o);
   commands.emplace_back(stats, cmd_stats);
 
   CLI::App* clear =
@@ -69,7 +78,9 @@ int main(int argc, char** argv) {
                           "hostcache get web metadata_fields_shop_Order_u42 --raw > value.bin");
   add_name(get, o);
   get->add_option("KEY", o.key, "the key")->required();
-  get->add_flag("--raw", o.raw, "write the exact bytes, without a newline");
+  get->add_flag("--raw", o.raw,
+                "write the exact bytes, without a newline (otherwise, on a terminal, "
+                "unprintable bytes are escaped)");
   add_foreign(get, o);
   commands.emplace_back(get, cmd_get);
 
@@ -116,13 +127,21 @@ int main(int argc, char** argv) {
                            "hostcache save web /var/backups/web.hcsnap");
   add_name(save, o);
   save->add_option("FILE", o.file, "snapshot file (written atomically)")->required();
+  add_foreign(save, o);
+  add_limits(save, o);
   commands.emplace_back(save, cmd_save);
 
   CLI::App* load = command(app, "load", "verify FILE whole, then store its entries",
                            "hostcache load web /var/backups/web.hcsnap");
   add_name(load, o);
-  load->add_option("FILE", o.file, "snapshot file written by 'hostcache save'")->required();
-  add_foreign(load, o);
+  load->add_option("FILE", o.file,
+                   "snapshot file written by 'hostcache save': a regular file (not a link) "
+                   "owned by this user and not writable by group or others")
+      ->required();
+  load->add_flag("--allow-foreign", o.allow_foreign,
+                 "load a FILE that is a link, owned by another user or writable by others, "
+                 "and into a segment of another user (refused otherwise: the checksum is not a "
+                 "signature, so its entries may be forged); a warning is printed");
   commands.emplace_back(load, cmd_load);
 
   try {

@@ -94,9 +94,12 @@ json entry_json(const inspect::EntryInfo& e) {
   if (std::optional<json> decoded = msgpack_to_json(e.value)) {
     j["value_encoding"] = "msgpack";
     j["value"] = std::move(*decoded);
+  } else if (is_utf8(e.value)) {
+    j["value_encoding"] = "text";  // the value's bytes are this UTF-8 string
+    j["value"] = std::string(e.value);
   } else {
-    j["value_encoding"] = "escaped";  // escape_bytes(): printable ASCII and \xNN
-    j["value"] = escape_bytes(e.value);
+    j["value_encoding"] = "base64";  // any other bytes, in standard base64
+    j["value"] = base64(e.value);
   }
   return j;
 }

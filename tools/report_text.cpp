@@ -172,7 +172,7 @@ void print_dump(std::ostream& out, const inspect::Snapshot& snap, const DumpOpti
   print_entries(out, snap, options.width);
   if (!snap.problems.empty()) {
     out << "\nproblems  " << snap.problems.size() << "\n";
-    for (const std::string& p : snap.problems) out << "  " << p << "\n";
+    for (const std::string& p : snap.problems) out << "  " << safe_text(p) << "\n";
   }
 }
 
@@ -184,7 +184,9 @@ void print_violations(std::ostream& out, std::string_view name,
   }
   out << name << ": " << violations.size() << " violation" << (violations.size() == 1 ? "" : "s")
       << "\n";
-  for (const inspect::Violation& v : violations) out << "  " << v.where << ": " << v.what << "\n";
+  for (const inspect::Violation& v : violations) {
+    out << "  " << safe_text(v.where) << ": " << safe_text(v.what) << "\n";
+  }
 }
 
 void print_stats_table(std::ostream& out, const inspect::Snapshot& snap,
@@ -218,13 +220,16 @@ void print_stats_table(std::ostream& out, const inspect::Snapshot& snap,
       "  %-12s %14s  (%s of %s)\n", "bytes used", format_bytes(s.bytes_used).c_str(),
       percent(s.bytes_used, s.capacity_bytes).c_str(), format_bytes(s.capacity_bytes).c_str());
   print_methods(out, snap.methods);
-  for (const std::string& p : snap.problems) out << "  note: " << p << "\n";
+  for (const std::string& p : snap.problems) out << "  note: " << safe_text(p) << "\n";
 }
 
 namespace {
 
-// Label values: backslash, double quote and newline escaped (exposition format).
-std::string label(std::string_view v) {
+// Label values: made printable first (escape_bytes: no control byte, bidi
+// control or invalid UTF-8 reaches a scraper or a terminal), then backslash,
+// double quote and newline escaped (exposition format).
+std::string label(std::string_view raw) {
+  const std::string v = escape_bytes(raw);
   std::string out;
   for (char c : v) {
     if (c == '\\' || c == '"')

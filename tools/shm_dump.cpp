@@ -38,11 +38,15 @@ int main(int argc, char** argv) {
       "  shm-dump web --prefix metadata_ --limit 20\n"
       "  shm-dump web --tag model:user --state stale --json | jq .entries\n"
       "  shm-dump web --check                  exit 1 and list violations if unsound\n"
+      "\nA segment owned by another user, or writable by every user, is refused unless\n"
+      "--allow-foreign is given. Stripes larger than --max-stripe-bytes are not copied,\n"
+      "and at most --max-read-bytes of stripes are copied in all: the header's geometry\n"
+      "is not trusted to size what this tool allocates.\n"
       "\nExit status: 0 ok, 1 check failed, 2 usage, 3 segment missing or invalid,\n"
-      "4 permission denied.\n");
-  std::string name, prefix, tag, state, width_text;
+      "4 permission denied (by the OS, or a foreign segment without --allow-foreign).\n");
+  std::string name, prefix, tag, state, width_text, max_stripe_text, max_read_text;
   std::size_t limit = SIZE_MAX;
-  bool json = false, check = false, all_stripes = false;
+  bool json = false, check = false, all_stripes = false, allow_foreign = false;
   app.add_option("NAME", name, "segment name (/dev/shm/hostcache.NAME)")->required();
   app.add_option("--prefix", prefix, "only entries whose key starts with PREFIX");
   app.add_option("--tag", tag, "only entries carrying TAG");
@@ -54,6 +58,13 @@ int main(int argc, char** argv) {
   app.add_flag("--stripes", all_stripes, "one line per stripe instead of a histogram");
   app.add_flag("--json", json, "print one JSON document instead of text");
   app.add_flag("--check", check, "run the full checker instead of dumping; exit 1 on a violation");
+  app.add_flag("--allow-foreign", allow_foreign,
+               "read a segment owned by another user or writable by every user (refused "
+               "otherwise: its contents may be forged); a warning is printed");
+  app.add_option("--max-stripe-bytes", max_stripe_text,
+                 "skip stripes larger than SIZE instead of copying them (default 256M)");
+  app.add_option("--max-read-bytes", max_read_text,
+                 "copy at most SIZE of stripes in all, then skip the rest (default 4G)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -69,10 +80,21 @@ int main(int argc, char** argv) {
     }
     width = std::size_t(*w);
   }
+  inspect::Options options;
+  options.allow_foreign = allow_foreign;
+  std::string why;
+  if ((!max_stripe_text.empty() &&
+       !tools::parse_limit("--max-stripe-bytes", max_stripe_text, options.max_stripe_bytes, why)) ||
+      (!max_read_text.empty() &&
+       !tools::parse_limit("--max-read-bytes", max_read_text, options.max_read_bytes, why))) {
+    std::cerr << kTool << ": " << why << "\n";
+    return tools::kExitUsage;
+  }
 
   try {
     if (check) {
-      const std::vector<inspect::Violation> violations = inspect::check(name);
+      const std::vector<inspect::Violation> violations = inspect::check(name, options);
+      if (allow_foreign) tools::warn_if_foreign(kTool, name);
       if (json) {
         std::cout << tools::dump_json(tools::violations_json(name, violations), 2) << "\n";
       } else {
@@ -85,7 +107,8 @@ int main(int argc, char** argv) {
     filter.tag = tag;
     filter.state = parse_state(state);
     filter.limit = limit;
-    const inspect::Snapshot snap = inspect::read(name, filter);
+    const inspect::Snapshot snap = inspect::read(name, filter, options);
+    if (allow_foreign) tools::warn_if_foreign(kTool, name);
     if (json) {
       std::cout << tools::dump_json(tools::snapshot_json(snap), 2) << "\n";
     } else {

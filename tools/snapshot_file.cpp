@@ -2,11 +2,13 @@
 
 #include <fcntl.h>
 #include <hostcache/config.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -132,12 +134,10 @@ bool decode_snapshot(std::string_view file, std::vector<SnapshotEntry>& out, std
   return true;
 }
 
-bool read_file(const std::string& path, std::string& out, std::string& why) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    why = path + ": " + std::strerror(errno);
-    return false;
-  }
+namespace {
+
+// Reads everything from an open descriptor (closed here).
+bool read_all(int fd, const std::string& path, std::string& out, std::string& why) {
   std::string data;
   char buf[1 << 16];
   for (;;) {
@@ -156,11 +156,122 @@ bool read_file(const std::string& path, std::string& out, std::string& why) {
   return true;
 }
 
-bool write_file_atomically(const std::string& path, std::string_view bytes, std::string& why) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+std::string octal(unsigned mode) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%04o", mode & 07777);
+  return buf;
+}
+
+}  // namespace
+
+bool read_file(const std::string& path, std::string& out, std::string& why) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    why = tmp + ": " + std::strerror(errno);
+    why = path + ": " + std::strerror(errno);
+    return false;
+  }
+  return read_all(fd, path, out, why);
+}
+
+FileVerdict read_trusted_file(const std::string& path, bool allow_foreign, std::string& out,
+                              std::string& why, std::string& warning) {
+  warning.clear();
+  const int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (allow_foreign ? 0 : O_NOFOLLOW);
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0) {
+    const int e = errno;
+    if (e == ELOOP && !allow_foreign) {
+      why = path + " is a symbolic link; refused, since whoever can change the link chooses what "
+                   "is loaded (give the file itself, or pass --allow-foreign)";
+      return FileVerdict::refused;
+    }
+    why = path + ": " + std::strerror(e);
+    return FileVerdict::unreadable;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    why = path + ": fstat: " + std::strerror(errno);
+    ::close(fd);
+    return FileVerdict::unreadable;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    why = path + " is not a regular file";
+    ::close(fd);
+    return FileVerdict::unreadable;
+  }
+  std::string problem;
+  if (st.st_uid != ::geteuid()) {
+    problem = "is owned by uid " + std::to_string(st.st_uid) + ", not by uid " +
+              std::to_string(::geteuid()) + " (this user)";
+  } else if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    problem = "is writable by group or others (mode " + octal(st.st_mode) + ")";
+  }
+  if (!problem.empty()) {
+    if (!allow_foreign) {
+      why = path + " " + problem +
+            "; refused: its checksum only detects damage, so whoever can write the file could "
+            "have forged every entry (pass --allow-foreign to load it anyway)";
+      ::close(fd);
+      return FileVerdict::refused;
+    }
+    warning = path + " " + problem + "; loading it because of --allow-foreign";
+  }
+  // The descriptor was opened non-blocking only for the open; a regular
+  // file reads the same either way.
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  return read_all(fd, path, out, why) ? FileVerdict::ok : FileVerdict::unreadable;
+}
+
+namespace {
+
+// 16 random hex digits from the kernel (getrandom), for a temporary name
+// nobody can guess in advance.
+bool random_suffix(std::string& out) {
+  unsigned char r[8];
+  std::size_t got = 0;
+  while (got < sizeof r) {
+    const ssize_t n = ::getrandom(r + got, sizeof r - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    got += std::size_t(n);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  out.clear();
+  for (unsigned char c : r) out += kHex[c >> 4], out += kHex[c & 15];
+  return true;
+}
+
+}  // namespace
+
+bool write_file_atomically(const std::string& path, std::string_view bytes, std::string& why) {
+  const std::size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (base.empty() || base == "." || base == "..") {
+    why = path + ": not a file name";
+    return false;
+  }
+  const int dirfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dirfd < 0) {
+    why = dir + ": " + std::strerror(errno);
+    return false;
+  }
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 16 && fd < 0; ++attempt) {
+    std::string suffix;
+    if (!random_suffix(suffix)) {
+      why = std::string("getrandom: ") + std::strerror(errno);
+      ::close(dirfd);
+      return false;
+    }
+    tmp = "." + base + ".tmp-" + suffix;
+    fd = ::openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0) {
+    why = dir + "/" + tmp + ": " + std::strerror(errno);
+    ::close(dirfd);
     return false;
   }
   std::size_t done = 0;
@@ -173,11 +284,14 @@ bool write_file_atomically(const std::string& path, std::string_view bytes, std:
   bool ok = done == bytes.size() && ::fsync(fd) == 0;
   int saved = errno;
   ok = (::close(fd) == 0) && ok;
-  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) ok = false, saved = errno;
+  if (ok && ::renameat(dirfd, tmp.c_str(), dirfd, base.c_str()) != 0) ok = false, saved = errno;
   if (!ok) {
     why = path + ": " + std::strerror(saved);
-    ::unlink(tmp.c_str());
+    ::unlinkat(dirfd, tmp.c_str(), 0);
+  } else {
+    ::fsync(dirfd);  // the rename itself survives a crash
   }
+  ::close(dirfd);
   return ok;
 }
 

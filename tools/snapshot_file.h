@@ -40,10 +40,32 @@ std::string encode_snapshot(const std::vector<SnapshotEntry>& entries);
 // snapshot; `out` is filled only on success.
 bool decode_snapshot(std::string_view file, std::vector<SnapshotEntry>& out, std::string& why);
 
-// Whole-file I/O. write_file_atomically writes PATH.tmp.PID and renames it,
-// so a reader never sees half a snapshot. Both return false with errno's
-// words in `why`.
+// Whole-file I/O. Both return false with errno's words in `why`.
 bool read_file(const std::string& path, std::string& out, std::string& why);
+
+// The checksum of a snapshot is not a MAC: anyone who can write the file can
+// write a valid one. So `load` reads only a file this user controls:
+// opened with O_NOFOLLOW (a symbolic link is refused) and O_NONBLOCK (a FIFO
+// cannot hang the open), then checked on the opened descriptor (fstat, never
+// the path): a regular file, owned by this effective uid, not writable by
+// group or others. `allow_foreign` skips the owner, mode and link checks (a
+// FIFO or device is refused still) and fills `warning` with what was
+// overridden.
+enum class FileVerdict {
+  ok,
+  unreadable,  // missing, unreadable, not a regular file: `why`
+  refused,     // a link, another owner, or writable by others: `why`
+};
+FileVerdict read_trusted_file(const std::string& path, bool allow_foreign, std::string& out,
+                              std::string& why, std::string& warning);
+
+// Writes `bytes` to `path` so that a reader never sees half a snapshot and a
+// name planted by another user is never followed: the data goes to a new
+// file with a random name in the target's directory (openat on an O_DIRECTORY
+// descriptor, O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600), is fsynced, and is
+// renamed over `path` with renameat (which replaces a symlink at `path`
+// rather than following it); the directory is fsynced last. On failure the
+// temporary is removed.
 bool write_file_atomically(const std::string& path, std::string_view bytes, std::string& why);
 
 }  // namespace hostcache::tools

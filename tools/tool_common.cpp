@@ -1,6 +1,8 @@
 #include "tool_common.h"
 
+#include <pwd.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cinttypes>
@@ -24,6 +26,9 @@ int exit_code_for(Errc e) noexcept {
     case Errc::invalid_name:
     case Errc::invalid_config:
     case Errc::capacity_too_small:
+    case Errc::not_integer:
+    case Errc::overflow:
+    case Errc::invalid_namespace:
       return kExitUsage;  // the caller's arguments were refused
     case Errc::already_exists:
       return kExitNotFound;  // a lookup (is the name free?) that failed, like a missing key
@@ -33,6 +38,7 @@ int exit_code_for(Errc e) noexcept {
     case Errc::incompatible:
     case Errc::corrupt:
     case Errc::io_error:
+    case Errc::busy:  // a live process held a stripe past the lock timeout
       return kExitSegment;
   }
   return kExitSegment;
@@ -56,10 +62,68 @@ int fail_exit(std::string_view tool, std::string_view segment, int exit_code,
 int fail(std::string_view tool, std::string_view segment, const std::exception& e) {
   // The library's messages already say "segment 'NAME': why"; name it only
   // when the message does not.
-  std::string_view what = e.what();
-  std::string_view named = what.find(segment) == std::string_view::npos ? segment : "";
-  if (const auto* err = dynamic_cast<const Error*>(&e)) return fail(tool, named, err->code(), what);
+  const std::string what = safe_text(e.what());
+  std::string_view named = what.find(segment) == std::string::npos ? segment : "";
+  if (const auto* err = dynamic_cast<const Error*>(&e)) {
+    const int rc = fail(tool, named, err->code(), what);
+    if (err->code() == Errc::permission_denied && !segment.empty()) {
+      const std::string why = foreign_reason(segment);
+      if (!why.empty()) {
+        std::cerr << tool << ": " << segment << ": refused because the segment is " << why
+                  << ": whoever can write it may have forged what it holds; pass --allow-foreign "
+                     "to use it anyway\n";
+      }
+    }
+    return rc;
+  }
   return fail(tool, named, Errc::io_error, what);
+}
+
+namespace {
+
+std::string user_name(std::uint32_t uid) {
+  passwd pw{};
+  passwd* found = nullptr;
+  char buf[1024];
+  if (getpwuid_r(uid, &pw, buf, sizeof buf, &found) == 0 && found != nullptr) {
+    return "uid " + std::to_string(uid) + " (" + found->pw_name + ")";
+  }
+  return "uid " + std::to_string(uid);
+}
+
+}  // namespace
+
+std::string foreign_reason(std::string_view segment) {
+  struct stat st;
+  const std::string path = "/dev/shm/hostcache." + std::string(segment);
+  if (::lstat(path.c_str(), &st) != 0) return "";
+  if (st.st_uid != ::geteuid()) {
+    return "owned by " + user_name(st.st_uid) + ", not by " + user_name(::geteuid()) +
+           " (this user)";
+  }
+  if ((st.st_mode & S_IWOTH) != 0) {
+    return "writable by every user (mode " + format_mode(st.st_mode & 07777) + ")";
+  }
+  return "";
+}
+
+void warn_if_foreign(std::string_view tool, std::string_view segment) {
+  const std::string why = foreign_reason(segment);
+  if (why.empty()) return;
+  std::cerr << tool << ": " << segment << ": warning: using a segment " << why
+            << " because of --allow-foreign; what it holds may have been forged\n";
+}
+
+bool parse_limit(std::string_view option, const std::string& text, std::uint64_t& out,
+                 std::string& why) {
+  const std::optional<std::uint64_t> v = parse_size(text);
+  if (!v || *v == 0) {
+    why = std::string(option) + " wants a positive size such as 256M or 4G, not '" +
+          escape_bytes(text, 40) + "'";
+    return false;
+  }
+  out = *v;
+  return true;
 }
 
 namespace {
@@ -190,44 +254,97 @@ std::string format_unix_ms(std::uint64_t ms) {
   return buf;
 }
 
-std::string escape_bytes(std::string_view bytes, std::size_t max_chars) {
+bool unprintable(std::uint32_t cp) noexcept {
+  return cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp < 0xa0) || cp == 0x061c || cp == 0x200e ||
+         cp == 0x200f || (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069) ||
+         (cp >= 0xd800 && cp < 0xe000) || cp > 0x10ffff;
+}
+
+std::size_t utf8_char(std::string_view s, std::uint32_t& cp) noexcept {
+  if (s.empty()) return 0;
+  const unsigned char c = static_cast<unsigned char>(s[0]);
+  if (c < 0x80) {
+    cp = c;
+    return 1;
+  }
+  std::size_t n = 0;
+  std::uint32_t min = 0;
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2, min = 0x80, cp = c & 0x1f;
+  } else if ((c & 0xf0) == 0xe0) {
+    n = 3, min = 0x800, cp = c & 0x0f;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4, min = 0x10000, cp = c & 0x07;
+  } else {
+    return 0;  // a continuation byte, 0xc0/0xc1 (always overlong) or 0xf5..0xff
+  }
+  if (s.size() < n) return 0;
+  for (std::size_t k = 1; k < n; ++k) {
+    const unsigned char d = static_cast<unsigned char>(s[k]);
+    if ((d & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (d & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp < 0xe000)) return 0;
+  return n;
+}
+
+namespace {
+
+// One piece of escaped output for the character or byte at the start of `s`;
+// `consumed` receives how many bytes it stands for.
+std::string escape_piece(std::string_view s, bool quote_specials, std::size_t& consumed) {
   static constexpr char kHex[] = "0123456789abcdef";
+  std::uint32_t cp = 0;
+  const std::size_t n = utf8_char(s, cp);
+  if (n == 0) {  // not UTF-8: the byte
+    const unsigned char c = static_cast<unsigned char>(s[0]);
+    consumed = 1;
+    return std::string{'\\', 'x', kHex[c >> 4], kHex[c & 15]};
+  }
+  consumed = n;
+  if (n == 1) {
+    const char c = char(cp);
+    if (quote_specials && (c == '\\' || c == '"')) return std::string{'\\', c};
+    if (c == '\n') return "\\n";
+    if (c == '\t') return "\\t";
+    if (c == '\r') return "\\r";
+    if (unprintable(cp)) return std::string{'\\', 'x', kHex[cp >> 4], kHex[cp & 15]};
+    return std::string(1, c);
+  }
+  if (unprintable(cp)) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "\\u%04x", unsigned(cp));
+    return buf;
+  }
+  return std::string(s.substr(0, n));
+}
+
+}  // namespace
+
+std::string escape_bytes(std::string_view bytes, std::size_t max_chars) {
   const std::size_t budget = max_chars < 3 ? 0 : max_chars - 3;  // room for "..."
   std::string out;
-  std::size_t cut = 0;  // longest prefix of whole escapes that leaves room for "..."
-  for (std::size_t i = 0; i < bytes.size(); ++i) {
-    unsigned char c = static_cast<unsigned char>(bytes[i]);
-    char piece[5] = {};
-    switch (c) {
-      case '\\':
-        piece[0] = '\\', piece[1] = '\\';
-        break;
-      case '"':
-        piece[0] = '\\', piece[1] = '"';
-        break;
-      case '\n':
-        piece[0] = '\\', piece[1] = 'n';
-        break;
-      case '\t':
-        piece[0] = '\\', piece[1] = 't';
-        break;
-      case '\r':
-        piece[0] = '\\', piece[1] = 'r';
-        break;
-      default:
-        if (c >= 0x20 && c < 0x7f) {
-          piece[0] = char(c);
-        } else {
-          piece[0] = '\\', piece[1] = 'x', piece[2] = kHex[c >> 4], piece[3] = kHex[c & 15];
-        }
-    }
-    std::string_view p(piece);
+  std::size_t cut = 0;  // longest prefix of whole pieces that leaves room for "..."
+  for (std::size_t i = 0; i < bytes.size();) {
+    std::size_t consumed = 0;
+    const std::string p = escape_piece(bytes.substr(i), true, consumed);
+    i += consumed;
     if (out.size() + p.size() > max_chars) {
-      out.resize(cut);  // whole escapes only, and room for the marker
+      out.resize(cut);  // whole pieces only, and room for the marker
       return out + "...";
     }
     out += p;
     if (out.size() <= budget) cut = out.size();
+  }
+  return out;
+}
+
+std::string safe_text(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size();) {
+    std::size_t consumed = 0;
+    out += escape_piece(text.substr(i), false, consumed);
+    i += consumed;
   }
   return out;
 }

@@ -1,5 +1,6 @@
 #include "value_json.h"
 
+#include <cstdio>
 #include <msgpack.hpp>
 
 #include "tool_common.h"
@@ -14,23 +15,43 @@ constexpr std::size_t kMaxDepth = 64;
 }  // namespace
 
 bool is_utf8(std::string_view s) {
-  std::size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    std::size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (std::size_t k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    }
+  for (std::size_t i = 0; i < s.size();) {
+    std::uint32_t cp = 0;
+    const std::size_t n = utf8_char(s.substr(i), cp);
+    if (n == 0) return false;
     i += n;
   }
   return true;
 }
 
-// A msgpack str (or a key) is shown as a JSON string when it is valid UTF-8;
-// otherwise escaped, so the document stays valid.
+std::string base64(std::string_view bytes) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  std::size_t i = 0;
+  for (; i + 3 <= bytes.size(); i += 3) {
+    const std::uint32_t v = std::uint32_t(static_cast<unsigned char>(bytes[i])) << 16 |
+                            std::uint32_t(static_cast<unsigned char>(bytes[i + 1])) << 8 |
+                            std::uint32_t(static_cast<unsigned char>(bytes[i + 2]));
+    out += kAlphabet[(v >> 18) & 63], out += kAlphabet[(v >> 12) & 63];
+    out += kAlphabet[(v >> 6) & 63], out += kAlphabet[v & 63];
+  }
+  if (i < bytes.size()) {
+    std::uint32_t v = std::uint32_t(static_cast<unsigned char>(bytes[i])) << 16;
+    if (i + 1 < bytes.size()) v |= std::uint32_t(static_cast<unsigned char>(bytes[i + 1])) << 8;
+    out += kAlphabet[(v >> 18) & 63], out += kAlphabet[(v >> 12) & 63];
+    out += i + 1 < bytes.size() ? kAlphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+// A key, tag or other name: a JSON string when it is valid UTF-8, otherwise
+// {"base64": ...}, so that no two distinct byte strings print alike.
 nlohmann::json text_json(std::string_view bytes) {
-  return is_utf8(bytes) ? nlohmann::json(std::string(bytes)) : nlohmann::json(escape_bytes(bytes));
+  if (is_utf8(bytes)) return nlohmann::json(std::string(bytes));
+  return nlohmann::json{{"base64", base64(bytes)}};
 }
 
 namespace {
@@ -60,32 +81,41 @@ nlohmann::json to_json(const msgpack::object& o) {
     case msgpack::type::FLOAT64:
       return o.via.f64;  // NaN and infinities dump as null
     case msgpack::type::STR: {
-      return text_json(std::string_view(o.via.str.ptr, o.via.str.size));
+      const std::string_view str(o.via.str.ptr, o.via.str.size);
+      if (is_utf8(str)) return std::string(str);
+      return json{{"$base64", base64(str)}};  // a str that is not UTF-8
     }
     case msgpack::type::BIN:
-      return json{{"$bin", escape_bytes(std::string_view(o.via.bin.ptr, o.via.bin.size))}};
+      return json{{"$bin", base64(std::string_view(o.via.bin.ptr, o.via.bin.size))}};
     case msgpack::type::EXT:
       return json{{"$ext", o.via.ext.type()},
-                  {"data", escape_bytes(std::string_view(o.via.ext.data(), o.via.ext.size))}};
+                  {"$data", base64(std::string_view(o.via.ext.data(), o.via.ext.size))}};
     case msgpack::type::ARRAY: {
       json a = json::array();
       for (std::uint32_t i = 0; i < o.via.array.size; ++i) a.push_back(to_json(o.via.array.ptr[i]));
       return a;
     }
     case msgpack::type::MAP: {
+      // A JSON object when every key is a UTF-8 string, none starts with '$'
+      // (the markers' prefix) and none repeats; otherwise the pairs, so that
+      // no key is lost and none is mistaken for another or for a marker.
       json m = json::object();
-      for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
-        const msgpack::object_kv& kv = o.via.map.ptr[i];
-        std::string key;
-        if (kv.key.type == msgpack::type::STR) {
-          key = text_json(std::string_view(kv.key.via.str.ptr, kv.key.via.str.size))
-                    .get<std::string>();
-        } else {
-          key = dump_json(to_json(kv.key));
-        }
-        m[key] = to_json(kv.val);
+      bool plain = true;
+      for (std::uint32_t i = 0; plain && i < o.via.map.size; ++i) {
+        const msgpack::object& k = o.via.map.ptr[i].key;
+        const std::string_view key = k.type == msgpack::type::STR
+                                         ? std::string_view(k.via.str.ptr, k.via.str.size)
+                                         : std::string_view();
+        plain = k.type == msgpack::type::STR && is_utf8(key) && (key.empty() || key[0] != '$') &&
+                !m.contains(std::string(key));
+        if (plain) m[std::string(key)] = to_json(o.via.map.ptr[i].val);
       }
-      return m;
+      if (plain) return m;
+      json pairs = json::array();
+      for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
+        pairs.push_back(json::array({to_json(o.via.map.ptr[i].key), to_json(o.via.map.ptr[i].val)}));
+      }
+      return json{{"$map", std::move(pairs)}};
     }
   }
   return nullptr;
@@ -128,7 +158,29 @@ std::string value_line(std::string_view bytes, std::size_t max_chars) {
 }
 
 std::string dump_json(const nlohmann::json& j, int indent) {
-  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string text = j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+  // nlohmann escapes C0 controls; DEL, C1 controls and the bidi controls it
+  // passes through as they are. They can only occur inside strings (JSON's
+  // own syntax is ASCII), where \uXXXX means the same character, so
+  // escaping them keeps the document equal and a terminal safe.
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size();) {
+    std::uint32_t cp = 0;
+    std::size_t n = utf8_char(std::string_view(text).substr(i), cp);
+    if (n == 0) n = 1, cp = 0xfffd;  // cannot happen after `replace`; keep it valid anyway
+    if (n == 1 && cp != 0x7f && cp != 0xfffd) {
+      out += text[i];  // raw C0 bytes here are the indentation's newlines
+    } else if (n == 1 || unprintable(cp)) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", unsigned(cp));
+      out += buf;
+    } else {
+      out.append(text, i, n);
+    }
+    i += n;
+  }
+  return out;
 }
 
 }  // namespace hostcache::tools

@@ -16,19 +16,29 @@
 namespace hostcache::tools {
 
 // The value as JSON if it is exactly one msgpack object, else nullopt.
-// Strings that are not UTF-8 and binary data become escaped strings (see
-// escape_bytes); map keys that are not strings become their JSON text.
+// What JSON cannot hold as it is gets a marker object, whose one key starts
+// with '$': a str that is not UTF-8 {"$base64": B}, bin {"$bin": B}, ext
+// {"$ext": TYPE, "$data": B} (B: standard base64), and a map whose keys are
+// not all distinct UTF-8 strings free of a leading '$' {"$map": [[K, V], ...]}.
+// A plain JSON object in the output therefore never has a key starting with
+// '$', and no two distinct values print alike.
 std::optional<nlohmann::json> msgpack_to_json(std::string_view bytes);
 
 // One line for a terminal: the JSON text if msgpack, else the escaped bytes,
 // cut to `max_chars`.
 std::string value_line(std::string_view bytes, std::size_t max_chars);
 
-// Bytes as a JSON string: themselves when valid UTF-8, else escape_bytes().
+// A key, tag or name: a JSON string when it is valid UTF-8, else
+// {"base64": "..."} (so the binary key a\x80 and the text key `a\x80` differ).
 nlohmann::json text_json(std::string_view bytes);
+// Strictly valid UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
 bool is_utf8(std::string_view bytes);
+// Standard base64 with padding.
+std::string base64(std::string_view bytes);
 
-// A JSON dump that never throws on invalid UTF-8 (it is replaced).
+// A JSON dump that never throws on invalid UTF-8 (it is replaced), with DEL,
+// C1 controls and bidi controls written as \uXXXX escapes (the same document,
+// safe on a terminal).
 std::string dump_json(const nlohmann::json& j, int indent = -1);
 
 }  // namespace hostcache::tools

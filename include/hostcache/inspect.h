@@ -7,6 +7,16 @@
 // is seen at one consistent instant (a stripe that stays busy is reported as
 // such). Like `mdb_stat`, the tools are thin mains over these functions.
 //
+// Nothing read from the segment is trusted (invariant 8): a segment owned by
+// another uid, or writable by every user, is refused unless
+// Options::allow_foreign says otherwise (the same checks as Cache::attach),
+// and what one call allocates and copies is bounded by Options, whatever the
+// geometry in the header claims: a stripe larger than max_stripe_bytes is not
+// copied (reported in `problems`, or as a violation by check()), and once
+// max_read_bytes have been copied the remaining stripes are skipped likewise.
+// Strings in `problems` and Violation are plain text: bytes taken from the
+// segment (tags) appear in them escaped (`\xNN`), never raw.
+//
 // Thread-safety: free functions over their own read-only mapping.
 #pragma once
 
@@ -86,6 +96,23 @@ struct Filter {
   std::size_t limit = SIZE_MAX;        // at most this many entries
 };
 
+// Limits on what one read() or check() trusts the segment with.
+struct Options {
+  // Read a segment owned by another uid or writable by others (mode o+w).
+  // Such a segment may have been written by anyone: its entries can be forged.
+  bool allow_foreign = false;
+  // The largest stripe copied. A stripe is copied whole into one private
+  // buffer (one consistent instant), so this bounds the memory of a call.
+  // Segments this library creates with default limits have stripes of a few
+  // MiB; 256 MiB covers any sensible configuration (a 1 TiB segment of 1024
+  // stripes has 1 GiB stripes: raise it for that).
+  std::uint64_t max_stripe_bytes = 256ull << 20;
+  // The most stripe bytes copied by one call (stripe headers not counted).
+  // Bounds the time of a call (about a second per GiB): a sparse segment can
+  // claim terabytes while holding kilobytes.
+  std::uint64_t max_read_bytes = 4ull << 30;
+};
+
 struct Snapshot {
   SegmentInfo segment;
   Stats stats;
@@ -96,9 +123,10 @@ struct Snapshot {
 };
 
 // Reads the whole segment once. Throws hostcache::Error (not_found,
-// permission_denied, incompatible, corrupt) when the header itself is unusable;
-// anything below the header that cannot be read goes to `problems`.
-Snapshot read(std::string_view name, const Filter& filter = {});
+// permission_denied, incompatible, corrupt) when the header itself is unusable
+// or the segment is foreign (see Options); anything below the header that
+// cannot be read (busy, damaged, over a limit) goes to `problems`.
+Snapshot read(std::string_view name, const Filter& filter = {}, const Options& options = {});
 
 struct Violation {
   std::string where;                   // "header", "stripe 12", "stripe 12 entry @4096"
@@ -110,8 +138,10 @@ struct Violation {
 // by a dead process, arena accounting exact (the ring walks from tail to head,
 // used and dead bytes match, no overlapping entries), entry checksums, index
 // and entries agree. Empty when the segment is sound. Read-only.
-// Throws hostcache::Error only when the segment cannot be opened at all.
-std::vector<Violation> check(std::string_view name);
+// A stripe over a limit of `options` is a violation ("not verified").
+// Throws hostcache::Error only when the segment cannot be opened at all, or
+// is foreign (see Options).
+std::vector<Violation> check(std::string_view name, const Options& options = {});
 
 // Segments of this library in /dev/shm.
 struct Listing {
