@@ -1,5 +1,6 @@
 // backends.cpp — the dispatch, and the two backends that need no server:
-// hostcache itself and the in-process mutex-map reference.
+// hostcache itself and the in-process mutex-map reference (the third, floor,
+// is backend_floor.cpp).
 #include "backends.h"
 
 #include <hostcache/cache.h>
@@ -16,7 +17,7 @@ void Backend::invalidate(std::string_view) {
 }
 
 std::vector<std::string> available_backends() {
-  std::vector<std::string> names{"hostcache", "mutex-map"};
+  std::vector<std::string> names{"hostcache", "mutex-map", "floor"};
 #ifdef HCBENCH_HAVE_REDIS
   names.push_back("redis");
   names.push_back("redis-pipelined");
@@ -30,7 +31,9 @@ std::vector<std::string> available_backends() {
   return names;
 }
 
-bool is_threaded(const std::string& backend) { return backend == "mutex-map"; }
+bool is_threaded(const std::string& backend) {
+  return backend == "mutex-map" || backend == "floor";
+}
 
 // ---- hostcache ----------------------------------------------------------------
 
@@ -118,6 +121,7 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& opts, Role role) {
     }
     return std::make_unique<MutexMapBackend>(g_map, opts.ttl_ms);
   }
+  if (b == "floor") return make_floor(opts, role);
 #ifdef HCBENCH_HAVE_REDIS
   if (b == "redis" || b == "redis-pipelined") return make_redis(opts, role);
 #endif
@@ -138,6 +142,7 @@ void destroy_store(const BackendOptions& opts) {
     std::lock_guard<std::mutex> lock(g_map_mu);
     g_map.reset();
   }
+  if (opts.backend == "floor") destroy_floor(opts);
 #ifdef HCBENCH_HAVE_LMDB
   if (opts.backend == "lmdb") destroy_lmdb(opts);
 #endif

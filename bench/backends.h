@@ -5,15 +5,16 @@
 //      (a segment, an LMDB environment) or connects to the server, and the
 //      parent prefills every key through it; then the parent destroys it, so
 //      that no connection or LMDB handle crosses fork();
-//   2. each worker (a forked process, or a thread for mutex-map) calls
+//   2. each worker (a forked process, or a thread for mutex-map and floor) calls
 //      make_backend(opts, Role::worker) and runs batches of ops;
 //   3. the parent calls destroy_store(opts) once the workers are gone.
 //
 // Which backends exist depends on what was found at build time (hiredis,
 // libmemcached, LMDB); available_backends() lists them.
 //
-// Thread-safety: one Backend object per worker; mutex-map's workers share the
-// map behind their objects, which is safe (it is a MutexMap).
+// Thread-safety: one Backend object per worker; mutex-map's and floor's
+// workers share the table behind their objects, which is safe (a MutexMap; a
+// seqlocked table, backend_floor.cpp).
 #pragma once
 
 #include <cstdint>
@@ -26,7 +27,7 @@
 namespace hcbench {
 
 struct BackendOptions {
-  std::string backend = "hostcache";  // hostcache|redis|redis-pipelined|memcached|lmdb|mutex-map
+  std::string backend = "hostcache";  // hostcache|redis|redis-pipelined|memcached|lmdb|mutex-map|floor
   std::string name;                   // hostcache segment name
   std::uint64_t capacity_bytes = 0;   // hostcache segment size
   unsigned stripes = 0;               // hostcache stripes (0: the library's choice)
@@ -36,6 +37,8 @@ struct BackendOptions {
   std::uint64_t lmdb_map_bytes = 0;
   std::int64_t ttl_ms = 0;  // 0: no TTL (hostcache: its default)
   std::size_t max_value_bytes = 0;
+  std::size_t max_key_bytes = 0;  // floor: its slots are sized for the run's keys and values
+  std::uint64_t keys = 0;         // floor: the run's key count (the table holds 2x, pow2)
   unsigned pipeline = 1;  // ops per round trip (redis-pipelined)
 };
 
@@ -73,7 +76,7 @@ class Backend {
 };
 
 std::vector<std::string> available_backends();
-bool is_threaded(const std::string& backend);  // mutex-map: threads, not processes
+bool is_threaded(const std::string& backend);  // mutex-map, floor: threads, not processes
 
 // Throws std::runtime_error when the backend is unknown, not built, or its
 // store cannot be reached.
@@ -88,5 +91,8 @@ std::unique_ptr<Backend> make_redis(const BackendOptions& opts, Role role);
 std::unique_ptr<Backend> make_memcached(const BackendOptions& opts, Role role);
 std::unique_ptr<Backend> make_lmdb(const BackendOptions& opts, Role role);
 void destroy_lmdb(const BackendOptions& opts);
+// The in-process seqlock table hostcache's get is judged against (always built).
+std::unique_ptr<Backend> make_floor(const BackendOptions& opts, Role role);
+void destroy_floor(const BackendOptions& opts);
 
 }  // namespace hcbench

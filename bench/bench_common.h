@@ -162,21 +162,47 @@ inline void make_key(std::uint64_t i, std::size_t size, char space, char* out) {
 }
 
 // All keys of one space in one block: workers index it instead of formatting
-// a key per op, and forked workers share its pages.
+// a key per op, and forked workers share its pages. Keys are of one size, or
+// of sizes in [min, max]: key i has size_of(i) bytes (i % span, so that each
+// size is equally common and a script can rebuild the same keys: see
+// apcu_worker.php).
 class KeySet {
  public:
   KeySet(std::uint64_t count, std::size_t key_size, char space = 'k')
-      : size_(key_size), bytes_(count * key_size, '\0') {
-    if (key_size < kMinKeyBytes) throw std::invalid_argument("key size must be >= 20 bytes");
-    for (std::uint64_t i = 0; i < count; ++i) make_key(i, key_size, space, &bytes_[i * size_]);
+      : KeySet(count, key_size, key_size, space) {}
+  KeySet(std::uint64_t count, std::size_t min_size, std::size_t max_size, char space)
+      : min_(min_size), max_(max_size) {
+    if (min_size < kMinKeyBytes) throw std::invalid_argument("key size must be >= 20 bytes");
+    if (max_size < min_size) throw std::invalid_argument("key size range must be MIN-MAX, MIN <= MAX");
+    if (fixed()) {
+      bytes_.assign(count * max_, '\0');
+      for (std::uint64_t i = 0; i < count; ++i) make_key(i, max_, space, &bytes_[i * max_]);
+      count_ = count;
+      return;
+    }
+    offsets_.reserve(count + 1);
+    std::uint64_t total = 0;
+    for (std::uint64_t i = 0; i < count; ++i) offsets_.push_back(total), total += size_of(i);
+    offsets_.push_back(total);
+    bytes_.assign(total, '\0');
+    for (std::uint64_t i = 0; i < count; ++i) make_key(i, size_of(i), space, &bytes_[offsets_[i]]);
+    count_ = count;
   }
-  std::string_view operator[](std::uint64_t i) const { return {&bytes_[i * size_], size_}; }
-  std::uint64_t count() const { return bytes_.size() / size_; }
-  std::size_t key_size() const { return size_; }
+  std::string_view operator[](std::uint64_t i) const {
+    if (fixed()) return {&bytes_[i * max_], max_};
+    return {&bytes_[offsets_[i]], std::size_t(offsets_[i + 1] - offsets_[i])};
+  }
+  std::uint64_t count() const { return count_; }
+  std::size_t key_size() const { return max_; }  // the largest key
+  std::size_t min_key_size() const { return min_; }
+  std::size_t size_of(std::uint64_t i) const { return min_ + std::size_t(i % (max_ - min_ + 1)); }
 
  private:
-  std::size_t size_;
+  bool fixed() const { return min_ == max_; }
+  std::size_t min_, max_;
+  std::uint64_t count_ = 0;
   std::string bytes_;
+  std::vector<std::uint64_t> offsets_;  // empty for fixed-size keys
 };
 
 // ---- self-checking values ------------------------------------------------------

@@ -1,7 +1,7 @@
 // hostcache-bench — the multi-process load generator.
 //
 // Forks P workers over one store (a hostcache segment, or a peer: Redis,
-// memcached, LMDB; mutex-map runs P threads of one process instead), starts
+// memcached, LMDB; mutex-map and floor run P threads of one process instead), starts
 // them together, runs a discarded warmup and then a measured steady state,
 // and reports total and per-process ops/s, sampled latency percentiles and
 // the hit ratio, as text, CSV (one appended row) and JSON.
@@ -109,6 +109,12 @@ nlohmann::json percentiles(const Histogram& h) {
 
 std::string dist_name(const LoadSpec& s) { return s.zipf > 0 ? "zipf" : "uniform"; }
 
+std::string key_size_str(const LoadSpec& s) {
+  return s.key_size_min == s.key_size
+             ? std::to_string(s.key_size)
+             : std::to_string(s.key_size_min) + "-" + std::to_string(s.key_size);
+}
+
 void write_csv(const std::string& path, const std::string& label, const LoadSpec& s,
                const Totals& t) {
   bool fresh = true;
@@ -129,7 +135,7 @@ void write_csv(const std::string& path, const std::string& label, const LoadSpec
   };
   const double hit = t.gets ? double(t.hits) / double(t.gets) : 0;
   out << clean(label) << ',' << s.backend.backend << ',' << s.processes << ',' << s.keys << ','
-      << s.key_size << ',' << s.value_size.str() << ',' << s.read_ratio << ',' << dist_name(s)
+      << key_size_str(s) << ',' << s.value_size.str() << ',' << s.read_ratio << ',' << dist_name(s)
       << ',' << s.zipf << ',' << s.backend.ttl_ms << ',' << s.tags << ',' << s.clear_per_s << ','
       << s.invalidate_per_s << ',' << s.backend.pipeline << ',' << t.seconds << ',' << t.ops << ','
       << std::uint64_t(t.ops_per_s) << ',' << std::uint64_t(t.min_proc) << ','
@@ -152,7 +158,7 @@ nlohmann::json to_json(const std::string& label, const LoadSpec& s, const Totals
                  {"processes", s.processes},
                  {"threaded", is_threaded(s.backend.backend)},
                  {"keys", s.keys},
-                 {"key_size", s.key_size},
+                 {"key_size", key_size_str(s)},
                  {"value_size", s.value_size.str()},
                  {"read_ratio", s.read_ratio},
                  {"distribution", dist_name(s)},
@@ -340,17 +346,16 @@ int run(const LoadSpec& spec, const std::string& label, const std::string& csv,
 int main(int argc, char** argv) {
   using namespace hcbench;
   LoadSpec spec;
-  std::string value_size = "256", dist = "uniform", label, csv, json;
+  std::string value_size = "256", key_size = "48", dist = "uniform", label, csv, json;
   double capacity_mb = 0, lmdb_map_mb = 0;
   CLI::App app{"hostcache-bench: a multi-process load generator for hostcache and its peers"};
   app.add_option("--backend", spec.backend.backend, "store to drive")
       ->check(CLI::IsMember(available_backends()));
-  app.add_option("-p,--processes", spec.processes, "worker processes (threads for mutex-map)")
+  app.add_option("-p,--processes", spec.processes, "worker processes (threads for mutex-map and floor)")
       ->check(CLI::Range(1u, 1024u));
   app.add_option("--keys", spec.keys, "distinct keys")
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 32));
-  app.add_option("--key-size", spec.key_size, "key bytes")
-      ->check(CLI::Range(std::size_t(kMinKeyBytes), std::size_t(250)));
+  app.add_option("--key-size", key_size, "key bytes: N, or MIN-MAX (key i: MIN + i % span)");
   app.add_option("--value-size", value_size, "value bytes: N, or MIN-MAX (uniform)");
   app.add_option("--read-ratio", spec.read_ratio, "fraction of ops that are gets")
       ->check(CLI::Range(0.0, 1.0));
@@ -391,6 +396,13 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
     spec.value_size = SizeSpec::parse(value_size);
+    const auto dash = key_size.find('-');
+    spec.key_size_min = std::stoul(key_size.substr(0, dash));
+    spec.key_size = dash == std::string::npos ? spec.key_size_min
+                                              : std::stoul(key_size.substr(dash + 1));
+    if (spec.key_size_min < kMinKeyBytes || spec.key_size < spec.key_size_min ||
+        spec.key_size > 250)
+      throw std::invalid_argument("key size must be N or MIN-MAX with 20 <= MIN <= MAX <= 250");
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 64;
   } catch (const std::exception& e) {
@@ -410,6 +422,8 @@ int main(int argc, char** argv) {
   const std::string pid = std::to_string(::getpid());
   const double set_bytes = double(spec.keys) * double(spec.key_size + spec.value_size.max + 160);
   spec.backend.max_value_bytes = spec.value_size.max;
+  spec.backend.max_key_bytes = spec.key_size;
+  spec.backend.keys = spec.keys;
   if (spec.backend.name.empty()) spec.backend.name = segment_prefix() + "-" + pid;
   spec.backend.capacity_bytes = capacity_mb > 0
                                     ? std::uint64_t(capacity_mb * 1048576)

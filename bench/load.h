@@ -25,7 +25,8 @@ struct LoadSpec {
   BackendOptions backend;
   unsigned processes = 1;
   std::uint64_t keys = 100000;
-  std::size_t key_size = 48;
+  std::size_t key_size = 48;      // the largest key
+  std::size_t key_size_min = 48;  // < key_size: key i has min + i % (max - min + 1) bytes
   SizeSpec value_size;
   double read_ratio = 0.95;
   double zipf = 0;              // 0: uniform; else the Zipf exponent
@@ -45,7 +46,7 @@ struct LoadSpec {
 struct Workload {
   KeySet keys;
   std::vector<std::string> tag_names;
-  Workload(const LoadSpec& spec) : keys(spec.keys, spec.key_size) {
+  Workload(const LoadSpec& spec) : keys(spec.keys, spec.key_size_min, spec.key_size, 'k') {
     for (unsigned t = 0; t < spec.tags; ++t) tag_names.push_back("tag-" + std::to_string(t));
   }
   std::string_view tag_of(std::uint64_t key) const {

@@ -59,6 +59,121 @@ bench_field() {
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print ""; else printf "%.2f", a / b }'; }
 fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "n/a"; else if (v >= 1e6) printf "%.2f M", v / 1e6; else if (v >= 1e3) printf "%.1f k", v / 1e3; else printf "%.0f", v }'; }
+# has_label LABEL: whether the load CSV has a row with this label.
+has_label() { [[ -f $LOAD ]] && awk -F, -v l="$1" 'NR > 1 && $1 == l { f = 1; exit } END { exit !f }' "$LOAD"; }
+# label_backends LABEL...: the backends with rows under these labels, in the order they ran.
+label_backends() {
+  [[ -f $LOAD ]] || return 0
+  awk -F, -v ls=" $* " 'NR > 1 && index(ls, " " $1 " ") { print $2 }' "$LOAD" | awk '!seen[$0]++'
+}
+# load_best LABEL BACKEND PROCS COLUMN: the largest value over repeated runs (on a
+# shared machine, other programs only ever take throughput away).
+load_best() {
+  [[ -f $LOAD ]] || { echo ""; return; }
+  awk -F, -v l="$1" -v b="$2" -v p="$3" -v col="$4" '
+    NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+    $c["label"] == l && $c["backend"] == b && $c["processes"] == p && (m == "" || $c[col] + 0 > m) { m = $c[col] + 0 }
+    END { print m }' "$LOAD"
+}
+# load_count LABEL BACKEND PROCS: how many runs the median is of.
+load_count() {
+  awk -F, -v l="$1" -v b="$2" -v p="$3" 'NR > 1 && $1 == l && $2 == b && $3 == p { n++ } END { print n + 0 }' "$LOAD"
+}
+vname() { awk -v v="$1" 'BEGIN { if (v % 1024 == 0) printf "%d KiB", v / 1024; else printf "%d B", v }'; }
+
+# The peer matrix (issue 15): ops/s per backend and cell, then hostcache's
+# ratio to the floor and to APCu per cell.
+peer_section() {
+  local values procs dists="uniform zipf" v d p b cells=() label
+  values=$(cat "$RAW/peer_values" 2>/dev/null || awk -F, 'NR > 1 && $1 ~ /^peer-v/ { print $6 }' "$LOAD" | awk '!seen[$0]++' | xargs)
+  procs=$(cat "$RAW/peer_procs" 2>/dev/null || echo "1 2")
+  local labels=()
+  for v in $values; do for d in $dists; do labels+=("peer-v$v-$d"); done; done
+  local first=${labels[0]}
+  has_label "$first" || return 0
+  local keys nrep
+  keys=$(awk -F, -v l="$first" 'NR > 1 && $1 == l { print $4; exit }' "$LOAD")
+  nrep=$(load_count "$first" hostcache 1)
+  echo "## hostcache, the floor and its peers (issue 15)"
+  echo
+  echo "$keys keys of 43-46 B (key i has 43 + i % 4 bytes), 95% gets / 5% sets, a miss refilled (cache-aside), uniform or Zipf 0.99 keys; every get verified (key, length, checksum) in every backend, APCu's in PHP by the same format. ops/s summed over the workers, the median of $nrep runs of $(cat "$RAW/peer_window" 2>/dev/null || echo "?") each. Workers are processes, except floor and mutex-map (threads of one process). floor is the minimal in-process seqlock table (bench/backend_floor.cpp); php-array is a PHP array in each worker (nothing shared), the ceiling PHP's own loop puts on the APCu figure."
+  if [[ -f $RAW/loadavg_peers_start ]]; then
+    echo "Load average (1, 5, 15 min) before the matrix: $(cat "$RAW/loadavg_peers_start"); after: $(cat "$RAW/loadavg_peers_end" 2>/dev/null). The last column is the largest share of the machine's CPU that other programs used during one run of the row (for Redis and memcached it includes their server)."
+  fi
+  echo
+  for v in $values; do
+    echo "### $(vname "$v") values: ops/s"
+    echo
+    printf "| backend |"
+    for d in $dists; do for p in $procs; do printf " %s x%s |" "$d" "$p"; done; done
+    echo " others' CPU, worst |"
+    printf "|---|"
+    for d in $dists; do for p in $procs; do printf -- "---|"; done; done
+    echo "---|"
+    for b in $(label_backends "peer-v$v-uniform" "peer-v$v-zipf"); do
+      printf "| %s |" "$b"
+      local worst=""
+      for d in $dists; do
+        for p in $procs; do printf " %s |" "$(fmt "$(load_field "peer-v$v-$d" "$b" "$p" ops_per_s)")"; done
+        local w
+        w=$(load_max "peer-v$v-$d" "$b" other_cpu_pct)
+        [[ -n $w ]] && { [[ -z $worst ]] || awk -v a="$w" -v b="$worst" 'BEGIN { exit !(a > b) }'; } && worst=$w
+      done
+      echo " ${worst:-n/a}% |"
+    done
+    echo
+  done
+  local peer name target stat fn
+  for stat in median best; do
+  fn=$([[ $stat == median ]] && echo load_field || echo load_best)
+  for peer in floor apcu; do
+    name=$([[ $peer == floor ]] && echo "the floor" || echo "APCu")
+    target=$([[ $peer == floor ]] && echo " (target: >= 0.7)" || echo "")
+    echo "### hostcache / $name$target, $([[ $stat == median ]] && echo "medians" || echo "best of $nrep runs each")"
+    echo
+    printf "| values |"
+    for d in $dists; do for p in $procs; do printf " %s x%s |" "$d" "$p"; done; done
+    echo
+    printf "|---|"
+    for d in $dists; do for p in $procs; do printf -- "---|"; done; done
+    echo
+    for v in $values; do
+      printf "| %s |" "$(vname "$v")"
+      for d in $dists; do
+        for p in $procs; do
+          local r
+          r=$(ratio "$($fn "peer-v$v-$d" hostcache "$p" ops_per_s)" "$($fn "peer-v$v-$d" "$peer" "$p" ops_per_s)")
+          if [[ -n $r && $peer == floor ]] && awk -v r="$r" 'BEGIN { exit !(r < 0.7) }'; then r="**$r**"; fi
+          printf " %s |" "${r:-n/a}"
+        done
+      done
+      echo
+    done
+    echo
+  done
+  done
+  echo "Get latency, sampled (p50 / p99 ns; APCu's includes PHP's call overhead, floor's and mutex-map's are in-process):"
+  echo
+  printf "| backend |"
+  for v in $values; do for d in $dists; do printf " %s %s x1 |" "$(vname "$v")" "$d"; done; done
+  echo
+  printf "|---|"
+  for v in $values; do for d in $dists; do printf -- "---|"; done; done
+  echo
+  for b in $(label_backends "${labels[@]}"); do
+    printf "| %s |" "$b"
+    for v in $values; do
+      for d in $dists; do
+        local p50 p99
+        p50=$(load_field "peer-v$v-$d" "$b" 1 get_p50_ns) p99=$(load_field "peer-v$v-$d" "$b" 1 get_p99_ns)
+        printf " %s |" "$([[ -n $p50 ]] && echo "$p50 / $p99" || echo n/a)"
+      done
+    done
+    echo
+  done
+  echo
+}
+
 verdict() { # verdict VALUE OP LIMIT
   awk -v v="$1" -v op="$2" -v lim="$3" 'BEGIN {
     if (v == "") { print "not measured"; exit }
@@ -77,7 +192,10 @@ verdict() { # verdict VALUE OP LIMIT
   ((FAILED)) && echo && echo "**Some hostcache runs FAILED; see the log. Their figures are absent.**"
   echo
 
+  peer_section
+
   # ---- targets --------------------------------------------------------------------
+  if has_label gethit || has_label scale || [[ -f $RAW/bench_cache.tsv || -f $RAW/eviction.csv ]]; then
   hc=$(load_field gethit hostcache 1 ops_per_s)
   redis=$(load_field gethit redis 1 ops_per_s)
   lmdb=$(load_field gethit lmdb 1 ops_per_s)
@@ -108,9 +226,10 @@ verdict() { # verdict VALUE OP LIMIT
   echo "| eviction within 2 points of exact LRU (same arena bytes) | worst row ${evmin:-n/a} points | $(verdict "$evmin" ">=" -2) |"
   echo "| clear()/invalidate() cost at 1M entries = at 1k | 1M/1k: clear ${clear_r:-n/a}x, invalidate ${inval_r:-n/a}x (mean of back-to-back calls; met when <= 1.5x, a walk of 1M entries would be ~1000x) | $(verdict "$clear_r" "<=" 1.5) |"
   echo
+  fi
 
   # ---- load runs ------------------------------------------------------------------
-  if [[ -f $LOAD ]]; then
+  if has_label gethit; then
     echo "## One process, every get a hit (hostcache-bench)"
     echo
     echo "$(awk -F, 'NR == 2 { print $4 }' "$LOAD") keys of 48 B, values of 256 B, all present; uniform keys; 1 worker; latency sampled (every op over a socket, 1 in 32 in memory). redis-pipelined latency is per batch of $(load_field gethit redis-pipelined 1 pipeline) ops."
@@ -124,6 +243,8 @@ verdict() { # verdict VALUE OP LIMIT
       echo "| $b$([[ $kind == batch ]] && echo " (latency per batch)") | $(fmt "$ops") | $(ratio "$hc" "$ops")x | $(load_field gethit "$b" 1 ${kind}_p50_ns) ns | $(load_field gethit "$b" 1 ${kind}_p99_ns) ns | $(load_field gethit "$b" 1 ${kind}_p999_ns) ns |"
     done
     echo
+  fi
+  if has_label scale; then
     echo "## 95% reads, uniform keys, against processes (mutex-map: threads)"
     echo
     printf "| backend |"; for p in $PROCS; do printf " %s |" "$p"; done; echo " x2/x1 | get p99 at 2 | others' CPU, worst run |"
@@ -185,10 +306,12 @@ verdict() { # verdict VALUE OP LIMIT
       "$RAW/bench_memoize.tsv"
     echo
   fi
-  echo "## Plots"
-  echo
-  echo "![throughput against processes]($NAME-throughput.png)"
-  echo "![get latency, one process]($NAME-latency.png)"
+  if has_label scale; then
+    echo "## Plots"
+    echo
+    echo "![throughput against processes]($NAME-throughput.png)"
+    echo "![get latency, one process]($NAME-latency.png)"
+  fi
 } >"$REPORT"
 
 # ---- plots -------------------------------------------------------------------------------
