@@ -35,11 +35,40 @@ inline void store_word(std::uint8_t* p, std::uint64_t v) {
   std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p)).store(v, std::memory_order_relaxed);
 }
 
+#if defined(__SANITIZE_THREAD__)
+#define HOSTCACHE_WORDS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HOSTCACHE_WORDS_TSAN 1
+#endif
+#endif
+
+// Copies long runs with the CPU's string move. The bytes are read by the
+// instruction, not by C++ code: like P1478's atomic_load_per_byte_memcpy,
+// every byte is read exactly once and no C++ access races a writer (the
+// seqlock's acquire loads and the fence around the copy order it). Under
+// ThreadSanitizer the word-wise atomic loads are used instead, so that the
+// protocol is checked. Elsewhere: words.
+inline constexpr std::size_t kBulkCopyBytes = 512;
+inline bool bulk_copy(const std::uint8_t* src, std::size_t len, char* dst) {
+#if defined(__x86_64__) && !defined(HOSTCACHE_WORDS_TSAN)
+  asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(len) : : "memory");
+  return true;
+#else
+  (void)src;
+  (void)len;
+  (void)dst;
+  return false;
+#endif
+}
+
 // Copies `len` bytes starting at base + off into dst. `base` is 8-aligned and
 // the words covering [off, off + len) are readable. Whole words in the middle
-// are copied with a constant-size memcpy (one move each).
+// are copied with a constant-size memcpy (one move each); runs of
+// kBulkCopyBytes or more with bulk_copy().
 inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len, char* dst) {
   if (len == 0) return;
+  if (len >= kBulkCopyBytes && bulk_copy(base + off, len, dst)) return;
   std::size_t word = off & ~std::size_t{7};
   std::size_t skip = off - word;
   if (skip != 0) {  // leading partial word
