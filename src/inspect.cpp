@@ -6,6 +6,7 @@
 // writer changing it underneath cannot make a bounds check stale. The segment
 // is mapped PROT_READ: a bug here cannot damage it.
 #include <dirent.h>
+#include <hostcache/config.h>
 #include <hostcache/errors.h>
 #include <hostcache/inspect.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -26,6 +28,7 @@
 #include "arena.h"
 #include "atomic_words.h"
 #include "clock.h"
+#include "compress.h"
 #include "generations.h"
 #include "index.h"
 #include "layout.h"
@@ -184,9 +187,33 @@ std::vector<MethodInfo> methods_of(const Segment& seg) {
   return out;
 }
 
+// What read() gathers across stripes besides the entries.
+struct Gathered {
+  std::map<std::string, NamespaceInfo> namespaces;
+  std::uint64_t decompress_left = 0;  // original bytes still allowed (Options::max_read_bytes)
+  bool namespaces_cut = false;        // kMaxNamespaces reached
+};
+// Distinct namespaces counted by one read: a segment of garbage could
+// otherwise name one per entry.
+constexpr std::size_t kMaxNamespaces = 10000;
+
+// The value of a compressed entry, decompressed from the stored frame when
+// its claimed length is one the library could have written and the budget
+// allows; false (and `out` untouched) otherwise.
+bool decompressed(const std::string& frame, std::uint64_t orig_len, std::uint64_t arena_bytes,
+                  Gathered& g, std::string& out) {
+  if (orig_len > arena_bytes || orig_len > g.decompress_left) return false;
+  std::string value(orig_len, '\0');
+  if (!compress::decompress(frame, value.data(), value.size())) return false;
+  g.decompress_left -= orig_len;
+  out = std::move(value);
+  return true;
+}
+
 // Adds the live entries of a consistent stripe copy that pass `filter`.
 void collect_entries(const Segment& seg, StripeCopy& copy, std::uint32_t stripe,
-                     const generations::Judge& judge, const Filter& filter, Snapshot& snap) {
+                     const generations::Judge& judge, const Filter& filter, Gathered& gathered,
+                     Snapshot& snap) {
   const arena::StripeView v = copy.view();
   const std::uint32_t tag_mask = seg.geometry().tag_slots - 1;
   std::string why;
@@ -198,7 +225,9 @@ void collect_entries(const Segment& seg, StripeCopy& copy, std::uint32_t stripe,
     if (bad++ < kPerStripe) snap.problems.push_back(std::move(what));
   };
   auto visit = [&](std::uint64_t off, const EntryHeader& h) {
-    if (h.live == 0 || snap.entries.size() >= filter.limit) return;
+    if (h.live == 0) return;
+    const bool room = snap.entries.size() < filter.limit;
+    if (!room && !filter.namespaces) return;
     if (!arena::checksum_ok(v, off, h)) {
       problem(at(stripe, off) + ": checksum mismatch; not shown");
       return;
@@ -207,17 +236,52 @@ void collect_entries(const Segment& seg, StripeCopy& copy, std::uint32_t stripe,
       problem(at(stripe, off) + ": malformed tags; not shown");
       return;
     }
+    const bool has_ns = (h.flags & layout::kFlagNamespace) != 0;
+    std::string ns = has_ns ? payload(v, arena::ns_off(off, h), h.ns_len) : std::string();
+    const EntryState state = state_of(judge.of(h));
+    if (filter.namespaces && has_ns) {
+      auto it = gathered.namespaces.find(ns);
+      if (it == gathered.namespaces.end() && gathered.namespaces.size() < kMaxNamespaces) {
+        it = gathered.namespaces.emplace(ns, NamespaceInfo{ns, 0, 0, 0}).first;
+      }
+      if (it != gathered.namespaces.end()) {
+        ++it->second.entries;
+        it->second.valid += state == EntryState::valid;
+        it->second.bytes += h.size;
+      } else {
+        gathered.namespaces_cut = true;
+      }
+    }
+    if (!room) return;
+    if (filter.ns && (*filter.ns != ns || (filter.ns->empty() && has_ns))) return;
     EntryInfo e;
     e.key = payload(v, arena::key_off(off), h.key_len);
     if (e.key.compare(0, filter.prefix.size(), filter.prefix) != 0) return;
     if (!filter.tag.empty() && std::find(tags.begin(), tags.end(), filter.tag) == tags.end())
       return;
-    e.state = state_of(judge.of(h));
+    e.state = state;
     if (filter.state && *filter.state != e.state) return;
     e.value = payload(v, arena::value_off(off, h), h.value_len);
+    e.has_namespace = has_ns;
+    e.ns = std::move(ns);
+    e.stored_bytes = h.value_len;
+    e.orig_bytes = h.orig_len;
+    e.compressed = (h.flags & layout::kFlagCompressed) != 0;
+    if (e.compressed) {
+      e.decompressed = decompressed(e.value, h.orig_len, v.arena_bytes, gathered, e.value);
+      if (!e.decompressed) {
+        problem(at(stripe, off) + ": compressed value (" + std::to_string(h.value_len) + " B -> " +
+                std::to_string(h.orig_len) + " B) not decompressed; shown as stored");
+      }
+    }
     e.stripe = stripe;
     e.size = h.size;
-    e.ttl_left_ms = h.expires_ms - judge.now_ms();
+    e.no_expiry = h.expires_ms == std::numeric_limits<std::int64_t>::max();
+    if (e.no_expiry || __builtin_sub_overflow(h.expires_ms, judge.now_ms(), &e.ttl_left_ms)) {
+      // Never, or a forged expiry the subtraction cannot hold.
+      e.ttl_left_ms = h.expires_ms >= 0 ? std::numeric_limits<std::int64_t>::max()
+                                        : std::numeric_limits<std::int64_t>::min();
+    }
     for (std::size_t k = 0; k < tags.size(); ++k) {
       TagInfo t;
       t.name = tags[k];
@@ -239,6 +303,50 @@ void collect_entries(const Segment& seg, StripeCopy& copy, std::uint32_t stripe,
   }
 }
 
+std::string hex_id(const std::uint64_t (&id)[2]) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (std::uint64_t part : id) {
+    for (int shift = 60; shift >= 0; shift -= 4) out.push_back(kHex[(part >> shift) & 15]);
+  }
+  return out;
+}
+
+// The relay's state and the outbox head, word by word (the relay writes them
+// while we read: each field is one relaxed load, the set may mix two loops).
+RelayInfo relay_of(const Segment& seg, std::int64_t now_ms) {
+  const layout::RelayState& r = *seg.relay_state();
+  RelayInfo info;
+  info.pid = words::load(r.pid);
+  info.ever_ran = info.pid != 0;
+  // A pid past INT32_MAX would name a process group: only a forged one is.
+  info.alive = info.ever_ran && info.pid <= std::uint32_t(std::numeric_limits<pid_t>::max()) &&
+               (::kill(pid_t(info.pid), 0) == 0 || errno == EPERM);
+  info.connected = words::load(r.connected) != 0;
+  info.heartbeat_ms = words::load(r.heartbeat_ms);
+  if (info.ever_ran && __builtin_sub_overflow(now_ms, info.heartbeat_ms, &info.heartbeat_age_ms)) {
+    info.heartbeat_age_ms = std::numeric_limits<std::int64_t>::max();
+  }
+  if (!info.ever_ran) info.heartbeat_age_ms = 0;
+  info.head = words::load(seg.outbox()->head, std::memory_order_acquire);
+  info.cursor = words::load(r.cursor);
+  info.pending = info.head > info.cursor ? info.head - info.cursor : 0;
+  info.outbox_slots = seg.geometry().outbox_slots;
+  info.last_id_ms = words::load(r.last_id_ms);
+  info.last_id_seq = words::load(r.last_id_seq);
+  info.published = words::load(r.published);
+  info.applied = words::load(r.applied);
+  info.lag_events = words::load(r.lag_events);
+  info.lag_ms = words::load(r.lag_ms);
+  info.resync_lost = words::load(r.resync_lost);
+  info.resync_trimmed = words::load(r.resync_trimmed);
+  info.resync_replay = words::load(r.resync_replay);
+  info.overflow_clears = words::load(r.overflow_clears);
+  info.stale_clears = words::load(r.stale_clears);
+  info.host_id = hex_id(seg.geometry().host_id);
+  return info;
+}
+
 CopyLimits limits_of(const Options& options) {
   CopyLimits l;
   l.max_stripe = options.max_stripe_bytes;
@@ -257,7 +365,11 @@ Snapshot read(std::string_view name, const Filter& filter, const Options& option
   snap.segment = segment_info(*seg);
   snap.stats = StatsRecorder::read(*seg);
   snap.methods = methods_of(*seg);
-  const generations::Judge judge(*seg, clock::now_ms());
+  const std::int64_t now = clock::now_ms();
+  snap.relay = relay_of(*seg, now);
+  const generations::Judge judge(*seg, now);
+  Gathered gathered;
+  gathered.decompress_left = options.max_read_bytes;
   StripeCopy copy(*seg);
   BusyBudget budget;
   CopyLimits limits = limits_of(options);
@@ -267,7 +379,7 @@ Snapshot read(std::string_view name, const Filter& filter, const Options& option
     info.lock_owner_pid = words::load(live_header(*seg, i).owner_pid);
     // With no entries wanted (limit 0, or reached) only the header is copied:
     // `hostcache stats --watch` then costs a few cache lines per stripe.
-    bool want = snap.entries.size() < filter.limit;
+    bool want = snap.entries.size() < filter.limit || filter.namespaces;
     Took took = copy.take(i, want, budget, limits);
     if (took == Took::too_large || took == Took::over_budget) {
       // Its entries are not read; its counters still are, from its header.
@@ -295,10 +407,15 @@ Snapshot read(std::string_view name, const Filter& filter, const Options& option
     info.resets = h.resets;
     if (want) {
       const std::size_t before = snap.problems.size();
-      collect_entries(*seg, copy, i, judge, filter, snap);
+      collect_entries(*seg, copy, i, judge, filter, gathered, snap);
       info.consistent = snap.problems.size() == before;
     }
     snap.stripes.push_back(info);
+  }
+  for (auto& [name, ns] : gathered.namespaces) snap.namespaces.push_back(std::move(ns));
+  if (gathered.namespaces_cut) {
+    snap.problems.push_back("more than " + std::to_string(kMaxNamespaces) +
+                            " namespaces: the rest are not counted");
   }
   return snap;
 }
@@ -418,6 +535,28 @@ void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBud
       if (e.tag_slot[k] >= tag_slots || e.tag_slot[k] != generations::slot_of(tags[k], tag_slots)) {
         report.add(at(i, off),
                    "tag '" + escaped(tags[k]) + "' recorded in the wrong generation slot");
+      }
+    }
+    if ((e.flags & layout::kFlagNamespace) != 0) {
+      const std::string ns = payload(v, arena::ns_off(off, e), e.ns_len);
+      if (ns.empty() || ns.size() > kMaxNamespaceBytes) {
+        report.add(at(i, off), "namespace of " + std::to_string(ns.size()) + " bytes, not 1.." +
+                                   std::to_string(kMaxNamespaceBytes));
+      } else if (e.ns_slot != generations::ns_slot_of(ns, tag_slots)) {
+        report.add(at(i, off),
+                   "namespace '" + escaped(ns) + "' recorded in the wrong generation slot");
+      }
+    } else if (e.ns_len != 0) {
+      report.add(at(i, off), "namespace bytes without the namespace flag");
+    }
+    if ((e.flags & layout::kFlagCompressed) != 0) {
+      const std::string frame = payload(v, arena::value_off(off, e), e.value_len);
+      std::string value;
+      Gathered unlimited;
+      unlimited.decompress_left = UINT64_MAX;
+      if (!decompressed(frame, e.orig_len, v.arena_bytes, unlimited, value)) {
+        report.add(at(i, off), "compressed value does not decode to its " +
+                                   std::to_string(e.orig_len) + " bytes");
       }
     }
   };

@@ -3,6 +3,7 @@
 // another process holds, and on a segment under live write load.
 #include <gtest/gtest.h>
 #include <hostcache/inspect.h>
+#include <hostcache/outbox.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 
@@ -433,6 +435,78 @@ TEST(Inspect, ListsSegmentsWithTheirAttachedProcesses) {
   EXPECT_GE(it->attached_processes, 2);  // this process (the creator) and the child
   release.open();
   EXPECT_EQ(testing::wait_for(child), 0);
+}
+
+// Issue 12/14: namespaces, compression, no expiry and the relay, read
+// without a Cache and without writing.
+TEST(Inspect, ReadsNamespacesCompressionNoExpiryAndTheRelay) {
+  testing::ScopedName name{"inspect"};
+  Config config = testing::small_config(name.name, 1u << 20, 2);
+  config.compress_min_bytes = 128;
+  Cache cache = Cache::open(config);
+  std::string big;
+  while (big.size() < 3000) big += "field_" + std::to_string(big.size() % 5) + ",";
+  ASSERT_EQ(cache.set("big", big, SetOptions{std::chrono::minutes(1), {}, "ns1"}), Errc::ok);
+  ASSERT_EQ(cache.set("small", "s", SetOptions{kNoExpiry, {}, "ns2"}), Errc::ok);
+  ASSERT_EQ(cache.set("bare", "b"), Errc::ok);
+
+  inspect::Filter all;
+  all.namespaces = true;
+  inspect::Snapshot snap = inspect::read(name.name, all);
+  std::map<std::string, inspect::EntryInfo> by_key;
+  for (auto& e : snap.entries) by_key[e.key] = e;
+  ASSERT_EQ(by_key.size(), 3u);
+  const inspect::EntryInfo& b = by_key["big"];
+  EXPECT_TRUE(b.has_namespace);
+  EXPECT_EQ(b.ns, "ns1");
+  EXPECT_TRUE(b.compressed);
+  EXPECT_TRUE(b.decompressed);
+  EXPECT_EQ(b.value, big);
+  EXPECT_EQ(b.orig_bytes, big.size());
+  EXPECT_LT(b.stored_bytes, big.size());
+  EXPECT_FALSE(b.no_expiry);
+  EXPECT_TRUE(by_key["small"].no_expiry);
+  EXPECT_EQ(by_key["small"].ttl_left_ms, std::numeric_limits<std::int64_t>::max());
+  EXPECT_FALSE(by_key["bare"].has_namespace);
+  EXPECT_FALSE(by_key["bare"].compressed);
+  EXPECT_EQ(by_key["bare"].stored_bytes, 1u);
+  ASSERT_EQ(snap.namespaces.size(), 2u);
+  EXPECT_EQ(snap.namespaces[0].name, "ns1");
+  EXPECT_EQ(snap.namespaces[0].entries, 1u);
+  EXPECT_EQ(snap.namespaces[1].name, "ns2");
+  EXPECT_TRUE(snap.problems.empty());
+  EXPECT_EQ(snap.stats.compressed_in, big.size());
+
+  inspect::Filter only;
+  only.ns = "ns2";
+  snap = inspect::read(name.name, only);
+  ASSERT_EQ(snap.entries.size(), 1u);
+  EXPECT_EQ(snap.entries[0].key, "small");
+  EXPECT_TRUE(snap.namespaces.empty());  // not asked for
+  only.ns = "";
+  snap = inspect::read(name.name, only);
+  ASSERT_EQ(snap.entries.size(), 1u);
+  EXPECT_EQ(snap.entries[0].key, "bare");
+
+  EXPECT_FALSE(inspect::read(name.name).relay.ever_ran);
+  cache.invalidate("t");
+  outbox::RelayStatus st;
+  st.pid = std::uint32_t(::getpid());
+  st.connected = true;
+  st.heartbeat_ms = outbox::now_ms() - 100;
+  st.cursor = 0;
+  st.published = 2;
+  outbox::set_relay_status(cache, st);
+  const inspect::RelayInfo r = inspect::read(name.name).relay;
+  EXPECT_TRUE(r.ever_ran);
+  EXPECT_TRUE(r.alive);
+  EXPECT_TRUE(r.connected);
+  EXPECT_EQ(r.head, outbox::head(cache));
+  EXPECT_EQ(r.pending, outbox::head(cache));
+  EXPECT_GE(r.heartbeat_age_ms, 100);
+  EXPECT_EQ(r.published, 2u);
+  EXPECT_EQ(r.host_id, outbox::host_id(cache));
+  EXPECT_TRUE(inspect::check(name.name).empty());
 }
 
 TEST(Inspect, EntryStateNames) {

@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include <hostcache/outbox.h>
+
 #include "arena.h"
 #include "cache_impl.h"
 #include "stripe_lock.h"
@@ -209,6 +211,202 @@ TEST(ShmDump, RunsUnderLiveWriteLoad) {
   shared->stop.store(1);
   for (pid_t w : writers) EXPECT_EQ(testing::wait_for(w), 0);
   EXPECT_EQ(dump(n.name, "--check").code, 0);
+}
+
+
+// ---- namespaces, compression and the relay (issues 12 and 14) --------------------
+
+std::string compressible(std::size_t n) {
+  std::string v;
+  while (v.size() < n) v += "metadata_field_" + std::to_string(v.size() % 7) + ";";
+  return v.substr(0, n);
+}
+
+struct WithNamespacesAndCompression {
+  testing::ScopedName name{"tools"};
+  Cache cache = [this] {
+    Config c = testing::small_config(name.name, 1u << 20, 2);
+    c.compress_min_bytes = 256;
+    return Cache::open(c);
+  }();
+  std::string big = compressible(4000);
+  WithNamespacesAndCompression() {
+    EXPECT_EQ(cache.set("z:big", big, SetOptions{std::chrono::minutes(5), {"t"}, "django"}), Errc::ok);
+    EXPECT_EQ(cache.set("d:1", "one", SetOptions{std::chrono::minutes(5), {}, "django"}), Errc::ok);
+    EXPECT_EQ(cache.set("d:2", "two", SetOptions{std::chrono::minutes(5), {}, "django"}), Errc::ok);
+    EXPECT_EQ(cache.set("o:1", "other", SetOptions{kNoExpiry, {}, "other"}), Errc::ok);
+    EXPECT_EQ(cache.set("plain", "none"), Errc::ok);
+    EXPECT_EQ(cache.set("o:2", "gone", SetOptions{std::chrono::minutes(5), {}, "other"}), Errc::ok);
+    EXPECT_GT(cache.stats().compressed_in, cache.stats().compressed_out);
+  }
+};
+
+TEST(ShmDump, ShowsNamespacesAndCompressedEntries) {
+  WithNamespacesAndCompression w;
+  const std::string& n = w.name.name;
+  Result r = dump(n, "--width", "10000");
+  ASSERT_EQ(r.code, 0) << show(r);
+  for (const char* word : {"namespace", "django", "other", "compressed, ", "-> 3.9 KiB", "never"}) {
+    EXPECT_TRUE(has(r.out, word)) << "missing '" << word << "' in:\n" << r.out;
+  }
+  EXPECT_TRUE(has(r.out, w.big)) << "the value is not shown decompressed";
+  EXPECT_FALSE(has(r.out, "not decompressed")) << r.out;
+  EXPECT_TRUE(has(r.out, "compressed 3.9 KiB -> ")) << r.out;  // the stats line
+
+  r = dump(n, "--json");
+  ASSERT_EQ(r.code, 0) << show(r);
+  json doc = json::parse(r.out);
+  std::map<std::string, json> by_key;
+  for (const json& e : doc["entries"]) by_key[e["key"]] = e;
+  ASSERT_EQ(by_key.size(), 6u);
+  const json& big = by_key["z:big"];
+  EXPECT_EQ(big["namespace"], "django");
+  EXPECT_EQ(big["compressed"], true);
+  EXPECT_EQ(big["decompressed"], true);
+  EXPECT_EQ(big["orig_bytes"], 4000);
+  EXPECT_LT(big["stored_bytes"].get<std::uint64_t>(), 4000u);
+  EXPECT_EQ(big["value_bytes"], 4000);
+  EXPECT_EQ(big["value"], w.big);
+  EXPECT_EQ(by_key["d:1"]["compressed"], false);
+  EXPECT_EQ(by_key["d:1"]["stored_bytes"], 3);
+  EXPECT_TRUE(by_key["plain"]["namespace"].is_null());
+  EXPECT_EQ(by_key["o:1"]["no_expiry"], true);
+  EXPECT_EQ(by_key["o:1"]["ttl_left_ms"], std::numeric_limits<std::int64_t>::max());
+  EXPECT_EQ(by_key["d:1"]["no_expiry"], false);
+  EXPECT_EQ(doc["stats"]["compressed_in"], w.cache.stats().compressed_in);
+
+  // The per-namespace summary counts every live entry, whatever --limit says.
+  w.cache.clear("other");
+  r = dump(n, "--json", "--limit", "0");
+  ASSERT_EQ(r.code, 0) << show(r);
+  doc = json::parse(r.out);
+  EXPECT_TRUE(doc["entries"].empty());
+  ASSERT_EQ(doc["namespaces"].size(), 2u) << doc["namespaces"];
+  EXPECT_EQ(doc["namespaces"][0]["name"], "django");
+  EXPECT_EQ(doc["namespaces"][0]["entries"], 3);
+  EXPECT_EQ(doc["namespaces"][0]["valid"], 3);
+  EXPECT_GT(doc["namespaces"][0]["bytes"].get<std::uint64_t>(), 0u);
+  EXPECT_EQ(doc["namespaces"][1]["name"], "other");
+  EXPECT_EQ(doc["namespaces"][1]["entries"], 2);
+  EXPECT_EQ(doc["namespaces"][1]["valid"], 0);  // cleared: stale until reclaimed
+  r = dump(n, "--limit", "0");
+  EXPECT_TRUE(has(r.out, "django") && has(r.out, "entries   0 shown")) << r.out;
+
+  // --namespace filters; '' selects entries without one.
+  EXPECT_TRUE(has(dump(n, "--namespace", "django").out, "entries   3 shown"));
+  EXPECT_TRUE(has(dump(n, "--namespace", "other", "--state", "stale").out, "entries   2 shown"));
+  r = dump(n, "--namespace", "", "--json");
+  doc = json::parse(r.out);
+  ASSERT_EQ(doc["entries"].size(), 1u) << r.out;
+  EXPECT_EQ(doc["entries"][0]["key"], "plain");
+  EXPECT_EQ(dump(n, "--check").code, 0);
+}
+
+// A compressed entry whose frame no longer decodes (rewritten with a valid
+// checksum, as only a writer of the segment could): shown as stored and
+// marked, reported as a problem, and a violation for --check.
+TEST(ShmDump, MarksACompressedValueThatDoesNotDecode) {
+  WithNamespacesAndCompression w;
+  const std::string& n = w.name.name;
+  Segment& seg = detail::Access::segment(w.cache);
+  bool forged = false;
+  for (std::uint32_t s = 0; s < seg.geometry().stripe_count && !forged; ++s) {
+    const auto v = arena::StripeView::over(seg.stripe_base(s), seg.geometry());
+    arena::walk(v, v.hdr->tail, v.hdr->head, [&](std::uint64_t off, const layout::EntryHeader& h) {
+      if (forged || h.live == 0 || (h.flags & layout::kFlagCompressed) == 0) return;
+      std::uint8_t* image = v.arena + off;
+      image[arena::value_off(off, h) - off] ^= 0x5a;  // the frame's magic number
+      auto* header = reinterpret_cast<layout::EntryHeader*>(image);
+      header->checksum = arena::checksum_of(image, *header);
+      forged = true;
+    }, nullptr, nullptr);
+  }
+  ASSERT_TRUE(forged);
+  Result r = dump(n, "--json", "--prefix", "z:");
+  ASSERT_EQ(r.code, 0) << show(r);
+  json doc = json::parse(r.out);
+  ASSERT_EQ(doc["entries"].size(), 1u);
+  const json& e = doc["entries"][0];
+  EXPECT_EQ(e["compressed"], true);
+  EXPECT_EQ(e["decompressed"], false);
+  EXPECT_EQ(e["value_bytes"], e["stored_bytes"]);
+  bool reported = false;
+  for (const json& p : doc["problems"]) reported |= has(p.get<std::string>(), "not decompressed");
+  EXPECT_TRUE(reported) << doc["problems"];
+  r = dump(n, "--prefix", "z:");
+  EXPECT_TRUE(has(r.out, "[stored zstd frame, not decompressed]")) << r.out;
+  r = dump(n, "--check");
+  EXPECT_EQ(r.code, 1) << show(r);
+  EXPECT_TRUE(has(r.out, "does not decode")) << r.out;
+  EXPECT_FALSE(w.cache.get("z:big").has_value());  // the library calls it a miss too
+}
+
+TEST(ShmDump, CheckFlagsANamespaceInTheWrongSlot) {
+  WithNamespacesAndCompression w;
+  Segment& seg = detail::Access::segment(w.cache);
+  bool forged = false;
+  for (std::uint32_t s = 0; s < seg.geometry().stripe_count && !forged; ++s) {
+    const auto v = arena::StripeView::over(seg.stripe_base(s), seg.geometry());
+    arena::walk(v, v.hdr->tail, v.hdr->head, [&](std::uint64_t off, const layout::EntryHeader& h) {
+      if (forged || h.live == 0 || (h.flags & layout::kFlagNamespace) == 0) return;
+      auto* header = reinterpret_cast<layout::EntryHeader*>(v.arena + off);
+      header->ns_slot = (header->ns_slot + 1) % seg.geometry().tag_slots;
+      header->checksum = arena::checksum_of(v.arena + off, *header);
+      forged = true;
+    }, nullptr, nullptr);
+  }
+  ASSERT_TRUE(forged);
+  Result r = dump(w.name.name, "--check");
+  EXPECT_EQ(r.code, 1) << show(r);
+  EXPECT_TRUE(has(r.out, "namespace") && has(r.out, "wrong generation slot")) << r.out;
+}
+
+TEST(ShmDump, ShowsTheRelay) {
+  Populated p;
+  const std::string& n = p.name.name;
+  Result r = dump(n);
+  ASSERT_EQ(r.code, 0) << show(r);
+  EXPECT_TRUE(has(r.out, "relay     none")) << r.out;
+  EXPECT_TRUE(has(r.out, "host id " + outbox::host_id(p.cache))) << r.out;
+  json doc = json::parse(dump(n, "--json").out);
+  EXPECT_EQ(doc["relay"]["ever_ran"], false);
+  EXPECT_EQ(doc["relay"]["outbox_head"], outbox::head(p.cache));  // Populated invalidated once
+
+  for (int i = 0; i < 5; ++i) p.cache.invalidate("x" + std::to_string(i));
+  outbox::RelayStatus st;
+  st.pid = std::uint32_t(::getpid());
+  st.connected = false;
+  st.heartbeat_ms = outbox::now_ms() - 65'000;
+  st.cursor = outbox::head(p.cache) - 5;
+  st.last_id_ms = 1700000000999;
+  st.last_id_seq = 0;
+  st.published = 3;
+  st.applied = 9;
+  st.overflow_clears = 1;
+  outbox::set_relay_status(p.cache, st);
+  r = dump(n);
+  ASSERT_EQ(r.code, 0) << show(r);
+  for (const std::string& word :
+       {"relay     pid " + std::to_string(::getpid()) + " (running), not connected, heartbeat 1m0",
+        std::string("ago"), std::string("outbox pending 5 (head ") + std::to_string(outbox::head(p.cache)),
+        std::string("last id 1700000000999-0"), std::string("published 3, applied 9"),
+        std::string("overflow clears 1")}) {
+    EXPECT_TRUE(has(r.out, word)) << "missing '" << word << "' in:\n" << r.out;
+  }
+  doc = json::parse(dump(n, "--json").out);
+  const json& relay = doc["relay"];
+  EXPECT_EQ(relay["ever_ran"], true);
+  EXPECT_EQ(relay["pid"], ::getpid());
+  EXPECT_EQ(relay["connected"], false);
+  EXPECT_EQ(relay["pending"], 5);
+  EXPECT_EQ(relay["cursor"], st.cursor);
+  EXPECT_GE(relay["heartbeat_age_ms"].get<std::int64_t>(), 65'000);
+  EXPECT_EQ(relay["heartbeat_ms"], st.heartbeat_ms);
+  EXPECT_EQ(relay["applied"], 9);
+  // The tool only read: the relay's state is as the relay left it.
+  const outbox::RelayStatus after = outbox::relay_status(p.cache);
+  EXPECT_EQ(after.cursor, st.cursor);
+  EXPECT_EQ(after.heartbeat_ms, st.heartbeat_ms);
 }
 
 }  // namespace

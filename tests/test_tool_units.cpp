@@ -2,7 +2,10 @@
 // the snapshot codec (every truncation and every single-byte flip refused).
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <msgpack.hpp>
+
+#include <xxhash.h>
 
 #include "snapshot_file.h"
 #include "tool_common.h"
@@ -52,7 +55,16 @@ TEST(ToolUnits, Formatting) {
   EXPECT_EQ(format_ttl(12'345), "12.3s");
   EXPECT_EQ(format_ttl(1'799'000), "29m59s");
   EXPECT_EQ(format_ttl(7'380'000), "2h03m");
+  EXPECT_EQ(format_ttl(std::numeric_limits<std::int64_t>::max()), "never");  // kNoExpiry
   EXPECT_EQ(format_mode(0600), "0600");
+}
+
+TEST(ToolUnits, IncrDecrOutcomesHaveTheirOwnExitCodes) {
+  EXPECT_EQ(exit_code_for(Errc::not_integer), kExitNotInteger);
+  EXPECT_EQ(exit_code_for(Errc::overflow), kExitOverflow);
+  EXPECT_EQ(exit_code_for(Errc::invalid_namespace), kExitUsage);
+  EXPECT_NE(kExitNotInteger, kExitOverflow);
+  EXPECT_NE(kExitNotInteger, kExitNotFound);
 }
 
 TEST(ToolUnits, EscapingCutsOnlyBetweenWholeEscapes) {
@@ -180,9 +192,10 @@ TEST(ToolUnits, Limits) {
 }
 
 std::vector<SnapshotEntry> sample() {
-  return {{"k1", "v1", 1000, {"t1", "t2"}},
-          {"k2", std::string("\0\xff", 2), 50, {}},
-          {"k3", std::string(300, 'x'), 7'200'000, {"model:user"}}};
+  return {{"k1", "v1", 1000, {"t1", "t2"}, ""},
+          {"k2", std::string("\0\xff", 2), 50, {}, "django"},
+          {"k3", std::string(300, 'x'), 7'200'000, {"model:user"}, std::string(64, 'n')},
+          {"k4", "forever", std::numeric_limits<std::int64_t>::max(), {}, ""}};
 }
 
 TEST(ToolUnits, SnapshotRoundTrips) {
@@ -190,15 +203,43 @@ TEST(ToolUnits, SnapshotRoundTrips) {
   std::vector<SnapshotEntry> back;
   std::string why;
   ASSERT_TRUE(decode_snapshot(file, back, why)) << why;
-  ASSERT_EQ(back.size(), 3u);
+  ASSERT_EQ(back.size(), 4u);
   for (std::size_t i = 0; i < back.size(); ++i) {
     EXPECT_EQ(back[i].key, sample()[i].key);
     EXPECT_EQ(back[i].value, sample()[i].value);
     EXPECT_EQ(back[i].ttl_ms, sample()[i].ttl_ms);
     EXPECT_EQ(back[i].tags, sample()[i].tags);
+    EXPECT_EQ(back[i].ns, sample()[i].ns);
   }
   ASSERT_TRUE(decode_snapshot(encode_snapshot({}), back, why)) << why;
   EXPECT_TRUE(back.empty());
+}
+
+// A version 1 file (no namespace field) written by the previous tool still loads.
+TEST(ToolUnits, SnapshotVersionOneStillLoads) {
+  auto le = [](std::string& out, std::uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) out.push_back(char((v >> (8 * i)) & 0xff));
+  };
+  std::string body;
+  le(body, 2, 4), le(body, 3, 4), le(body, 5000, 8), le(body, 1, 1), le(body, 1, 1);
+  body += "t";
+  body += "k1v12";
+  std::string file("HCSNAP\r\n", 8);
+  le(file, 1, 4), le(file, 0, 4), le(file, 1, 8), le(file, body.size(), 8);
+  file += body;
+  le(file, XXH3_64bits(file.data(), file.size()), 8);
+  std::vector<SnapshotEntry> back;
+  std::string why;
+  ASSERT_TRUE(decode_snapshot(file, back, why)) << why;
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].key, "k1");
+  EXPECT_EQ(back[0].value, "v12");
+  EXPECT_EQ(back[0].ttl_ms, 5000);
+  EXPECT_EQ(back[0].tags, std::vector<std::string>{"t"});
+  EXPECT_TRUE(back[0].ns.empty());
+  // A namespace over kMaxNamespaceBytes is refused, whatever the checksum says.
+  std::vector<SnapshotEntry> too_long{{"k", "v", 10, {}, std::string(65, 'n')}};
+  EXPECT_FALSE(decode_snapshot(encode_snapshot(too_long), back, why));
 }
 
 TEST(ToolUnits, SnapshotRefusesEveryTruncationAndEveryFlippedByte) {

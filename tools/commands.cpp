@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <thread>
 
@@ -38,6 +39,18 @@ std::string refusal(Errc e, const Cache& cache) {
       return "at most " + std::to_string(kMaxTags) + " tags per entry";
     case Errc::tag_too_large:
       return "a tag must be 1 to " + std::to_string(kMaxTagBytes) + " bytes";
+    case Errc::invalid_namespace:
+      return "a namespace must be 1 to " + std::to_string(kMaxNamespaceBytes) + " bytes";
+    case Errc::already_exists:
+      return "the key already has a valid entry; unchanged";
+    case Errc::not_found:
+      return "no valid entry";
+    case Errc::not_integer:
+      return "the stored value is not a decimal integer; unchanged";
+    case Errc::overflow:
+      return "the result would not fit a signed 64-bit integer; unchanged";
+    case Errc::busy:
+      return "a live process held the stripe's lock past the timeout; nothing changed";
     default:
       return std::string("refused: ") + to_string(e);
   }
@@ -54,19 +67,97 @@ std::optional<std::string> bad_tags(const std::vector<std::string>& tags) {
   return std::nullopt;
 }
 
-// A positive TTL from --ttl, or 0 (the segment's default) when absent.
-std::optional<std::int64_t> ttl_of(const Options& o) {
-  if (o.ttl.empty()) return 0;
-  std::optional<std::int64_t> ms = parse_duration_ms(o.ttl);
-  if (!ms || *ms <= 0) return std::nullopt;
-  return ms;
-}
-
 // Cache::attach, with the warning --allow-foreign owes the user.
 Cache attach(const Options& o) {
   Cache cache = Cache::attach(o.name, o.allow_foreign);
   if (o.allow_foreign) warn_if_foreign(kTool, o.name);
   return cache;
+}
+
+// A TTL as the commands take it: a positive duration, or "never"
+// (kNoExpiry) when `never_ok`. nullopt for anything else: 0, a negative
+// duration, a word.
+std::optional<std::int64_t> parse_ttl(const std::string& text, bool never_ok) {
+  if (never_ok && text == "never") return kNoExpiry.count();
+  std::optional<std::int64_t> ms = parse_duration_ms(text);
+  if (!ms || *ms <= 0) return std::nullopt;
+  return ms;
+}
+
+// A positive TTL (or "never") from --ttl, or 0 (the segment's default) when absent.
+std::optional<std::int64_t> ttl_of(const Options& o, bool never_ok = true) {
+  if (o.ttl.empty()) return 0;
+  return parse_ttl(o.ttl, never_ok);
+}
+
+constexpr const char* kTtlUsage = "wants a positive duration (500ms, 30s, 15m, 2h) or 'never'";
+
+// Checks --namespace before anything is written.
+std::optional<std::string> bad_namespace(const Options& o) {
+  if (!o.has_ns) return std::nullopt;
+  if (o.ns.empty() || o.ns.size() > kMaxNamespaceBytes) {
+    return "namespace " + shown(o.ns) + " must be 1 to " + std::to_string(kMaxNamespaceBytes) +
+           " bytes";
+  }
+  return std::nullopt;
+}
+
+// The SetOptions of set/add, or an exit code (after the message) in `rc`.
+std::optional<SetOptions> set_options(const Options& o, int& rc) {
+  const std::optional<std::int64_t> ttl = ttl_of(o);
+  if (!ttl) {
+    rc = fail(kTool, o.name, Errc::invalid_ttl, "--ttl " + std::string(kTtlUsage) + ", not " + shown(o.ttl));
+    return std::nullopt;
+  }
+  if (std::optional<std::string> why = bad_tags(o.tags)) {
+    rc = fail(kTool, o.name, Errc::tag_too_large, *why);
+    return std::nullopt;
+  }
+  if (std::optional<std::string> why = bad_namespace(o)) {
+    rc = fail(kTool, o.name, Errc::invalid_namespace, *why);
+    return std::nullopt;
+  }
+  SetOptions options;
+  options.ttl = std::chrono::milliseconds(*ttl);
+  options.tags.assign(o.tags.begin(), o.tags.end());
+  if (o.has_ns) options.ns = o.ns;
+  return options;
+}
+
+// DELTA of incr/decr: a decimal integer 0..INT64_MAX.
+std::optional<std::int64_t> parse_delta(const std::string& text) {
+  if (text.empty() || text.size() > 19) return std::nullopt;
+  std::int64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, c - '0', &v)) {
+      return std::nullopt;
+    }
+  }
+  return v;
+}
+
+int incr_or_decr(const Options& o, bool up) {
+  const char* verb = up ? "incr" : "decr";
+  const std::optional<std::int64_t> delta = parse_delta(o.delta);
+  if (!delta) {
+    return fail_exit(kTool, o.name, kExitUsage,
+                     std::string(verb) + ": DELTA wants a decimal integer from 0 to " +
+                         std::to_string(std::numeric_limits<std::int64_t>::max()) + ", not " +
+                         shown(o.delta));
+  }
+  Cache cache = attach(o);
+  std::int64_t result = 0;
+  const Errc e = up ? cache.incr(o.key, *delta, result) : cache.decr(o.key, *delta, result);
+  switch (e) {
+    case Errc::ok:
+      std::cout << result << "\n";
+      return kExitOk;
+    case Errc::not_found:
+      return fail_exit(kTool, o.name, kExitNotFound, "key " + shown(o.key) + " not found");
+    default:
+      return fail(kTool, o.name, e, std::string(verb) + " " + shown(o.key) + ": " + refusal(e, cache));
+  }
 }
 
 }  // namespace
@@ -122,7 +213,15 @@ int cmd_stats(const Options& o) {
 }
 
 int cmd_clear(const Options& o) {
+  if (std::optional<std::string> why = bad_namespace(o)) {
+    return fail(kTool, o.name, Errc::invalid_namespace, *why);
+  }
   Cache cache = attach(o);
+  if (o.has_ns) {
+    cache.clear(o.ns);
+    std::cout << "cleared namespace " << shown(o.ns) << " in " << o.name << "\n";
+    return kExitOk;
+  }
   cache.clear();
   std::cout << "cleared " << o.name << "\n";
   return kExitOk;
@@ -161,19 +260,58 @@ int cmd_get(const Options& o) {
 }
 
 int cmd_set(const Options& o) {
-  const std::optional<std::int64_t> ttl = ttl_of(o);
-  if (!ttl)
-    return fail(kTool, o.name, Errc::invalid_ttl, "--ttl wants a positive duration (30s, 15m)");
-  if (std::optional<std::string> why = bad_tags(o.tags)) {
-    return fail(kTool, o.name, Errc::tag_too_large, *why);
-  }
+  int rc = kExitOk;
+  const std::optional<SetOptions> options = set_options(o, rc);
+  if (!options) return rc;
   Cache cache = attach(o);
-  SetOptions options;
-  options.ttl = std::chrono::milliseconds(*ttl);
-  options.tags.assign(o.tags.begin(), o.tags.end());
-  const Errc e = cache.set(o.key, o.value, options);
+  const Errc e = cache.set(o.key, o.value, *options);
   if (e != Errc::ok)
     return fail(kTool, o.name, e, "set " + shown(o.key) + ": " + refusal(e, cache));
+  return kExitOk;
+}
+
+int cmd_add(const Options& o) {
+  int rc = kExitOk;
+  const std::optional<SetOptions> options = set_options(o, rc);
+  if (!options) return rc;
+  Cache cache = attach(o);
+  const Errc e = cache.add(o.key, o.value, *options);
+  if (e == Errc::already_exists) {
+    return fail_exit(kTool, o.name, kExitNotFound,
+                     "add " + shown(o.key) + ": " + refusal(e, cache));
+  }
+  if (e != Errc::ok)
+    return fail(kTool, o.name, e, "add " + shown(o.key) + ": " + refusal(e, cache));
+  return kExitOk;
+}
+
+int cmd_incr(const Options& o) { return incr_or_decr(o, true); }
+int cmd_decr(const Options& o) { return incr_or_decr(o, false); }
+
+int cmd_touch(const Options& o) {
+  const std::optional<std::int64_t> ttl = parse_ttl(o.ttl, true);
+  if (!ttl) {
+    return fail(kTool, o.name, Errc::invalid_ttl,
+                "touch: TTL " + std::string(kTtlUsage) + ", not " + shown(o.ttl));
+  }
+  Cache cache = attach(o);
+  if (!cache.touch(o.key, std::chrono::milliseconds(*ttl))) {
+    return fail_exit(kTool, o.name, kExitNotFound, "key " + shown(o.key) + " not found");
+  }
+  return kExitOk;
+}
+
+int cmd_ttl(const Options& o) {
+  Cache cache = attach(o);
+  const std::optional<std::chrono::milliseconds> left = cache.ttl(o.key);
+  if (!left) return fail_exit(kTool, o.name, kExitNotFound, "key " + shown(o.key) + " not found");
+  if (*left == kNoExpiry) {
+    std::cout << "never\n";
+  } else if (o.ms) {
+    std::cout << left->count() << "\n";
+  } else {
+    std::cout << format_ttl(left->count()) << "\n";
+  }
   return kExitOk;
 }
 
@@ -197,7 +335,7 @@ int cmd_create(const Options& o) {
   if (!mode) return usage("--mode wants octal permissions such as 0600, not '" + o.mode + "'");
   config.mode = *mode;
   if (!o.ttl.empty()) {
-    std::optional<std::int64_t> ttl = ttl_of(o);
+    std::optional<std::int64_t> ttl = ttl_of(o, false);
     if (!ttl) return usage("--ttl wants a positive duration such as 30m, not '" + o.ttl + "'");
     config.default_ttl = std::chrono::milliseconds(*ttl);
   }
@@ -252,7 +390,8 @@ int cmd_save(const Options& o) {
   std::vector<SnapshotEntry> entries;
   for (const inspect::EntryInfo& e : snap.entries) {
     if (e.ttl_left_ms <= 0) continue;
-    SnapshotEntry s{e.key, e.value, e.ttl_left_ms, {}};
+    if (e.compressed && !e.decompressed) continue;  // reported in problems
+    SnapshotEntry s{e.key, e.value, e.no_expiry ? kNoExpiry.count() : e.ttl_left_ms, {}, e.ns};
     for (const inspect::TagInfo& t : e.tags) s.tags.push_back(t.name);
     entries.push_back(std::move(s));
   }
@@ -299,6 +438,8 @@ int cmd_load(const Options& o) {
       refused = Errc::value_too_large;
     else if (bad_tags(e.tags))
       refused = Errc::tag_too_large;
+    else if (e.ns.size() > kMaxNamespaceBytes)
+      refused = Errc::invalid_namespace;
     if (refused != Errc::ok) {
       return fail(kTool, o.name, refused,
                   safe_text(o.file) + ": refused, nothing loaded: entry " + std::to_string(i) + " (key " +
@@ -310,6 +451,7 @@ int cmd_load(const Options& o) {
     SetOptions options;
     options.ttl = std::chrono::milliseconds(e.ttl_ms);
     options.tags.assign(e.tags.begin(), e.tags.end());
+    options.ns = e.ns;
     const Errc err = cache.set(e.key, e.value, options);
     if (err != Errc::ok) {
       return fail(kTool, o.name, err,

@@ -23,7 +23,11 @@ struct Options {
   std::string value;
   std::string file;
   std::vector<std::string> tags;
-  std::string ttl;               // a duration ("30m"); empty: the segment's default
+  std::string ttl;               // a duration ("30m") or "never"; empty: the segment's default
+  std::string ns;                // --namespace
+  bool has_ns = false;           // --namespace was given (an empty NS is then refused)
+  std::string delta = "1";       // incr/decr
+  bool ms = false;               // ttl: milliseconds instead of "29m59s"
   std::string capacity = "64M";  // create
   std::string max_key;           // create; empty: Config's default
   std::string max_value;         // create
@@ -47,6 +51,11 @@ int cmd_clear(const Options& o);
 int cmd_invalidate(const Options& o);
 int cmd_get(const Options& o);
 int cmd_set(const Options& o);
+int cmd_add(const Options& o);
+int cmd_incr(const Options& o);
+int cmd_decr(const Options& o);
+int cmd_touch(const Options& o);
+int cmd_ttl(const Options& o);
 int cmd_erase(const Options& o);
 int cmd_create(const Options& o);
 int cmd_remove(const Options& o);

@@ -28,6 +28,28 @@ void add_foreign(CLI::App* sub, Options& o) {
                 "otherwise: its contents may be forged); a warning is printed");
 }
 
+void add_namespace(CLI::App* sub, Options& o, const char* what) {
+  sub->add_option_function<std::string>(
+      "--namespace",
+      [&o](const std::string& ns) {
+        o.ns = ns;
+        o.has_ns = true;
+      },
+      what)
+      ->type_name("NS");
+}
+
+void add_write_options(CLI::App* sub, Options& o) {
+  sub->add_option("--ttl", o.ttl,
+                  "time to live: 500ms, 30s, 15m, 2h, or 'never' (default: the segment's)");
+  sub->add_option("--tag", o.tags, "an invalidation tag; repeat for several (at most 4)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  add_namespace(sub, o,
+                "store under namespace NS (1 to 64 bytes): 'hostcache clear NAME --namespace NS' "
+                "drops it");
+}
+
 void add_limits(CLI::App* sub, Options& o) {
   sub->add_option("--max-stripe-bytes", o.max_stripe_bytes,
                   "skip stripes larger than SIZE instead of copying them (default 256M)");
@@ -44,8 +66,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Run 'hostcache COMMAND --help' for a command's options and an example.\n"
-      "Exit status: 0 ok, 1 not found, 2 usage, 3 segment missing or invalid, 4 permission "
-      "denied.\n");
+      "Exit status: 0 ok, 1 not found (or, for add, present), 2 usage, 3 segment missing or "
+      "invalid, 4 permission denied, 5 not an integer (incr/decr), 6 overflow (incr/decr).\n");
   std::vector<std::pair<CLI::App*, int (*)(const Options&)>> commands;
 
   CLI::App* stats = command(app, "stats", "show counters summed over every process",
@@ -61,9 +83,11 @@ int main(int argc, char** argv) {
   add_foreign(stats, o);
   commands.emplace_back(stats, cmd_stats);
 
-  CLI::App* clear =
-      command(app, "clear", "invalidate every entry (O(1), one increment)", "hostcache clear web");
+  CLI::App* clear = command(app, "clear",
+                            "invalidate every entry, or those of one namespace (O(1), one increment)",
+                            "hostcache clear web --namespace django");
   add_name(clear, o);
+  add_namespace(clear, o, "invalidate only the entries written under namespace NS");
   add_foreign(clear, o);
   commands.emplace_back(clear, cmd_clear);
 
@@ -89,12 +113,61 @@ int main(int argc, char** argv) {
   add_name(set, o);
   set->add_option("KEY", o.key, "the key")->required();
   set->add_option("VALUE", o.value, "the value (bytes as given)")->required();
-  set->add_option("--ttl", o.ttl, "time to live: 500ms, 30s, 15m, 2h (default: the segment's)");
-  set->add_option("--tag", o.tags, "an invalidation tag; repeat for several (at most 4)")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  add_write_options(set, o);
   add_foreign(set, o);
   commands.emplace_back(set, cmd_set);
+
+  CLI::App* add = command(app, "add",
+                          "store VALUE under KEY only if KEY has no valid entry (exit 1 if it has)",
+                          "hostcache add web lock:report 1 --ttl 5m");
+  add_name(add, o);
+  add->add_option("KEY", o.key, "the key")->required();
+  add->add_option("VALUE", o.value, "the value (bytes as given)")->required();
+  add_write_options(add, o);
+  add_foreign(add, o);
+  commands.emplace_back(add, cmd_add);
+
+  const char* kDeltaHelp = "a decimal integer from 0 to 9223372036854775807 (default 1)";
+  const char* kIncrFooter =
+      "Exit status: 0 ok (the new value printed), 1 not found, 2 usage, 5 the value is not a "
+      "decimal integer, 6 the result would overflow a signed 64-bit integer; in 5 and 6 the "
+      "entry is unchanged.";
+  CLI::App* incr = command(app, "incr", "add DELTA to the decimal integer under KEY; print it",
+                           "hostcache incr web counter:visits 5");
+  add_name(incr, o);
+  incr->add_option("KEY", o.key, "the key")->required();
+  incr->add_option("DELTA", o.delta, kDeltaHelp);
+  add_foreign(incr, o);
+  incr->footer(incr->get_footer() + "\n" + kIncrFooter + "\n");
+  commands.emplace_back(incr, cmd_incr);
+
+  CLI::App* decr = command(app, "decr", "subtract DELTA from the decimal integer under KEY; print it",
+                           "hostcache decr web stock:item42");
+  add_name(decr, o);
+  decr->add_option("KEY", o.key, "the key")->required();
+  decr->add_option("DELTA", o.delta, kDeltaHelp);
+  add_foreign(decr, o);
+  decr->footer(decr->get_footer() + "\n" + kIncrFooter + "\n");
+  commands.emplace_back(decr, cmd_decr);
+
+  CLI::App* touch = command(app, "touch", "give KEY a new TTL without rewriting it (exit 1 if absent)",
+                            "hostcache touch web session:42 30m");
+  add_name(touch, o);
+  touch->add_option("KEY", o.key, "the key")->required();
+  touch->add_option("TTL", o.ttl, "the new time to live: 500ms, 30s, 15m, 2h, or 'never'")
+      ->required();
+  add_foreign(touch, o);
+  commands.emplace_back(touch, cmd_touch);
+
+  CLI::App* ttl = command(app, "ttl",
+                          "print the remaining TTL of KEY ('never' if it does not expire; exit 1 if "
+                          "absent)",
+                          "hostcache ttl web session:42 --ms");
+  add_name(ttl, o);
+  ttl->add_option("KEY", o.key, "the key")->required();
+  ttl->add_flag("--ms", o.ms, "print milliseconds (an integer) instead of 29m59s");
+  add_foreign(ttl, o);
+  commands.emplace_back(ttl, cmd_ttl);
 
   CLI::App* erase =
       command(app, "erase", "remove KEY (exit 1 if absent)", "hostcache erase web greeting");

@@ -34,6 +34,9 @@ nlohmann::json violations_json(std::string_view name,
 nlohmann::json segment_json(const inspect::SegmentInfo& s);
 nlohmann::json stats_json(const Stats& s);
 nlohmann::json methods_json(const std::vector<inspect::MethodInfo>& methods);
+// {"ever_ran": false, ...} without a relay; its whole state otherwise.
+nlohmann::json relay_json(const inspect::RelayInfo& relay);
+nlohmann::json namespaces_json(const std::vector<inspect::NamespaceInfo>& namespaces);
 nlohmann::json stats_document(const inspect::Snapshot& snap);  // `hostcache stats --json`
 
 // `previous` (may be null) and `interval_s` give per-second rates (--watch).

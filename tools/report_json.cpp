@@ -44,7 +44,50 @@ json stats_json(const Stats& s) {
               {"resets", s.resets},
               {"entries", s.entries},
               {"bytes_used", s.bytes_used},
-              {"capacity_bytes", s.capacity_bytes}};
+              {"capacity_bytes", s.capacity_bytes},
+              {"compressed_in", s.compressed_in},
+              {"compressed_out", s.compressed_out},
+              {"compressed_saved",
+               s.compressed_in >= s.compressed_out ? s.compressed_in - s.compressed_out : 0}};
+}
+
+json relay_json(const inspect::RelayInfo& r) {
+  json j{{"ever_ran", r.ever_ran},
+         {"host_id", r.host_id},
+         {"outbox_head", r.head},
+         {"outbox_slots", r.outbox_slots}};
+  if (!r.ever_ran) return j;
+  j.update(json{{"pid", r.pid},
+                {"alive", r.alive},
+                {"connected", r.connected},
+                {"heartbeat_ms", r.heartbeat_ms},
+                {"heartbeat_age_ms", r.heartbeat_age_ms},
+                {"cursor", r.cursor},
+                {"pending", r.pending},
+                {"last_id", std::to_string(r.last_id_ms) + "-" + std::to_string(r.last_id_seq)},
+                {"last_id_ms", r.last_id_ms},
+                {"last_id_seq", r.last_id_seq},
+                {"published", r.published},
+                {"applied", r.applied},
+                {"lag_events", r.lag_events},
+                {"lag_ms", r.lag_ms},
+                {"resync_lost", r.resync_lost},
+                {"resync_trimmed", r.resync_trimmed},
+                {"resync_replay", r.resync_replay},
+                {"overflow_clears", r.overflow_clears},
+                {"stale_clears", r.stale_clears}});
+  return j;
+}
+
+json namespaces_json(const std::vector<inspect::NamespaceInfo>& namespaces) {
+  json out = json::array();
+  for (const inspect::NamespaceInfo& n : namespaces) {
+    out.push_back(json{{"name", text_json(n.name)},
+                       {"entries", n.entries},
+                       {"valid", n.valid},
+                       {"bytes", n.bytes}});
+  }
+  return out;
 }
 
 json methods_json(const std::vector<inspect::MethodInfo>& methods) {
@@ -90,7 +133,14 @@ json entry_json(const inspect::EntryInfo& e) {
          {"ttl_left_ms", e.ttl_left_ms},
          {"state", inspect::to_string(e.state)},
          {"tags", std::move(tags)},
+         {"namespace", e.has_namespace ? text_json(e.ns) : json(nullptr)},
+         {"no_expiry", e.no_expiry},
+         {"compressed", e.compressed},
+         {"stored_bytes", e.stored_bytes},
+         {"orig_bytes", e.orig_bytes},
          {"value_bytes", e.value.size()}};
+  // A compressed value whose frame did not decompress is shown as stored.
+  if (e.compressed) j["decompressed"] = e.decompressed;
   if (std::optional<json> decoded = msgpack_to_json(e.value)) {
     j["value_encoding"] = "msgpack";
     j["value"] = std::move(*decoded);
@@ -113,6 +163,8 @@ json snapshot_json(const inspect::Snapshot& snap) {
   for (const inspect::EntryInfo& e : snap.entries) entries.push_back(entry_json(e));
   return json{{"segment", segment_json(snap.segment)}, {"stats", stats_json(snap.stats)},
               {"methods", methods_json(snap.methods)}, {"stripes", std::move(stripes)},
+              {"namespaces", namespaces_json(snap.namespaces)},
+              {"relay", relay_json(snap.relay)},
               {"entries", std::move(entries)},         {"problems", snap.problems}};
 }
 
@@ -128,6 +180,7 @@ json stats_document(const inspect::Snapshot& snap) {
   return json{{"segment", segment_json(snap.segment)},
               {"stats", stats_json(snap.stats)},
               {"methods", methods_json(snap.methods)},
+              {"relay", relay_json(snap.relay)},
               {"problems", snap.problems}};
 }
 

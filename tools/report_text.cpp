@@ -30,6 +30,20 @@ std::string percent(std::uint64_t part, std::uint64_t whole) {
   return whole == 0 ? "-" : printf_string("%.1f%%", 100.0 * double(part) / double(whole));
 }
 
+// "1.2 MiB -> 300.0 KiB (saved 924.0 KiB)", or "none".
+std::string compressed_text(const Stats& s) {
+  if (s.compressed_in == 0 && s.compressed_out == 0) return "none";
+  const std::uint64_t saved = s.compressed_in >= s.compressed_out ? s.compressed_in - s.compressed_out : 0;
+  return format_bytes(s.compressed_in) + " -> " + format_bytes(s.compressed_out) + " (saved " +
+         format_bytes(saved) + ", " + percent(saved, s.compressed_in) + ")";
+}
+
+// "850ms", "12.3s", "4m05s": how long ago.
+std::string format_age(std::int64_t ms) {
+  if (ms <= 0) return "0ms";
+  return format_ttl(ms);
+}
+
 std::string user_of(std::uint32_t uid) {
   passwd pw{};
   passwd* found = nullptr;
@@ -114,7 +128,44 @@ void print_stats_lines(std::ostream& out, const Stats& s) {
       << ", recoveries " << s.recoveries << ", resets " << s.resets << "\n"
       << "          entries " << s.entries << ", bytes used " << format_bytes(s.bytes_used)
       << " of " << format_bytes(s.capacity_bytes) << " (" << percent(s.bytes_used, s.capacity_bytes)
-      << ")\n";
+      << ")\n"
+      << "          compressed " << compressed_text(s) << "\n";
+}
+
+// Relay lines; `lead` starts the first line ("relay     " in shm-dump, "  " in stats).
+void print_relay(std::ostream& out, const inspect::RelayInfo& r, const char* lead,
+                 const char* indent) {
+  out << lead;
+  if (!r.ever_ran) {
+    out << "none (no hostcache-relay has run on this segment); outbox head " << r.head << "\n";
+  } else {
+    out << "pid " << r.pid << (r.alive ? " (running)" : " (not running)") << ", "
+        << (r.connected ? "connected" : "not connected") << ", heartbeat "
+        << (r.heartbeat_age_ms < 0 ? "in the future (" + std::to_string(r.heartbeat_age_ms) + "ms)"
+                                   : format_age(r.heartbeat_age_ms) + " ago")
+        << "\n"
+        << indent << "outbox pending " << r.pending << " (head " << r.head << ", cursor "
+        << r.cursor << ", " << r.outbox_slots << " slots)" << (r.pending > r.outbox_slots
+                                                                   ? ", a lap behind: events lost"
+                                                                   : "")
+        << ", last id " << r.last_id_ms << "-" << r.last_id_seq << "\n"
+        << indent << "published " << r.published << ", applied " << r.applied << ", lag "
+        << r.lag_events << " events / " << r.lag_ms << "ms\n"
+        << indent << "resyncs: lost " << r.resync_lost << ", trimmed " << r.resync_trimmed
+        << ", replay " << r.resync_replay << "; overflow clears " << r.overflow_clears
+        << ", stale clears " << r.stale_clears << "\n";
+  }
+  out << indent << "host id " << r.host_id << "\n";
+}
+
+void print_namespaces(std::ostream& out, const std::vector<inspect::NamespaceInfo>& namespaces) {
+  if (namespaces.empty()) return;
+  out << "\n" << printf_string("  %-32s %10s %10s %12s\n", "namespace", "entries", "valid", "bytes");
+  for (const inspect::NamespaceInfo& n : namespaces) {
+    out << printf_string("  %-32s %10" PRIu64 " %10" PRIu64 " %12s\n",
+                         escape_bytes(n.name, 32).c_str(), n.entries, n.valid,
+                         format_bytes(n.bytes).c_str());
+  }
 }
 
 void print_methods(std::ostream& out, const std::vector<inspect::MethodInfo>& methods) {
@@ -148,15 +199,31 @@ void print_entries(std::ostream& out, const inspect::Snapshot& snap, std::size_t
   for (const inspect::EntryInfo& e : snap.entries) {
     key_width = std::max(key_width, escape_bytes(e.key, 40).size());
   }
-  out << printf_string("  %-*s  %-7s %10s %9s %6s  %s\n", int(key_width), "key", "state", "size",
-                       "ttl", "stripe", "tags");
+  std::size_t ns_width = 2;
+  for (const inspect::EntryInfo& e : snap.entries) {
+    if (e.has_namespace) ns_width = std::max(ns_width, escape_bytes(e.ns, 32).size());
+  }
+  out << printf_string("  %-*s  %-7s %10s %9s %6s  %-*s  %s\n", int(key_width), "key", "state",
+                       "size", "ttl", "stripe", int(ns_width), "ns", "tags");
   const std::size_t value_width = width > 6 ? width - 6 : 20;
   for (const inspect::EntryInfo& e : snap.entries) {
-    out << printf_string("  %-*s  %-7s %10s %9s %6u  ", int(key_width),
+    out << printf_string("  %-*s  %-7s %10s %9s %6u  %-*s  ", int(key_width),
                          escape_bytes(e.key, 40).c_str(), inspect::to_string(e.state),
-                         format_bytes(e.size).c_str(), format_ttl(e.ttl_left_ms).c_str(), e.stripe)
-        << tags_text(e) << "\n"
-        << "      " << value_line(e.value, value_width) << "\n";
+                         format_bytes(e.size).c_str(), format_ttl(e.ttl_left_ms).c_str(), e.stripe,
+                         int(ns_width), e.has_namespace ? escape_bytes(e.ns, 32).c_str() : "-")
+        << tags_text(e);
+    if (e.compressed) {
+      out << "  compressed, " << format_bytes(e.stored_bytes) << " -> "
+          << format_bytes(e.orig_bytes);
+    }
+    out << "\n      ";
+    if (e.compressed && !e.decompressed) {
+      const std::string mark = "[stored zstd frame, not decompressed] ";
+      out << mark << value_line(e.value, value_width > mark.size() + 8 ? value_width - mark.size() : 8);
+    } else {
+      out << value_line(e.value, value_width);
+    }
+    out << "\n";
   }
 }
 
@@ -168,7 +235,10 @@ void print_dump(std::ostream& out, const inspect::Snapshot& snap, const DumpOpti
   if (options.all_stripes) print_stripe_table(out, snap);
   out << "\n";
   print_stats_lines(out, snap.stats);
+  out << "\n";
+  print_relay(out, snap.relay, "relay     ", "          ");
   print_methods(out, snap.methods);
+  print_namespaces(out, snap.namespaces);
   print_entries(out, snap, options.width);
   if (!snap.problems.empty()) {
     out << "\nproblems  " << snap.problems.size() << "\n";
@@ -219,6 +289,9 @@ void print_stats_table(std::ostream& out, const inspect::Snapshot& snap,
   out << printf_string(
       "  %-12s %14s  (%s of %s)\n", "bytes used", format_bytes(s.bytes_used).c_str(),
       percent(s.bytes_used, s.capacity_bytes).c_str(), format_bytes(s.capacity_bytes).c_str());
+  out << printf_string("  %-12s %14s\n", "compressed", compressed_text(s).c_str());
+  out << "\n";
+  print_relay(out, snap.relay, "  relay      ", "             ");
   print_methods(out, snap.methods);
   for (const std::string& p : snap.problems) out << "  note: " << safe_text(p) << "\n";
 }
@@ -270,6 +343,42 @@ void print_prometheus(std::ostream& out, const inspect::Snapshot& snap) {
   metric("capacity_bytes", "gauge", "Size of the segment.", double(s.capacity_bytes));
   metric("global_generation", "gauge", "Clears since creation, plus one.",
          double(snap.segment.global_gen));
+  metric("compressed_in_bytes_total", "counter",
+         "Original bytes of the values stored compressed.", double(s.compressed_in));
+  metric("compressed_out_bytes_total", "counter", "Bytes those values took compressed.",
+         double(s.compressed_out));
+  const inspect::RelayInfo& r = snap.relay;
+  metric("outbox_head", "gauge", "Invalidation events appended to the outbox since creation.",
+         double(r.head));
+  metric("relay_running", "gauge", "1 when the relay process recorded in the segment exists.",
+         r.alive ? 1.0 : 0.0);
+  if (r.ever_ran) {
+    metric("relay_connected", "gauge", "1 while the relay holds a working Redis connection.",
+           r.connected ? 1.0 : 0.0);
+    metric("relay_heartbeat_age_seconds", "gauge", "Time since the relay's last loop.",
+           double(r.heartbeat_age_ms) / 1e3);
+    metric("relay_outbox_pending", "gauge", "Outbox events the relay has not read (head - cursor).",
+           double(r.pending));
+    metric("relay_published_total", "counter", "Events the relay sent to the stream.",
+           double(r.published));
+    metric("relay_applied_total", "counter", "Remote events applied here.", double(r.applied));
+    metric("relay_lag_events", "gauge", "Remote events seen but not yet applied.",
+           double(r.lag_events));
+    metric("relay_lag_seconds", "gauge", "Age of the newest remote event when applied.",
+           double(r.lag_ms) / 1e3);
+    out << "# HELP hostcache_relay_resyncs_total Relay resynchronisations, by cause.\n"
+        << "# TYPE hostcache_relay_resyncs_total counter\n";
+    for (const auto& [cause, n] : {std::pair<const char*, std::uint64_t>{"lost", r.resync_lost},
+                                   {"trimmed", r.resync_trimmed},
+                                   {"replay", r.resync_replay}}) {
+      out << "hostcache_relay_resyncs_total{" << seg << ",cause=\"" << cause << "\"} " << n << "\n";
+    }
+    metric("relay_overflow_clears_total", "counter",
+           "Outbox laps or stuck slots published as one global clear.", double(r.overflow_clears));
+    metric("relay_stale_clears_total", "counter",
+           "Local clears because Redis was unreachable past the stale bound.",
+           double(r.stale_clears));
+  }
   if (snap.methods.empty()) return;
   struct Field {
     const char* name;

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
       "  shm-dump web                          everything, values cut to the terminal\n"
       "  shm-dump web --prefix metadata_ --limit 20\n"
       "  shm-dump web --tag model:user --state stale --json | jq .entries\n"
+      "  shm-dump web --namespace django --limit 0   the summary: namespaces, relay\n"
       "  shm-dump web --check                  exit 1 and list violations if unsound\n"
       "\nA segment owned by another user, or writable by every user, is refused unless\n"
       "--allow-foreign is given. Stripes larger than --max-stripe-bytes are not copied,\n"
@@ -44,12 +45,14 @@ int main(int argc, char** argv) {
       "is not trusted to size what this tool allocates.\n"
       "\nExit status: 0 ok, 1 check failed, 2 usage, 3 segment missing or invalid,\n"
       "4 permission denied (by the OS, or a foreign segment without --allow-foreign).\n");
-  std::string name, prefix, tag, state, width_text, max_stripe_text, max_read_text;
+  std::string name, prefix, tag, state, ns, width_text, max_stripe_text, max_read_text;
   std::size_t limit = SIZE_MAX;
   bool json = false, check = false, all_stripes = false, allow_foreign = false;
   app.add_option("NAME", name, "segment name (/dev/shm/hostcache.NAME)")->required();
   app.add_option("--prefix", prefix, "only entries whose key starts with PREFIX");
   app.add_option("--tag", tag, "only entries carrying TAG");
+  CLI::Option* ns_option =
+      app.add_option("--namespace", ns, "only entries written under namespace NS ('' : none)");
   app.add_option("--state", state, "only entries in STATE")
       ->check(CLI::IsMember({"valid", "stale", "expired"}));
   app.add_option("--limit", limit, "show at most N entries (0: none)");
@@ -107,6 +110,8 @@ int main(int argc, char** argv) {
     filter.tag = tag;
     filter.state = parse_state(state);
     filter.limit = limit;
+    if (ns_option->count() > 0) filter.ns = ns;
+    filter.namespaces = true;  // the per-namespace summary walks every stripe
     const inspect::Snapshot snap = inspect::read(name, filter, options);
     if (allow_foreign) tools::warn_if_foreign(kTool, name);
     if (json) {

@@ -60,6 +60,8 @@ std::string encode_snapshot(const std::vector<SnapshotEntry>& entries) {
       put_le(body, t.size(), 1);
       body += t;
     }
+    put_le(body, e.ns.size(), 1);
+    body += e.ns;
     body += e.key;
     body += e.value;
   }
@@ -85,8 +87,8 @@ bool decode_snapshot(std::string_view file, std::vector<SnapshotEntry>& out, std
   Reader head(file.substr(sizeof kMagic, kFixedBytes - sizeof kMagic));
   std::uint64_t version = 0, reserved = 0, count = 0, body_bytes = 0;
   head.get(4, version), head.get(4, reserved), head.get(8, count), head.get(8, body_bytes);
-  if (version != kSnapshotVersion) {
-    why = "snapshot format version " + std::to_string(version) + ", this tool reads " +
+  if (version != 1 && version != kSnapshotVersion) {
+    why = "snapshot format version " + std::to_string(version) + ", this tool reads 1 to " +
           std::to_string(kSnapshotVersion);
     return false;
   }
@@ -117,6 +119,10 @@ bool decode_snapshot(std::string_view file, std::vector<SnapshotEntry>& out, std
       std::string tag;
       ok = body.get(1, len) && len > 0 && body.take(len, tag);
       if (ok) e.tags.push_back(std::move(tag));
+    }
+    if (ok && version >= 2) {
+      std::uint64_t ns_len = 0;
+      ok = body.get(1, ns_len) && ns_len <= kMaxNamespaceBytes && body.take(ns_len, e.ns);
     }
     ok = ok && body.take(key_len, e.key) && body.take(value_len, e.value);
     if (!ok) {

@@ -9,8 +9,12 @@
 //   12      4      reserved, 0
 //   16      8      entry count
 //   24      8      body bytes (the records that follow)
-//   32      ...    records: u32 key_len, u32 value_len, i64 ttl_ms (> 0),
-//                  u8 ntags, then ntags times (u8 len, tag bytes), key, value
+//   32      ...    records: u32 key_len, u32 value_len, i64 ttl_ms (> 0;
+//                  INT64_MAX: never expires), u8 ntags, then ntags times
+//                  (u8 len, tag bytes), [version 2: u8 ns_len, ns bytes
+//                  (0: no namespace)], key, value
+//
+// Version 2 adds the namespace; version 1 files (no namespace) still load.
 //   end-8   8      XXH3-64 of every byte before it
 //
 // decode verifies all of it (magic, version, lengths, checksum, every record
@@ -25,13 +29,14 @@
 
 namespace hostcache::tools {
 
-inline constexpr std::uint32_t kSnapshotVersion = 1;
+inline constexpr std::uint32_t kSnapshotVersion = 2;
 
 struct SnapshotEntry {
   std::string key;
   std::string value;
-  std::int64_t ttl_ms = 0;  // remaining when saved; > 0
+  std::int64_t ttl_ms = 0;  // remaining when saved; > 0; INT64_MAX (kNoExpiry): never
   std::vector<std::string> tags;
+  std::string ns;           // namespace, 1..kMaxNamespaceBytes bytes; empty: none
 };
 
 std::string encode_snapshot(const std::vector<SnapshotEntry>& entries);

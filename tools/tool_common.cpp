@@ -26,10 +26,12 @@ int exit_code_for(Errc e) noexcept {
     case Errc::invalid_name:
     case Errc::invalid_config:
     case Errc::capacity_too_small:
-    case Errc::not_integer:
-    case Errc::overflow:
     case Errc::invalid_namespace:
       return kExitUsage;  // the caller's arguments were refused
+    case Errc::not_integer:
+      return kExitNotInteger;
+    case Errc::overflow:
+      return kExitOverflow;
     case Errc::already_exists:
       return kExitNotFound;  // a lookup (is the name free?) that failed, like a missing key
     case Errc::permission_denied:
@@ -225,6 +227,7 @@ std::string format_bytes(std::uint64_t bytes) {
 
 std::string format_ttl(std::int64_t ms) {
   if (ms <= 0) return "expired";
+  if (ms == std::numeric_limits<std::int64_t>::max()) return "never";  // kNoExpiry
   char buf[48];
   if (ms < 1000) {
     std::snprintf(buf, sizeof buf, "%" PRId64 "ms", ms);

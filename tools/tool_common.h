@@ -22,6 +22,8 @@ enum Exit : int {
   kExitUsage = 2,       // bad arguments, or a value the cache refuses (too large, bad TTL)
   kExitSegment = 3,     // segment missing, incompatible, corrupt, or an OS failure
   kExitPermission = 4,  // the OS or the segment's owner/mode refused access
+  kExitNotInteger = 5,  // incr/decr: the stored value is not a decimal integer (unchanged)
+  kExitOverflow = 6,    // incr/decr: the result would not fit a signed 64-bit integer (unchanged)
 };
 
 // The exit code for a hostcache::Error (or a refused set()) with code `e`.
@@ -61,7 +63,8 @@ bool parse_limit(std::string_view option, const std::string& text, std::uint64_t
 
 // "1.5 MiB", "512 B".
 std::string format_bytes(std::uint64_t bytes);
-// "29m59s", "850ms", "2h03m", "expired" for <= 0.
+// "29m59s", "850ms", "2h03m", "expired" for <= 0, "never" for INT64_MAX
+// (kNoExpiry's count).
 std::string format_ttl(std::int64_t ms);
 // "0600".
 std::string format_mode(std::uint32_t mode);

@@ -76,12 +76,61 @@ struct TagInfo {
 
 struct EntryInfo {
   std::string key;
+  // The value as get() returns it: decompressed for a compressed entry. When
+  // a compressed value cannot be decompressed (a frame that does not decode
+  // to orig_len bytes, or over Options' limits) it holds the stored frame and
+  // `decompressed` is false.
   std::string value;
   std::uint32_t stripe = 0;
   std::uint64_t size = 0;              // bytes held in the arena
-  std::int64_t ttl_left_ms = 0;        // <= 0 once expired
+  // Remaining TTL, <= 0 once expired; INT64_MAX (kNoExpiry's count) for an
+  // entry that never expires, and then `no_expiry` is true.
+  std::int64_t ttl_left_ms = 0;
+  bool no_expiry = false;
   std::vector<TagInfo> tags;
   EntryState state = EntryState::valid;
+  // The namespace it was written under (SetOptions::ns); `has_namespace`
+  // false and `ns` empty for none.
+  bool has_namespace = false;
+  std::string ns;
+  // Compression (Config::compress_min_bytes): stored_bytes is the value as
+  // stored (the zstd frame when compressed), orig_bytes its length before.
+  bool compressed = false;
+  bool decompressed = false;           // compressed and `value` holds the original bytes
+  std::uint64_t stored_bytes = 0;
+  std::uint64_t orig_bytes = 0;
+};
+
+// Live entries per namespace, over the stripes read (Filter::namespaces).
+// Entries without a namespace are not counted here.
+struct NamespaceInfo {
+  std::string name;
+  std::uint64_t entries = 0;           // live in the index (valid, stale or expired)
+  std::uint64_t valid = 0;
+  std::uint64_t bytes = 0;             // arena bytes they hold
+};
+
+// The relay's state (layout RelayState, written by hostcache-relay) and the
+// outbox it drains, read without a Cache. Counters are those of
+// hostcache/outbox.h's RelayStatus.
+struct RelayInfo {
+  bool ever_ran = false;               // pid != 0: a relay has written its state
+  std::uint32_t pid = 0;
+  bool alive = false;                  // pid exists now (kill(pid, 0))
+  bool connected = false;
+  std::int64_t heartbeat_ms = 0;       // outbox::now_ms() (CLOCK_MONOTONIC) of its last loop
+  std::int64_t heartbeat_age_ms = 0;   // now - heartbeat_ms
+  std::uint64_t head = 0;              // outbox head: next sequence producers take
+  std::uint64_t cursor = 0;            // next sequence the relay reads
+  std::uint64_t pending = 0;           // head - cursor (0 if the cursor is past head)
+  std::uint32_t outbox_slots = 0;      // ring size; pending > slots means a lap was lost
+  std::uint64_t last_id_ms = 0, last_id_seq = 0;
+  std::uint64_t published = 0, applied = 0;
+  std::uint64_t lag_events = 0;
+  std::int64_t lag_ms = 0;
+  std::uint64_t resync_lost = 0, resync_trimmed = 0, resync_replay = 0;
+  std::uint64_t overflow_clears = 0, stale_clears = 0;
+  std::string host_id;                 // 32 hex digits (outbox::host_id)
 };
 
 struct MethodInfo {
@@ -94,6 +143,10 @@ struct Filter {
   std::string tag;                     // entries carrying this tag
   std::optional<EntryState> state;     // only this state
   std::size_t limit = SIZE_MAX;        // at most this many entries
+  std::optional<std::string> ns;       // only entries of this namespace ("": none)
+  // Fill Snapshot::namespaces: every stripe is then copied and walked, even
+  // when `limit` entries were found already.
+  bool namespaces = false;
 };
 
 // Limits on what one read() or check() trusts the segment with.
@@ -111,6 +164,10 @@ struct Options {
   // Bounds the time of a call (about a second per GiB): a sparse segment can
   // claim terabytes while holding kilobytes.
   std::uint64_t max_read_bytes = 4ull << 30;
+  // Compressed values are decompressed for EntryInfo::value only when their
+  // original length fits one stripe's arena (no value stored by the library
+  // is larger), and at most max_read_bytes of original bytes in all; beyond
+  // that the stored frame is shown (EntryInfo::decompressed false).
 };
 
 struct Snapshot {
@@ -119,6 +176,8 @@ struct Snapshot {
   std::vector<StripeInfo> stripes;
   std::vector<EntryInfo> entries;      // those matching the filter, stripe order
   std::vector<MethodInfo> methods;
+  std::vector<NamespaceInfo> namespaces;  // Filter::namespaces; by name
+  RelayInfo relay;
   std::vector<std::string> problems;   // what could not be read, in words
 };
 
