@@ -33,7 +33,7 @@ void append(Segment& segment, std::uint8_t kind, std::string_view name) {
   image.stamp = 2 * seq + 1;
   image.kind = kind;
   image.len = std::uint8_t(std::min<std::size_t>(name.size(), layout::kEventNameBytes - 1));
-  std::memcpy(image.name, name.data(), image.len);
+  if (image.len != 0) std::memcpy(image.name, name.data(), image.len);
   const auto* src = reinterpret_cast<const std::uint8_t*>(&image);
   auto* dst = reinterpret_cast<std::uint8_t*>(&slot);
   for (std::size_t w = 1; w < kWords; ++w) {

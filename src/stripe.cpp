@@ -153,7 +153,7 @@ const std::uint8_t* build_image(const Write& w, const GenerationStamp& stamp, st
     }
   }
   h.tags_len = std::uint16_t(p - tags_start);
-  std::memcpy(bytes + p, w.ns.data(), w.ns.size());
+  if (!w.ns.empty()) std::memcpy(bytes + p, w.ns.data(), w.ns.size());
   std::memcpy(bytes, &h, sizeof h);
   h.checksum = arena::checksum_of(bytes, h);
   std::memcpy(bytes, &h, sizeof h);
