@@ -1,0 +1,748 @@
+// relay.cpp — see relay.h. One thread, two Redis connections: `pub` for
+// commands (publish, state) with socket timeouts, `sub` for XREAD BLOCK, whose
+// reply is awaited with ppoll() so that the outbox is looked at every
+// poll_interval meanwhile.
+#include "relay.h"
+
+#include <hiredis/hiredis.h>
+#include <poll.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <random>
+
+#include <spdlog/spdlog.h>
+
+namespace hostcache::relay {
+
+// ---- ids, endpoints, the resync rule -------------------------------------------
+
+std::string StreamId::str() const { return std::to_string(ms) + "-" + std::to_string(seq); }
+
+std::optional<StreamId> StreamId::parse(std::string_view t) {
+  const std::size_t dash = t.find('-');
+  if (dash == std::string_view::npos || dash == 0 || dash + 1 >= t.size()) return std::nullopt;
+  StreamId id;
+  auto r1 = std::from_chars(t.data(), t.data() + dash, id.ms);
+  auto r2 = std::from_chars(t.data() + dash + 1, t.data() + t.size(), id.seq);
+  if (r1.ec != std::errc() || r1.ptr != t.data() + dash || r2.ec != std::errc() || r2.ptr != t.data() + t.size()) {
+    return std::nullopt;
+  }
+  return id;
+}
+
+bool parse_endpoint(std::string_view text, std::string& host, int& port) {
+  std::string_view h, p;
+  if (!text.empty() && text.front() == '[') {
+    const std::size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') return false;
+    h = text.substr(1, close - 1);
+    p = text.substr(close + 2);
+  } else {
+    const std::size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return false;
+    h = text.substr(0, colon);
+    p = text.substr(colon + 1);
+    if (h.find(':') != std::string_view::npos) return false;  // a bare IPv6 address needs brackets
+  }
+  int value = 0;
+  auto r = std::from_chars(p.data(), p.data() + p.size(), value);
+  if (h.empty() || p.empty() || r.ec != std::errc() || r.ptr != p.data() + p.size() || value < 1 || value > 65535) {
+    return false;
+  }
+  host.assign(h);
+  port = value;
+  return true;
+}
+
+std::uint64_t nonce_created_ms(std::string_view nonce) {
+  const std::size_t dash = nonce.find('-');
+  std::uint64_t ms = 0;
+  auto r = std::from_chars(nonce.data(), nonce.data() + (dash == std::string_view::npos ? nonce.size() : dash), ms);
+  return r.ec == std::errc() ? ms : 0;
+}
+
+const char* to_string(Resync r) {
+  switch (r) {
+    case Resync::fresh: return "fresh";
+    case Resync::lost: return "lost";
+    case Resync::rolled_back: return "rolled_back";
+    case Resync::trimmed: return "trimmed";
+    case Resync::replay: return "replay";
+  }
+  return "?";
+}
+
+Resync resync_kind(StreamId ours, StreamId published, std::string_view known_nonce, const StreamState& s) {
+  if (ours.zero()) return Resync::fresh;
+  // Redis lost its data: the nonce was missing (created now), is not the one
+  // this process saw, or was created after the last event we saw (a relay
+  // restarted across the loss: it knows no nonce, but its last id is older).
+  if (s.nonce_created || (!known_nonce.empty() && known_nonce != s.nonce) ||
+      nonce_created_ms(s.nonce) > ours.ms) {
+    return Resync::lost;
+  }
+  if (s.last_generated < std::max(ours, published)) return Resync::rolled_back;
+  if (s.first_entry ? *s.first_entry > ours : s.last_generated > ours) return Resync::trimmed;
+  return Resync::replay;
+}
+
+namespace {
+
+// ---- hiredis, thinly ----------------------------------------------------------
+
+struct ReplyFree {
+  void operator()(redisReply* r) const {
+    if (r) freeReplyObject(r);
+  }
+};
+using Reply = std::unique_ptr<redisReply, ReplyFree>;
+
+timeval to_tv(std::chrono::microseconds d) {
+  timeval tv;
+  tv.tv_sec = d.count() / 1000000;
+  tv.tv_usec = d.count() % 1000000;
+  return tv;
+}
+
+class Conn {
+ public:
+  ~Conn() { close(); }
+  bool open(const Options& o, std::string& err) {
+    close();
+    c_ = redisConnectWithTimeout(o.redis_host.c_str(), o.redis_port, to_tv(o.connect_timeout));
+    if (c_ == nullptr || c_->err) {
+      err = c_ ? c_->errstr : "out of memory";
+      close();
+      return false;
+    }
+    // Socket timeouts bound every command; keepalive finds a peer that
+    // vanished while we were idle (half-open).
+    if (redisSetTimeout(c_, to_tv(o.io_timeout)) != REDIS_OK || redisEnableKeepAlive(c_) != REDIS_OK) {
+      err = c_->errstr;
+      close();
+      return false;
+    }
+    if (!o.password.empty()) {
+      Reply r = command({"AUTH", o.password});
+      if (!r || r->type == REDIS_REPLY_ERROR) {
+        err = r ? std::string(r->str, r->len) : error();
+        close();
+        return false;
+      }
+    }
+    return true;
+  }
+  void close() {
+    if (c_) redisFree(c_);
+    c_ = nullptr;
+  }
+  bool ok() const { return c_ != nullptr && c_->err == 0; }
+  Reply command(const std::vector<std::string>& args) {
+    if (!ok()) return nullptr;
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lens;
+    for (const auto& a : args) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    return Reply(static_cast<redisReply*>(redisCommandArgv(c_, int(argv.size()), argv.data(), lens.data())));
+  }
+  bool send(const std::vector<std::string>& args) {
+    if (!ok()) return false;
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lens;
+    for (const auto& a : args) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    if (redisAppendCommandArgv(c_, int(argv.size()), argv.data(), lens.data()) != REDIS_OK) return false;
+    int done = 0;
+    while (!done) {
+      if (redisBufferWrite(c_, &done) != REDIS_OK) return false;
+    }
+    return true;
+  }
+  int fd() const { return c_ ? c_->fd : -1; }
+  // Only after poll() said the socket is readable (it is a blocking socket).
+  bool read_available() { return ok() && redisBufferRead(c_) == REDIS_OK; }
+  // A complete reply already read (null if none yet); false on a protocol error.
+  bool take(Reply& out) {
+    void* r = nullptr;
+    if (redisGetReplyFromReader(c_, &r) != REDIS_OK) return false;
+    out.reset(static_cast<redisReply*>(r));
+    return true;
+  }
+  std::string error() const { return c_ ? std::string(c_->errstr) : std::string("not connected"); }
+
+ private:
+  redisContext* c_ = nullptr;
+};
+
+std::string str_of(const redisReply* r) {
+  if (r == nullptr) return {};
+  if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_ERROR) {
+    return std::string(r->str, r->len);
+  }
+  if (r->type == REDIS_REPLY_INTEGER) return std::to_string(r->integer);
+  return {};
+}
+
+std::uint64_t int_of(const redisReply* r) {
+  if (r == nullptr) return 0;
+  if (r->type == REDIS_REPLY_INTEGER) return r->integer < 0 ? 0 : std::uint64_t(r->integer);
+  std::uint64_t v = 0;
+  const std::string s = str_of(r);
+  std::from_chars(s.data(), s.data() + s.size(), v);
+  return v;
+}
+
+// ---- the scripts ---------------------------------------------------------------
+
+// KEYS: stream, epochs, nonce. ARGV: maxlen, host, nonce we resynced against,
+// then kind, name pairs. Refuses (NONCE) if Redis is not the data set we
+// resynced against: the caller resyncs first and publishes again.
+constexpr const char* kPublishLua = R"lua(
+local n = redis.call('GET', KEYS[3])
+if n ~= ARGV[3] then return {err = 'NONCE changed'} end
+local ids = {}
+for i = 4, #ARGV, 2 do
+  local kind, name = ARGV[i], ARGV[i + 1]
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'host', ARGV[2], 'kind', kind, 'name', name)
+  local field = 'g'
+  if kind == 'tag' then field = 't:' .. name elseif kind == 'ns' then field = 'n:' .. name end
+  redis.call('HSET', KEYS[2], field, id)
+  ids[#ids + 1] = id
+end
+return ids
+)lua";
+
+// KEYS: stream, epochs, nonce. ARGV: maxlen, host, random, rotate_from ('':
+// no), position for the lag count ('': none), '1' to return the epochs.
+// Creates the nonce when it is missing (or equals rotate_from), with a "boot"
+// entry in the stream so that its last id is never 0-0 afterwards.
+constexpr const char* kStateLua = R"lua(
+local nonce = redis.call('GET', KEYS[3])
+local created = 0
+if (not nonce) or (ARGV[4] ~= '' and nonce == ARGV[4]) then
+  local t = redis.call('TIME')
+  nonce = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)) .. '-' .. ARGV[3]
+  redis.call('SET', KEYS[3], nonce)
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'host', ARGV[2], 'kind', 'boot', 'name', '')
+  created = 1
+end
+local last, first, len, lag = '0-0', '', 0, 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    local k, v = info[i], info[i + 1]
+    if k == 'last-generated-id' then last = v
+    elseif k == 'length' then len = v
+    elseif k == 'first-entry' and v then first = v[1] end
+  end
+  if ARGV[5] ~= '' then
+    lag = #redis.call('XRANGE', KEYS[1], '(' .. ARGV[5], '+', 'COUNT', 1000)
+  end
+end
+local epochs = {}
+if ARGV[6] == '1' then epochs = redis.call('HGETALL', KEYS[2]) end
+return {nonce, created, last, first, len, lag, epochs}
+)lua";
+
+const char* kind_name(outbox::Kind k) {
+  switch (k) {
+    case outbox::Kind::clear: return "clear";
+    case outbox::Kind::tag: return "tag";
+    case outbox::Kind::ns: return "ns";
+  }
+  return "clear";
+}
+
+std::optional<outbox::Kind> kind_of(std::string_view s) {
+  if (s == "clear") return outbox::Kind::clear;
+  if (s == "tag") return outbox::Kind::tag;
+  if (s == "ns") return outbox::Kind::ns;
+  return std::nullopt;  // "boot" and anything newer: not an invalidation
+}
+
+std::string random_hex() {
+  std::random_device rd;
+  std::uint64_t v = (std::uint64_t(rd()) << 32) ^ rd();
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (int shift = 60; shift >= 0; shift -= 4) out.push_back(kHex[(v >> shift) & 15]);
+  return out;
+}
+
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+using Clock = std::chrono::steady_clock;
+
+}  // namespace
+
+// ---- the relay -------------------------------------------------------------------
+
+struct Relay::State {
+  Cache& cache;
+  Options o;
+  LogFn log;
+  std::string host;
+  std::string k_stream, k_epochs, k_nonce;
+  outbox::RelayStatus st;
+  Conn pub, sub;
+  bool connected = false;
+  std::string known_nonce;
+  StreamId pos;        // the last stream id seen (== st.last_id)
+  StreamId published;  // the last id this process published
+  std::string sha_publish, sha_state;
+  bool xread_out = false;
+  Clock::time_point xread_sent{}, last_contact{}, last_state_check{}, last_save{}, next_attempt{};
+  std::chrono::milliseconds backoff{0};
+  std::uint64_t pending_seq = ~std::uint64_t(0);
+  Clock::time_point pending_since{};
+  std::uint64_t failed_attempts = 0;
+
+  State(Cache& c, Options opt) : cache(c), o(std::move(opt)) {
+    host = outbox::host_id(cache);
+    k_stream = o.stream;
+    k_epochs = o.stream + ":epochs";
+    k_nonce = o.stream + ":nonce";
+    st = outbox::relay_status(cache);
+    pos = StreamId{st.last_id_ms, st.last_id_seq};
+  }
+
+  void say(int level, const std::string& m) {
+    if (log) {
+      log(level, m);
+      return;
+    }
+    if (level == 0) spdlog::info("{}", m);
+    else if (level == 1) spdlog::warn("{}", m);
+    else spdlog::error("{}", m);
+  }
+
+  void save() {
+    st.heartbeat_ms = outbox::now_ms();
+    st.connected = connected;
+    st.last_id_ms = pos.ms;
+    st.last_id_seq = pos.seq;
+    outbox::set_relay_status(cache, st);
+    last_save = Clock::now();
+  }
+
+  void clear_local() { outbox::apply(cache, outbox::Kind::clear, ""); }
+
+  bool apply_remote(outbox::Kind k, const std::string& name) {
+    try {
+      outbox::apply(cache, k, name);
+      ++st.applied;
+      return true;
+    } catch (const std::exception& e) {
+      // A name this host could not have used (over its limits): no entry
+      // here carries it.
+      say(1, std::string("skipping a remote event: ") + e.what());
+      return false;
+    }
+  }
+
+  // EVALSHA, falling back to EVAL when the script cache was flushed.
+  Reply eval(const std::string& sha, const char* body, std::vector<std::string> args) {
+    std::vector<std::string> cmd{"EVALSHA", sha};
+    cmd.insert(cmd.end(), args.begin(), args.end());
+    Reply r = pub.command(cmd);
+    if (r && r->type == REDIS_REPLY_ERROR && std::string_view(r->str, r->len).starts_with("NOSCRIPT")) {
+      cmd[0] = "EVAL";
+      cmd[1] = body;
+      r = pub.command(cmd);
+    }
+    return r;
+  }
+
+  bool load_scripts() {
+    Reply a = pub.command({"SCRIPT", "LOAD", kPublishLua});
+    Reply b = pub.command({"SCRIPT", "LOAD", kStateLua});
+    if (!a || !b || a->type != REDIS_REPLY_STRING || b->type != REDIS_REPLY_STRING) return false;
+    sha_publish = str_of(a.get());
+    sha_state = str_of(b.get());
+    return true;
+  }
+
+  std::optional<StreamState> state_call(const std::string& rotate_from, bool want_epochs, bool want_lag) {
+    Reply r = eval(sha_state, kStateLua,
+                   {"3", k_stream, k_epochs, k_nonce, std::to_string(o.maxlen), host, random_hex(), rotate_from,
+                    want_lag ? pos.str() : std::string(), want_epochs ? "1" : "0"});
+    if (!r) return std::nullopt;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 7) {
+      say(2, "state script: unexpected reply " + str_of(r.get()));
+      return std::nullopt;
+    }
+    StreamState s;
+    s.nonce = str_of(r->element[0]);
+    s.nonce_created = int_of(r->element[1]) != 0;
+    s.last_generated = StreamId::parse(str_of(r->element[2])).value_or(StreamId{});
+    if (const std::string f = str_of(r->element[3]); !f.empty()) s.first_entry = StreamId::parse(f);
+    s.length = int_of(r->element[4]);
+    s.lag = int_of(r->element[5]);
+    const redisReply* ep = r->element[6];
+    if (ep->type == REDIS_REPLY_ARRAY) {
+      for (std::size_t i = 0; i + 1 < ep->elements; i += 2) {
+        if (auto id = StreamId::parse(str_of(ep->element[i + 1]))) {
+          s.epochs.emplace_back(str_of(ep->element[i]), *id);
+        }
+      }
+    }
+    return s;
+  }
+
+  // The resync rule of relay.h, against what Redis holds now.
+  bool resync() {
+    if (xread_out) {
+      // An XREAD from the old position is in flight on `sub`: its reply would
+      // start from there, not from where the resync leaves us. Drop it with
+      // its connection (the next XREAD reads from the new position).
+      std::string err;
+      xread_out = false;
+      if (!sub.open(o, err)) return false;
+    }
+    auto s = state_call("", false, false);
+    if (!s) return false;
+    Resync k = resync_kind(pos, published, known_nonce, *s);
+    if (k == Resync::trimmed) {  // again, with the epochs, read atomically with the stream's state
+      s = state_call("", true, false);
+      if (!s) return false;
+      k = resync_kind(pos, published, known_nonce, *s);
+    }
+    const StreamId before = pos;
+    switch (k) {
+      case Resync::fresh:
+        if (s->last_generated.zero()) {  // the nonce outlived the stream: start a new boot
+          s = state_call(s->nonce, false, false);
+          if (!s) return false;
+        }
+        pos = s->last_generated;
+        break;
+      case Resync::rolled_back: {
+        // Rotate the nonce (only if nobody did yet): every other host then
+        // sees "lost", even one whose own last id is below the snapshot's.
+        const std::string seen = s->nonce;
+        s = state_call(seen, false, false);
+        if (!s) return false;
+        [[fallthrough]];
+      }
+      case Resync::lost:
+        clear_local();
+        ++st.resync_lost;
+        pos = s->last_generated;
+        published = {};
+        break;
+      case Resync::trimmed: {
+        bool global = false;
+        for (const auto& [field, id] : s->epochs) global = global || (field == "g" && id > before);
+        if (global) {
+          apply_remote(outbox::Kind::clear, "");
+        } else {
+          for (const auto& [field, id] : s->epochs) {
+            if (id <= before || field.size() < 2) continue;
+            if (field.starts_with("t:")) apply_remote(outbox::Kind::tag, field.substr(2));
+            else if (field.starts_with("n:")) apply_remote(outbox::Kind::ns, field.substr(2));
+          }
+        }
+        ++st.resync_trimmed;
+        pos = s->last_generated;
+        break;
+      }
+      case Resync::replay:
+        ++st.resync_replay;
+        break;
+    }
+    known_nonce = s->nonce;
+    last_contact = Clock::now();
+    save();
+    say(0, std::string("resync: ") + to_string(k) + " (from " + before.str() + ", stream at " +
+               s->last_generated.str() + ")");
+    return true;
+  }
+
+  bool connect() {
+    std::string err;
+    if (!pub.open(o, err) || !sub.open(o, err) || !load_scripts()) {
+      if (err.empty()) err = pub.error();
+      if (failed_attempts++ % 20 == 0) {
+        say(1, "cannot reach redis " + o.redis_host + ":" + std::to_string(o.redis_port) + ": " + err);
+      }
+      pub.close();
+      sub.close();
+      return false;
+    }
+    if (!resync()) {
+      if (failed_attempts++ % 20 == 0) say(1, "resync failed: " + pub.error());
+      pub.close();
+      sub.close();
+      return false;
+    }
+    connected = true;
+    failed_attempts = 0;
+    backoff = std::chrono::milliseconds(0);
+    xread_out = false;
+    last_state_check = Clock::now();
+    save();
+    return true;
+  }
+
+  void drop(const std::string& why) {
+    const bool was = connected;
+    if (was) say(1, "connection lost: " + why);
+    connected = false;
+    xread_out = false;
+    pub.close();
+    sub.close();
+    backoff = std::clamp(backoff * 2, o.reconnect_min, o.reconnect_max);
+    next_attempt = Clock::now() + backoff;
+    if (was && o.stale_bound.count() == 0) stale_clear(Clock::now());
+    save();
+  }
+
+  void stale_clear(Clock::time_point now) {
+    clear_local();
+    ++st.stale_clears;
+    last_contact = now;
+    say(1, "redis unreachable past the stale bound: cleared the local cache");
+    save();
+  }
+
+  void stale_tick(Clock::time_point now) {
+    const auto bound = o.stale_bound.count() == 0 ? std::chrono::milliseconds(1000) : o.stale_bound;
+    if (now - last_contact >= bound) stale_clear(now);
+  }
+
+  bool publish_pending(Clock::time_point now) {
+    const outbox::Polled p = outbox::poll(cache, st.cursor, 256);
+    std::vector<std::pair<const char*, std::string>> batch;
+    std::uint64_t next = p.next, overflows = 0;
+    if (p.lost) {
+      batch.emplace_back("clear", "");
+      overflows = 1;
+    } else {
+      for (const auto& e : p.events) batch.emplace_back(kind_name(e.kind), e.name);
+      if (p.pending) {
+        if (pending_seq != p.next) {
+          pending_seq = p.next;
+          pending_since = now;
+        } else if (now - pending_since > o.pending_timeout) {
+          batch.emplace_back("clear", "");  // its writer died halfway: what it was, nobody knows
+          next = p.next + 1;
+          overflows = 1;
+        }
+      }
+    }
+    if (batch.empty()) return true;
+    std::vector<std::string> args{"3", k_stream, k_epochs, k_nonce, std::to_string(o.maxlen), host, known_nonce};
+    for (auto& [k, n] : batch) {
+      args.emplace_back(k);
+      args.push_back(std::move(n));
+    }
+    Reply r = eval(sha_publish, kPublishLua, std::move(args));
+    if (!r) return false;
+    if (r->type == REDIS_REPLY_ERROR) {
+      const std::string e = str_of(r.get());
+      if (e.find("NONCE") != std::string::npos) return resync();  // publish again on the next round
+      say(2, "publish refused: " + e);
+      return false;
+    }
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+      if (auto id = StreamId::parse(str_of(r->element[r->elements - 1]))) published = *id;
+    }
+    if (overflows) {
+      say(1, p.lost ? "outbox lap lost: published one global clear"
+                    : "outbox slot stuck: published one global clear");
+      pending_seq = ~std::uint64_t(0);
+    }
+    st.published += batch.size();
+    st.overflow_clears += overflows;
+    st.cursor = next;
+    save();
+    return true;
+  }
+
+  bool send_xread() {
+    if (!sub.send({"XREAD", "BLOCK", std::to_string(o.block.count()), "COUNT", std::to_string(o.read_count),
+                   "STREAMS", k_stream, pos.str()})) {
+      return false;
+    }
+    xread_out = true;
+    xread_sent = Clock::now();
+    return true;
+  }
+
+  // True: we may have been trimmed past since `prev` (or Redis changed under
+  // us): the caller resyncs instead of applying the batch.
+  bool suspicious(StreamId prev, std::optional<StreamState>& s) {
+    s = state_call("", false, false);
+    if (!s) return true;
+    if (s->nonce != known_nonce) return true;
+    return s->first_entry ? *s->first_entry > prev : s->last_generated > prev;
+  }
+
+  bool handle_xread(const redisReply* r) {
+    xread_out = false;
+    const Clock::time_point now = Clock::now();
+    if (r->type == REDIS_REPLY_NIL) {  // the BLOCK timeout: the heartbeat
+      last_contact = now;
+      return true;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+      say(2, "XREAD: " + str_of(r));
+      return false;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
+        r->element[0]->elements < 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
+      say(2, "XREAD: unexpected reply");
+      return false;
+    }
+    const redisReply* entries = r->element[0]->element[1];
+    const StreamId prev = pos;
+    // Trimmed past? Then every remaining entry is newer than prev, and a
+    // stream trimmed with MAXLEN ~ N keeps at least N: the batch is full.
+    if (entries->elements >= std::min<std::size_t>(o.read_count, o.maxlen)) {
+      std::optional<StreamState> s;
+      if (suspicious(prev, s)) {
+        if (!s) return false;
+        say(1, "a full batch behind a trimmed stream: resync");
+        return resync();
+      }
+    }
+    std::int64_t newest_ms = -1;
+    for (std::size_t i = 0; i < entries->elements; ++i) {
+      const redisReply* e = entries->element[i];
+      if (e->type != REDIS_REPLY_ARRAY || e->elements < 2) continue;
+      auto id = StreamId::parse(str_of(e->element[0]));
+      if (!id) continue;
+      const redisReply* f = e->element[1];
+      std::string h, kind, name;
+      if (f->type == REDIS_REPLY_ARRAY) {
+        for (std::size_t j = 0; j + 1 < f->elements; j += 2) {
+          const std::string key = str_of(f->element[j]);
+          if (key == "host") h = str_of(f->element[j + 1]);
+          else if (key == "kind") kind = str_of(f->element[j + 1]);
+          else if (key == "name") name = str_of(f->element[j + 1]);
+        }
+      }
+      if (h != host) {
+        if (auto k = kind_of(kind)) {
+          apply_remote(*k, name);
+          newest_ms = std::int64_t(id->ms);
+        }
+      }
+      pos = std::max(pos, *id);
+    }
+    if (newest_ms >= 0) st.lag_ms = std::max<std::int64_t>(0, wall_ms() - newest_ms);
+    last_contact = now;
+    save();  // apply, then save the id: a crash in between replays (a spurious miss)
+    return true;
+  }
+
+  bool state_check() {
+    auto s = state_call("", false, true);
+    if (!s) return false;
+    st.lag_events = s->lag;
+    if (s->nonce != known_nonce || s->last_generated < pos) {
+      say(1, "redis changed under a live connection: resync");
+      return resync();
+    }
+    return true;
+  }
+
+  int run(const std::atomic<bool>& stop) {
+    st.pid = std::uint32_t(::getpid());
+    if (pos.zero() && st.cursor == 0) st.cursor = outbox::head(cache);  // fresh: history is not published
+    last_contact = Clock::now();
+    next_attempt = last_contact;
+    connected = false;
+    save();
+    while (!stop.load(std::memory_order_relaxed)) {
+      Clock::time_point now = Clock::now();
+      if (!connected) {
+        stale_tick(now);
+        if (now >= next_attempt) {
+          if (connect()) continue;
+          backoff = std::clamp(backoff * 2, o.reconnect_min, o.reconnect_max);
+          next_attempt = Clock::now() + backoff;
+          stale_tick(Clock::now());
+        }
+        const auto wait = std::clamp(std::chrono::duration_cast<std::chrono::microseconds>(next_attempt - Clock::now()),
+                                     std::chrono::microseconds(1000), std::chrono::microseconds(50000));
+        timespec ts{time_t(wait.count() / 1000000), long(wait.count() % 1000000) * 1000};
+        ::ppoll(nullptr, 0, &ts, nullptr);
+        if (Clock::now() - last_save > std::chrono::milliseconds(100)) save();
+        continue;
+      }
+      if (!publish_pending(now)) {
+        drop("publish: " + pub.error());
+        continue;
+      }
+      if (!connected) continue;  // a resync inside publish failed
+      if (!xread_out && !send_xread()) {
+        drop("XREAD: " + sub.error());
+        continue;
+      }
+      pollfd pfd{sub.fd(), POLLIN, 0};
+      timespec ts{time_t(o.poll_interval.count() / 1000000), long(o.poll_interval.count() % 1000000) * 1000};
+      const int n = ::ppoll(&pfd, 1, &ts, nullptr);
+      now = Clock::now();
+      if (n > 0) {
+        if (!sub.read_available()) {
+          drop("read: " + sub.error());
+          continue;
+        }
+        bool ok = true;
+        for (;;) {
+          Reply r;
+          if (!sub.take(r)) {
+            ok = false;
+            break;
+          }
+          if (!r) break;
+          if (!handle_xread(r.get())) {
+            ok = false;
+            break;
+          }
+        }
+        if (!ok) {
+          drop("stream read failed: " + sub.error());
+          continue;
+        }
+        if (!connected) continue;
+      } else if (xread_out && now - xread_sent > o.block + o.io_timeout) {
+        drop("no reply to XREAD BLOCK within " + std::to_string((o.block + o.io_timeout).count()) +
+             " ms (half-open connection?)");
+        continue;
+      }
+      if (now - last_state_check >= o.block) {
+        last_state_check = now;
+        if (!state_check()) {
+          drop("state check: " + pub.error());
+          continue;
+        }
+      }
+      if (now - last_save >= std::chrono::milliseconds(100)) save();
+    }
+    connected = false;
+    pub.close();
+    sub.close();
+    save();
+    return 0;
+  }
+};
+
+Relay::Relay(Cache& cache, Options options) : s_(std::make_unique<State>(cache, std::move(options))) {}
+Relay::~Relay() = default;
+int Relay::run(const std::atomic<bool>& stop) { return s_->run(stop); }
+void Relay::set_log(LogFn fn) { s_->log = std::move(fn); }
+
+}  // namespace hostcache::relay
