@@ -39,7 +39,7 @@ bool read_header(const StripeView& s, std::uint64_t off, EntryHeader& out) {
     std::memcpy(dst + 8 * i, &w, 8);
   }
   if (out.live > 1 || out.ntags > 4 || out.key_len == 0 || (out.flags & ~layout::kKnownFlags) != 0) return false;
-  if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > (1u << 30)) {
+  if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > a) {
     return false;
   }
   std::uint64_t payload = std::uint64_t(out.key_len) + out.value_len + out.tags_len + out.ns_len;

@@ -14,6 +14,15 @@
 
 namespace hostcache::words {
 
+// A spin-wait hint to the CPU (spinning on a seqlock or a lock word).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 template <class T>
 inline T load(const T& field, std::memory_order order = std::memory_order_relaxed) {
   return std::atomic_ref<T>(const_cast<T&>(field)).load(order);

@@ -155,7 +155,7 @@ bool Cache::get(std::string_view key, std::string& value) const {
     impl_->stats.miss();
     return false;
   }
-  stripe::Dest dest{&value, nullptr, nullptr};
+  stripe::Dest dest{&value, nullptr, nullptr, impl_->max_value_bytes};
   return lookup(*impl_, key, dest, nullptr, hash_key(key)) == stripe::Lookup::hit;
 }
 
@@ -170,7 +170,7 @@ bool Cache::get_into(std::string_view key, ValueSink sink, void* ctx) const {
     impl_->stats.miss();
     return false;
   }
-  stripe::Dest dest{nullptr, sink, ctx};
+  stripe::Dest dest{nullptr, sink, ctx, impl_->max_value_bytes};
   return lookup(*impl_, key, dest, nullptr, hash_key(key)) == stripe::Lookup::hit;
 }
 
@@ -190,7 +190,7 @@ std::vector<std::optional<std::string>> Cache::get_many(const std::vector<std::s
       impl_->stats.miss();
       continue;
     }
-    stripe::Dest dest{&value, nullptr, nullptr};
+    stripe::Dest dest{&value, nullptr, nullptr, impl_->max_value_bytes};
     if (lookup(*impl_, keys[i], dest, nullptr, hashes[i]) == stripe::Lookup::hit) out[i] = value;
   }
   return out;
@@ -199,7 +199,7 @@ std::vector<std::optional<std::string>> Cache::get_many(const std::vector<std::s
 std::optional<std::chrono::milliseconds> Cache::ttl(std::string_view key) const {
   if (!key_ok(*impl_, key)) return std::nullopt;
   std::string unused;
-  stripe::Dest dest{&unused, nullptr, nullptr};
+  stripe::Dest dest{&unused, nullptr, nullptr, impl_->max_value_bytes};
   stripe::Meta meta;
   if (stripe::get(*impl_->segment, key, hash_key(key), dest, &meta) != stripe::Lookup::hit) return std::nullopt;
   if (meta.expires_ms == std::numeric_limits<std::int64_t>::max()) return kNoExpiry;

@@ -78,8 +78,13 @@ Polled poll(const Cache& cache, std::uint64_t cursor, std::size_t max) {
     }
     std::atomic_thread_fence(std::memory_order_acquire);
     const std::uint64_t s2 = words::load(slot.stamp, std::memory_order_relaxed);
-    if (s1 != want || s2 != want || copy.kind < layout::kEventClear || copy.kind > layout::kEventNamespace ||
-        copy.len >= layout::kEventNameBytes) {
+    // What no producer writes is garbage too: a clear carries no name, a tag
+    // 1..255 bytes, a namespace 1..kMaxNamespaceBytes.
+    const bool shaped = copy.kind == layout::kEventClear       ? copy.len == 0
+                        : copy.kind == layout::kEventTag       ? copy.len >= 1 && copy.len <= kMaxTagBytes
+                        : copy.kind == layout::kEventNamespace ? copy.len >= 1 && copy.len <= kMaxNamespaceBytes
+                                                               : false;
+    if (s1 != want || s2 != want || !shaped) {
       // Overwritten by a producer a lap ahead (or garbage): lost.
       out.events.clear();
       out.lost = true;

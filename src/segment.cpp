@@ -384,7 +384,8 @@ std::unique_ptr<Segment> Segment::attach_pid(std::uint32_t pid, std::string_view
   Fd fd;
   // /proc/PID/fd/N is the kernel's link to the memfd itself (opening it needs
   // the right to inspect that process: its uid, or root).
-  fd.fd = ::open(found.c_str(), (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO swapped in under that name cannot hang the open.
+  fd.fd = ::open(found.c_str(), (ro ? O_RDONLY : O_RDWR) | O_NONBLOCK | O_CLOEXEC);
   if (fd.fd < 0) fail(Errc::permission_denied, name, "open " + found + ": " + std::strerror(errno));
   return attach_fd(fd.fd, found, name, allow_foreign, access, true);
 }

@@ -29,14 +29,6 @@ using words::store;
 constexpr int kOptimisticTries = 4;
 constexpr int kSpinsWhileOdd = 256;
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
 struct Found {
   std::uint64_t off = 0;
   EntryHeader h{};
@@ -91,6 +83,10 @@ Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generati
     case generations::State::valid:
       break;
   }
+  // A length over the caller's limit (only a writer of the segment, or a
+  // process with larger limits, stores one) is a miss: what a get allocates
+  // stays within max_value_bytes, whatever the header claims.
+  if (f.h.orig_len > out.max_len) return Lookup::miss;
   char* dst;
   if ((f.h.flags & layout::kFlagCompressed) != 0) {
     std::string& raw = raw_buffer();
@@ -294,7 +290,7 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
   for (int attempt = 0; attempt < kOptimisticTries; ++attempt) {
     std::uint64_t s1 = load(v.hdr->seq, std::memory_order_acquire);
     for (int spin = 0; (s1 & 1) && spin < kSpinsWhileOdd; ++spin) {
-      cpu_relax();
+      words::cpu_relax();
       s1 = load(v.hdr->seq, std::memory_order_acquire);
     }
     if (s1 & 1) continue;
@@ -479,6 +475,9 @@ bool touch(Segment& segment, std::string_view key, std::uint64_t hash, std::int6
   std::memcpy(&word, reinterpret_cast<const char*>(&h) + offsetof(EntryHeader, checksum), 8);
   words::store_word(v.arena + f.off + offsetof(EntryHeader, checksum), word);
   store(v.hdr->clean_until_ms, std::min(load(v.hdr->clean_until_ms), expires_ms));
+  // A lap under way may already have passed this entry with its old expiry:
+  // when it ends it must not declare the stripe clean past the new one.
+  if (load(v.hdr->lap_left) != 0) store(v.hdr->lap_until_ms, std::min(load(v.hdr->lap_until_ms), expires_ms));
   locked.end();
   return true;
 }

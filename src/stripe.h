@@ -63,6 +63,7 @@ struct Dest {
   std::string* str = nullptr;
   ValueSink sink = nullptr;
   void* ctx = nullptr;
+  std::size_t max_len = ~std::size_t{0};  // a longer value (original length) is a miss
   char* reserve(std::size_t n) {
     if (str != nullptr) {
       str->resize(n);

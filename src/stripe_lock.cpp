@@ -32,14 +32,6 @@ constexpr int kSpins = 128;
 // Sleeps never last longer, so a dead owner is found within about twice this.
 constexpr std::chrono::milliseconds kPoll{2};
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
 std::atomic_ref<std::uint64_t> word_of(layout::StripeHeader& s) { return std::atomic_ref<std::uint64_t>(s.lock); }
 // The futex word: the lock's low half (little-endian, asserted in layout.h).
 std::uint32_t* futex_of(layout::StripeHeader& s) { return reinterpret_cast<std::uint32_t*>(&s.lock); }
@@ -190,7 +182,7 @@ Acquired took_over(layout::StripeHeader& s, const Self& me, std::uint64_t dead_w
 Acquired lock_slow(layout::StripeHeader& s, const Self& me, steady::time_point deadline) {
   auto w = word_of(s);
   for (int i = 0; i < kSpins; ++i) {
-    cpu_relax();
+    words::cpu_relax();
     std::uint64_t v = w.load(std::memory_order_relaxed);
     if (v == 0 && w.compare_exchange_weak(v, me.word, std::memory_order_acquire, std::memory_order_relaxed)) {
       return took(s, me);

@@ -40,8 +40,8 @@ struct Polled {
   // caller publishes one global clear and resumes at `next` (the head).
   bool lost = false;
   // The event at `next` is claimed but not complete yet (its writer is
-  // writing, or died halfway: a caller that sees it stuck for long calls
-  // skip() and publishes a global clear).
+  // writing, or died halfway: a caller that sees it stuck for long publishes
+  // a global clear and polls again from next + 1).
   bool pending = false;
 };
 
