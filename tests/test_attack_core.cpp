@@ -787,8 +787,11 @@ TEST(AttackCache, SigkillStormNeverServesAnOverwrittenValueAndLosesOnlyTheEntryI
   for (auto& role : roles) procs.push_back(testing::spawn(role));
   std::mt19937 rng(777);
   int kills = 0;
-  const auto end = steady::now() + 4s;
-  while (steady::now() < end) {
+  // At least 4 s, and until a kill has landed inside a lock (a recovery), so
+  // that the repair path is always exercised (a slow build, ASan, may need
+  // more kills): at most 40 s.
+  const auto end = steady::now() + 4s, hard_end = steady::now() + 40s;
+  while (steady::now() < end || (cache.stats().recoveries == 0 && steady::now() < hard_end)) {
     const auto until = steady::now() + std::chrono::microseconds(200 + rng() % 2000);
     while (steady::now() < until) sched_yield();  // a random instant
     const int i = rng() % 4 == 0 ? int(rng() % procs.size()) : int(rng() % kWriters);
