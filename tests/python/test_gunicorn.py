@@ -96,11 +96,15 @@ class Server:
             assert r.status == 200
             return json.loads(r.read())
 
-    def until_other_worker(self, path, not_pid, tries=200, **kw):
-        for _ in range(tries):
-            r = self.get(path, **kw)
-            if r["pid"] != not_pid:
-                return r
+    def until_other_worker(self, path, not_pid, deadline_s=30, **kw):
+        """A response from a worker other than `not_pid`: 4 requests at a
+        time, since one idle worker can accept every sequential request."""
+        deadline = time.monotonic() + deadline_s
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            while time.monotonic() < deadline:
+                for r in pool.map(lambda _: self.get(path, **kw), range(4)):
+                    if r["pid"] != not_pid:
+                        return r
         raise AssertionError("every request went to the same worker")
 
     def every_worker(self, path, want=4, deadline_s=30, **kw):
