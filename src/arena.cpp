@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 
@@ -238,6 +239,14 @@ void start_lap(const StripeView& s, const generations::Judge& judge) {
   store(s.hdr->lap_left, std::max<std::uint64_t>(load(s.hdr->used), 8));
 }
 
+// An entry in the ring now expires at `expires_ms` (appended, or touched):
+// the clean horizon moves, and so does the horizon of a lap under way, which
+// may have passed the entry already with another expiry.
+void note_expiry(const StripeView& s, std::int64_t expires_ms) {
+  store(s.hdr->clean_until_ms, std::min(load(s.hdr->clean_until_ms), expires_ms));
+  if (load(s.hdr->lap_left) != 0) store(s.hdr->lap_until_ms, std::min(load(s.hdr->lap_until_ms), expires_ms));
+}
+
 // An entry of `size` bytes leaves the tail; `expires_ms` if it stays in the
 // ring (moved to the head), INT64_MAX if it leaves it.
 void lap_pass(const StripeView& s, std::uint64_t size, std::int64_t expires_ms) {
@@ -339,8 +348,7 @@ void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, s
   // What the stripe knows of its garbage (see known_clean): a new entry
   // expiring early moves the clean horizon, and one stale on arrival (a
   // memoized result computed across an invalidation) is garbage it did not see.
-  store(s.hdr->clean_until_ms, std::min(load(s.hdr->clean_until_ms), h.expires_ms));
-  if (load(s.hdr->lap_left) != 0) store(s.hdr->lap_until_ms, std::min(load(s.hdr->lap_until_ms), h.expires_ms));
+  note_expiry(s, h.expires_ms);
   if (judge.of(h) != generations::State::valid) {
     // Garbage the stripe has not seen: not clean, and a lap under way must
     // not declare it clean when it ends (the entry lies beyond its range).
@@ -353,6 +361,25 @@ void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, s
   store(s.hdr->head, head == s.arena_bytes ? 0 : head);  // head before used, as in write_pad
   store(s.hdr->used, load(s.hdr->used) + bytes);
   HOSTCACHE_CRASH_POINT("set.after_append");
+}
+
+void set_expiry(const StripeView& s, std::uint64_t off, const EntryHeader& h, std::int64_t expires_ms) {
+  // The expiry is checksummed: rewrite it, then the checksum. Killed in
+  // between, the entry fails its checksum and repair drops it: the cost is
+  // that entry, as for a set.
+  thread_local std::vector<std::uint64_t> image;
+  image.resize(h.size / 8);
+  for (std::size_t i = 0; i < image.size(); ++i) image[i] = words::load_word(s.arena + off + 8 * i);
+  EntryHeader n = h;
+  n.expires_ms = expires_ms;
+  std::memcpy(image.data(), &n, sizeof n);
+  n.checksum = checksum_of(reinterpret_cast<const std::uint8_t*>(image.data()), n);
+  std::uint64_t word;
+  std::memcpy(&word, reinterpret_cast<const char*>(&n) + offsetof(EntryHeader, expires_ms), 8);
+  words::store_word(s.arena + off + offsetof(EntryHeader, expires_ms), word);
+  std::memcpy(&word, reinterpret_cast<const char*>(&n) + offsetof(EntryHeader, checksum), 8);
+  words::store_word(s.arena + off + offsetof(EntryHeader, checksum), word);
+  note_expiry(s, expires_ms);
 }
 
 void kill(const StripeView& s, std::uint64_t off, const EntryHeader& h, layout::Bucket* bucket) {

@@ -124,6 +124,11 @@ void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, s
 // nullptr when all 16 residents' other groups are full too.
 layout::Bucket* place(const StripeView& s, std::uint64_t hash);
 
+// Gives the entry at `off` (header `h`, read under this lock) a new expiry:
+// the expiry word, then the checksum, rewritten in place; the stripe's
+// eviction horizons follow (touch).
+void set_expiry(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h, std::int64_t expires_ms);
+
 // The entry at `off` (header `h`) stops being live: its bucket is cleared,
 // live = 0, and its bytes count as dead until the tail reclaims them.
 void kill(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h, layout::Bucket* bucket);

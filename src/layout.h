@@ -182,7 +182,9 @@ struct OutboxSlot {
   std::uint8_t pad[6];
   char name[kEventNameBytes];
 };
-static_assert(sizeof(OutboxSlot) % 8 == 0, "slots are copied word by word");
+static_assert(sizeof(OutboxHeader) == kCacheLine, "OutboxHeader is part of the format");
+static_assert(sizeof(OutboxSlot) == 272 && sizeof(OutboxSlot) % 8 == 0, "slots are copied word by word");
+static_assert(offsetof(OutboxSlot, name) == 16, "OutboxSlot is part of the format");
 static_assert(sizeof(RelayState) == 2 * kCacheLine, "RelayState is part of the format");
 
 // ---- stripes ----------------------------------------------------------------
@@ -238,6 +240,8 @@ struct alignas(kCacheLine) StripeHeader {
 static_assert(sizeof(StripeHeader) == 4 * kCacheLine, "StripeHeader is part of the format");
 static_assert(offsetof(StripeHeader, seq) == kCacheLine, "seq starts the second line");
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the lock's futex word is its low half");
+static_assert(offsetof(StripeHeader, lock) == 0 && alignof(StripeHeader) >= 8, "the lock word is 8-aligned");
+static_assert(offsetof(StripeHeader, clean_epoch) == 2 * kCacheLine + 64, "StripeHeader is part of the format");
 
 // A bucket: 0 when empty, else
 //   bit 63      referenced since the arena last passed it (set by readers, CLOCK)
@@ -293,6 +297,8 @@ struct EntryHeader {
 inline constexpr std::size_t kHeaderBytes = sizeof(EntryHeader);
 inline constexpr std::size_t kChecksumFrom = offsetof(EntryHeader, key_len);
 static_assert(sizeof(EntryHeader) == 120, "EntryHeader is part of the format");
+static_assert(offsetof(EntryHeader, expires_ms) % 8 == 0 && offsetof(EntryHeader, checksum) % 8 == 0,
+              "touch rewrites these two words in place");
 static_assert(kHeaderBytes % 8 == 0, "entries are 8-aligned: word-wise atomic copies");
 
 // ---- every struct is plain ------------------------------------------------------

@@ -458,26 +458,8 @@ bool touch(Segment& segment, std::string_view key, std::uint64_t hash, std::int6
   const generations::Judge judge(segment);
   Found f;
   if (!find(v, key, hash, f) || judge.of(f.h) != generations::State::valid) return false;
-  // The expiry is checksummed: rewrite it and the checksum, seq odd. Killed
-  // in between, the entry fails its checksum and repair drops it: the cost
-  // is that entry, as for a set.
-  thread_local std::vector<std::uint64_t> image;
-  image.resize(f.h.size / 8);
-  for (std::size_t i = 0; i < image.size(); ++i) image[i] = words::load_word(v.arena + f.off + 8 * i);
-  EntryHeader h = f.h;
-  h.expires_ms = expires_ms;
-  std::memcpy(image.data(), &h, sizeof h);
-  h.checksum = arena::checksum_of(reinterpret_cast<const std::uint8_t*>(image.data()), h);
-  std::uint64_t word;
   locked.begin();
-  std::memcpy(&word, reinterpret_cast<const char*>(&h) + offsetof(EntryHeader, expires_ms), 8);
-  words::store_word(v.arena + f.off + offsetof(EntryHeader, expires_ms), word);
-  std::memcpy(&word, reinterpret_cast<const char*>(&h) + offsetof(EntryHeader, checksum), 8);
-  words::store_word(v.arena + f.off + offsetof(EntryHeader, checksum), word);
-  store(v.hdr->clean_until_ms, std::min(load(v.hdr->clean_until_ms), expires_ms));
-  // A lap under way may already have passed this entry with its old expiry:
-  // when it ends it must not declare the stripe clean past the new one.
-  if (load(v.hdr->lap_left) != 0) store(v.hdr->lap_until_ms, std::min(load(v.hdr->lap_until_ms), expires_ms));
+  arena::set_expiry(v, f.off, f.h, expires_ms);
   locked.end();
   return true;
 }
