@@ -34,11 +34,8 @@ bool read_header(const StripeView& s, std::uint64_t off, EntryHeader& out) {
     return out.live == 0;
   }
   if (out.kind != layout::kKindEntry || out.size < kHeaderBytes) return false;
-  // size >= kHeaderBytes <= a - off: every word of the header is in bounds.
-  for (std::size_t i = 1; i < kHeaderBytes / 8; ++i) {
-    const std::uint64_t w = words::load_word(s.arena + off + 8 * i);
-    std::memcpy(dst + 8 * i, &w, 8);
-  }
+  // size >= kHeaderBytes <= a - off: every byte of the header is in bounds.
+  words::copy_out(s.arena, off + 8, kHeaderBytes - 8, reinterpret_cast<char*>(dst + 8));
   if (out.live > 1 || out.ntags > 4 || out.key_len == 0 || (out.flags & ~layout::kKnownFlags) != 0) return false;
   if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > a) {
     return false;

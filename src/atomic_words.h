@@ -12,6 +12,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 namespace hostcache::words {
 
 // A spin-wait hint to the CPU (spinning on a seqlock or a lock word).
@@ -52,32 +56,61 @@ inline void store_word(std::uint8_t* p, std::uint64_t v) {
 #endif
 #endif
 
-// Copies long runs with the CPU's string move. The bytes are read by the
-// instruction, not by C++ code: like P1478's atomic_load_per_byte_memcpy,
-// every byte is read exactly once and no C++ access races a writer (the
-// seqlock's acquire loads and the fence around the copy order it). Under
-// ThreadSanitizer the word-wise atomic loads are used instead, so that the
-// protocol is checked. Elsewhere: words.
-inline constexpr std::size_t kBulkCopyBytes = 512;
-inline bool bulk_copy(const std::uint8_t* src, std::size_t len, char* dst) {
+// Vector moves. On x86-64 (SSE2 is part of the base ISA) a stripe's bytes are
+// read and written 16 at a time by single instructions in asm, which the
+// compiler does not see as C++ accesses: like P1478's
+// atomic_load_per_byte_memcpy, no C++ access races a writer, and the
+// seqlock's acquire loads and the fence around a copy order it (the asm
+// clobbers memory, so the compiler keeps it between them). A long copy uses
+// the CPU's string move, the same way. Under ThreadSanitizer, and on other
+// CPUs, the word-wise relaxed atomic loads are used instead, so that the
+// protocol is checked.
 #if defined(__x86_64__) && !defined(HOSTCACHE_WORDS_TSAN)
-  asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(len) : : "memory");
-  return true;
-#else
-  (void)src;
-  (void)len;
-  (void)dst;
-  return false;
+#define HOSTCACHE_WORDS_SIMD 1
 #endif
+
+inline constexpr std::size_t kBulkCopyBytes = 2048;
+
+#if defined(HOSTCACHE_WORDS_SIMD)
+// 16 bytes of shared memory at p (any alignment).
+inline __m128i load16(const std::uint8_t* p) {
+  __m128i v;
+  asm volatile("movdqu %1, %0" : "=x"(v) : "m"(*reinterpret_cast<const char(*)[16]>(p)) : "memory");
+  return v;
 }
+inline void store16(std::uint8_t* p, __m128i v) {
+  asm volatile("movdqu %1, %0" : "=m"(*reinterpret_cast<char(*)[16]>(p)) : "x"(v) : "memory");
+}
+inline __m128i private16(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+inline void put16(void* p, __m128i v) { _mm_storeu_si128(static_cast<__m128i*>(p), v); }
+#endif
 
 // Copies `len` bytes starting at base + off into dst. `base` is 8-aligned and
-// the words covering [off, off + len) are readable. Whole words in the middle
-// are copied with a constant-size memcpy (one move each); runs of
-// kBulkCopyBytes or more with bulk_copy().
+// the words covering [off, off + len) are readable (the vector path reads
+// exactly [off, off + len): its last move overlaps the one before).
 inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len, char* dst) {
   if (len == 0) return;
-  if (len >= kBulkCopyBytes && bulk_copy(base + off, len, dst)) return;
+#if defined(HOSTCACHE_WORDS_SIMD)
+  if (len >= 16) {
+    const std::uint8_t* src = base + off;
+    if (len >= kBulkCopyBytes) {
+      asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(len) : : "memory");
+      return;
+    }
+    std::size_t i = 0;
+    for (; i + 64 <= len; i += 64) {
+      const __m128i a = load16(src + i), b = load16(src + i + 16);
+      const __m128i c = load16(src + i + 32), d = load16(src + i + 48);
+      put16(dst + i, a);
+      put16(dst + i + 16, b);
+      put16(dst + i + 32, c);
+      put16(dst + i + 48, d);
+    }
+    for (; i + 16 <= len; i += 16) put16(dst + i, load16(src + i));
+    if (i < len) put16(dst + len - 16, load16(src + len - 16));
+    return;
+  }
+#endif
   std::size_t word = off & ~std::size_t{7};
   std::size_t skip = off - word;
   if (skip != 0) {  // leading partial word
@@ -106,8 +139,21 @@ inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len,
   }
 }
 
-// Compares `len` bytes at base + off with `s`, word by word.
+// Compares `len` bytes at base + off with `s`. The same reads as copy_out.
 inline bool equal(const std::uint8_t* base, std::size_t off, const char* s, std::size_t len) {
+#if defined(HOSTCACHE_WORDS_SIMD)
+  if (len >= 16) {
+    const std::uint8_t* p = base + off;
+    auto same = [&](std::size_t i) {
+      return _mm_movemask_epi8(_mm_cmpeq_epi8(load16(p + i), private16(s + i))) == 0xFFFF;
+    };
+    std::size_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      if (!same(i)) return false;
+    }
+    return i == len || same(len - 16);
+  }
+#endif
   std::size_t word = off & ~std::size_t{7};
   std::size_t skip = off - word;
   if (skip != 0 && len > 0) {
@@ -133,6 +179,14 @@ inline bool equal(const std::uint8_t* base, std::size_t off, const char* s, std:
 // Copies `bytes` (a multiple of 8) from a private, 8-aligned buffer into
 // shared memory at `dst` (8-aligned).
 inline void copy_in(std::uint8_t* dst, const std::uint8_t* src, std::size_t bytes) {
+#if defined(HOSTCACHE_WORDS_SIMD)
+  if (bytes >= 16) {
+    std::size_t i = 0;
+    for (; i + 16 <= bytes; i += 16) store16(dst + i, private16(src + i));
+    if (i < bytes) store16(dst + bytes - 16, private16(src + bytes - 16));
+    return;
+  }
+#endif
   for (std::size_t i = 0; i < bytes; i += 8) {
     std::uint64_t w;
     std::memcpy(&w, src + i, 8);
