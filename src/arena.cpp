@@ -17,32 +17,6 @@ namespace hostcache::arena {
 using layout::EntryHeader;
 using layout::kHeaderBytes;
 
-std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, std::uint64_t tags_len) {
-  return layout::align_up(kHeaderBytes + key_len + value_len + tags_len, 8);
-}
-
-bool read_header(const StripeView& s, std::uint64_t off, EntryHeader& out) {
-  const std::uint64_t a = s.arena_bytes;
-  if (off % 8 != 0 || off >= a || a - off < 8) return false;
-  auto* dst = reinterpret_cast<unsigned char*>(&out);
-  const std::uint64_t first = words::load_word(s.arena + off);
-  std::memcpy(dst, &first, 8);
-  if (out.magic != layout::kEntryMagic || out.size % 8 != 0 || out.size < 8 || out.size > a - off) return false;
-  if (out.kind == layout::kKindPad) return off + out.size == a;
-  if (out.kind == layout::kKindGap) {
-    std::memset(dst + 8, 0, sizeof out - 8);  // one word on disk; the rest reads as zero
-    return out.live == 0;
-  }
-  if (out.kind != layout::kKindEntry || out.size < kHeaderBytes) return false;
-  // size >= kHeaderBytes <= a - off: every byte of the header is in bounds.
-  words::copy_out(s.arena, off + 8, kHeaderBytes - 8, reinterpret_cast<char*>(dst + 8));
-  if (out.live > 1 || out.ntags > 4 || out.key_len == 0 || (out.flags & ~layout::kKnownFlags) != 0) return false;
-  if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > a) {
-    return false;
-  }
-  std::uint64_t payload = std::uint64_t(out.key_len) + out.value_len + out.tags_len + out.ns_len;
-  return entry_size(out.key_len, out.value_len, std::uint64_t(out.tags_len) + out.ns_len) == out.size && payload <= a;
-}
 
 std::uint64_t checksum_of(const std::uint8_t* image, const EntryHeader& h) {
   const std::uint64_t len = kHeaderBytes - layout::kChecksumFrom + h.key_len + h.value_len + h.tags_len + h.ns_len;

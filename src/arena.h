@@ -30,11 +30,13 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "atomic_words.h"
 #include "generations.h"
 #include "layout.h"
 #include "segment.h"
@@ -64,14 +66,40 @@ struct StripeView {
 
 // Bytes an entry with these lengths occupies (header + payload, 8-aligned).
 // `tags_len` includes the namespace's name.
-std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, std::uint64_t tags_len);
+inline std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, std::uint64_t tags_len) {
+  return layout::align_up(layout::kHeaderBytes + key_len + value_len + tags_len, 8);
+}
 
-// Reads the header at arena offset `off` word by word and checks it against the
-// arena's bounds: 8-aligned, size in [kHeaderBytes, arena_bytes - off], magic,
-// kind, payload within size; a pad must reach exactly the arena's end.
-// Returns false (and leaves `out` unspecified) when any check fails. Never
-// reads outside the arena.
-bool read_header(const StripeView& s, std::uint64_t off, layout::EntryHeader& out);
+// Reads the header at arena offset `off` and checks it against the arena's
+// bounds: 8-aligned, size in [kHeaderBytes, arena_bytes - off], magic, kind,
+// payload within size; a pad must reach exactly the arena's end. Returns
+// false (and leaves `out` unspecified) when any check fails. Never reads
+// outside the arena. Inline: every get reads one.
+inline bool read_header(const StripeView& s, std::uint64_t off, layout::EntryHeader& out) {
+  using layout::kHeaderBytes;
+  const std::uint64_t a = s.arena_bytes;
+  if (off % 8 != 0 || off >= a || a - off < 8) return false;
+  auto* dst = reinterpret_cast<unsigned char*>(&out);
+  const std::uint64_t first = words::load_word(s.arena + off);
+  std::memcpy(dst, &first, 8);
+  if (out.magic != layout::kEntryMagic || out.size % 8 != 0 || out.size < 8 || out.size > a - off) return false;
+  if (out.kind != layout::kKindEntry) [[unlikely]] {
+    if (out.kind == layout::kKindPad) return off + out.size == a;
+    if (out.kind != layout::kKindGap) return false;
+    std::memset(dst + 8, 0, sizeof out - 8);  // one word on disk; the rest reads as zero
+    return out.live == 0;
+  }
+  if (out.size < kHeaderBytes) return false;
+  // size >= kHeaderBytes <= a - off: every byte of the header is in bounds.
+  words::copy_out_fixed<kHeaderBytes - 8>(s.arena + off + 8, dst + 8);
+  if (out.live > 1 || out.ntags > 4 || out.key_len == 0 || (out.flags & ~layout::kKnownFlags) != 0) return false;
+  if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > a) {
+    return false;
+  }
+  // Each length is below 2^32, so neither sum overflows.
+  const std::uint64_t payload = std::uint64_t(out.key_len) + out.value_len + out.tags_len + out.ns_len;
+  return entry_size(out.key_len, out.value_len, std::uint64_t(out.tags_len) + out.ns_len) == out.size && payload <= a;
+}
 
 // Payload offsets (arena offsets) of an entry whose header was read at `off`.
 inline std::uint64_t key_off(std::uint64_t off) { return off + layout::kHeaderBytes; }

@@ -139,6 +139,26 @@ inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len,
   }
 }
 
+// Copies N bytes (a multiple of 8) of shared memory at the 8-aligned `src`
+// into dst: copy_out for a length known at compile time (an entry header).
+template <std::size_t N>
+inline void copy_out_fixed(const std::uint8_t* src, void* dst) {
+  static_assert(N % 8 == 0 && N >= 16);
+  auto* d = static_cast<char*>(dst);
+#if defined(HOSTCACHE_WORDS_SIMD)
+  for (std::size_t i = 0; i + 16 <= N; i += 16) put16(d + i, load16(src + i));
+  if constexpr (N % 16 != 0) {
+    const std::uint64_t w = load_word(src + N - 8);
+    std::memcpy(d + N - 8, &w, 8);
+  }
+#else
+  for (std::size_t i = 0; i < N; i += 8) {
+    const std::uint64_t w = load_word(src + i);
+    std::memcpy(d + i, &w, 8);
+  }
+#endif
+}
+
 // Compares `len` bytes at base + off with `s`. The same reads as copy_out.
 inline bool equal(const std::uint8_t* base, std::size_t off, const char* s, std::size_t len) {
 #if defined(HOSTCACHE_WORDS_SIMD)

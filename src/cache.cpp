@@ -252,12 +252,13 @@ Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, con
   w.expires_ms = expiry_of(impl, o.ttl);
   w.ns = o.ns;
   w.ns_slot = o.ns.empty() ? 0 : generations::ns_slot_of(o.ns, tag_slots);
-  thread_local std::string frame;
-  if (impl.compress_min_bytes != 0 && value.size() >= impl.compress_min_bytes &&
-      compress::worth_compressing(value, impl.compress_level, frame)) {
-    w.value = frame;
-    w.compressed = true;
-    w.orig_len = std::uint32_t(value.size());
+  if (impl.compress_min_bytes != 0 && value.size() >= impl.compress_min_bytes) {
+    thread_local std::string frame;
+    if (compress::worth_compressing(value, impl.compress_level, frame)) {
+      w.value = frame;
+      w.compressed = true;
+      w.orig_len = std::uint32_t(value.size());
+    }
   }
   try {
     switch (stripe::set(*impl.segment, w, mode)) {

@@ -79,6 +79,36 @@ inline void touch(layout::Bucket& b, layout::Bucket seen) {
   }
 }
 
+// A bit per bucket of the group `grp` (bit i: bucket i) that may hold
+// `fingerprint`: every such bucket has its bit set; an empty bucket's may be
+// set too. A candidate must be re-read with load() and checked before use
+// (the vector path reads the group 16 bytes at a time, optimistically: the
+// stripe's sequence validates it, as every optimistic read).
+inline unsigned candidates(const layout::Bucket* grp, std::uint64_t fingerprint) {
+  static_assert(layout::kGroupSlots == 8 && layout::kFingerprintShift == 40, "the lanes below");
+#if defined(HOSTCACHE_WORDS_SIMD)
+  const auto* p = reinterpret_cast<const std::uint8_t*>(grp);
+  // Bits 32-63 of each bucket, in order: ref (31), fingerprint (8-30), offset's top (0-7).
+  auto highs = [](__m128i lo, __m128i hi) {
+    return _mm_castps_si128(_mm_shuffle_ps(_mm_castsi128_ps(lo), _mm_castsi128_ps(hi), _MM_SHUFFLE(3, 1, 3, 1)));
+  };
+  const __m128i h0 = highs(words::load16(p), words::load16(p + 16));
+  const __m128i h1 = highs(words::load16(p + 32), words::load16(p + 48));
+  const __m128i mask = _mm_set1_epi32(int(layout::kFingerprintMask << 8));
+  const __m128i want = _mm_set1_epi32(int(fingerprint << 8));
+  const int m0 = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(h0, mask), want)));
+  const int m1 = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(h1, mask), want)));
+  return unsigned(m0) | (unsigned(m1) << 4);
+#else
+  unsigned m = 0;
+  for (std::uint32_t i = 0; i < layout::kGroupSlots; ++i) {
+    const layout::Bucket b = load(grp[i]);
+    if (b != 0 && fingerprint_of(b) == fingerprint) m |= 1u << i;
+  }
+  return m;
+#endif
+}
+
 // The group of 8 buckets `g` of a stripe's bucket array.
 inline layout::Bucket* group(layout::Bucket* buckets, std::uint32_t g) {
   return buckets + std::uint64_t(g) * layout::kGroupSlots;

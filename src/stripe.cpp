@@ -45,7 +45,8 @@ bool find(const arena::StripeView& v, std::string_view key, std::uint64_t hash, 
   __builtin_prefetch(index::group(v.buckets, p.g2));
   for (std::uint32_t g : {p.g1, p.g2}) {
     layout::Bucket* grp = index::group(v.buckets, g);
-    for (std::uint32_t i = 0; i < layout::kGroupSlots; ++i) {
+    for (unsigned m = index::candidates(grp, p.fingerprint); m != 0; m &= m - 1) {
+      const unsigned i = unsigned(__builtin_ctz(m));
       const layout::Bucket b = index::load(grp[i]);
       if (b == 0 || index::fingerprint_of(b) != p.fingerprint) continue;
       std::uint64_t off;
@@ -54,6 +55,8 @@ bool find(const arena::StripeView& v, std::string_view key, std::uint64_t hash, 
       for (int line = 1; line < 4; ++line) __builtin_prefetch(v.arena + off + 64 * line);
       if (!arena::read_header(v, off, f.h)) continue;
       if (f.h.kind != layout::kKindEntry || f.h.live != 1 || f.h.hash != hash || f.h.key_len != key.size()) continue;
+      // The rest of a small entry, while the key is compared.
+      for (std::uint64_t line = 4; line < 8 && 64 * line < f.h.size; ++line) __builtin_prefetch(v.arena + off + 64 * line);
       if (!words::equal(v.arena, arena::key_off(off), key.data(), key.size())) continue;
       f.off = off;
       f.bucket = &grp[i];
@@ -108,11 +111,27 @@ Lookup finish(const Found& f, Lookup r, Dest& out) {
   return compress::decompress(raw_buffer(), dst, f.h.orig_len) ? Lookup::hit : Lookup::miss;
 }
 
-// Builds the entry image in private memory: header, key, value, tags, padding.
-const std::uint8_t* build_image(const Write& w, const GenerationStamp& stamp, std::uint32_t size) {
-  thread_local std::vector<std::uint64_t> image;
-  image.assign(size / 8, 0);
-  auto* bytes = reinterpret_cast<std::uint8_t*>(image.data());
+// Private memory for one entry image: on the stack when it is small (no
+// thread-local lookup, no allocation), else this thread's buffer. 8-aligned.
+class ImageBuffer {
+ public:
+  std::uint8_t* get(std::uint32_t size) {
+    return size <= sizeof small_ ? reinterpret_cast<std::uint8_t*>(small_) : large(size);
+  }
+
+ private:
+  [[gnu::noinline]] static std::uint8_t* large(std::uint32_t size) {
+    thread_local std::vector<std::uint64_t> image;
+    if (image.size() < size / 8) image.resize(size / 8);
+    return reinterpret_cast<std::uint8_t*>(image.data());
+  }
+  std::uint64_t small_[256];  // 2 KiB, left uninitialized: build_image writes every byte
+};
+
+// Builds the entry image in `buf`: header, key, value, tags, namespace, zero padding.
+const std::uint8_t* build_image(const Write& w, const GenerationStamp& stamp, std::uint32_t size, ImageBuffer& buf) {
+  std::uint8_t* bytes = buf.get(size);
+  std::memset(bytes + size - 8, 0, 8);  // the padding (the payload overwrites what is not)
   EntryHeader h{};
   h.size = size;
   h.magic = layout::kEntryMagic;
@@ -215,7 +234,7 @@ Locked::Locked(Segment& segment, std::uint32_t index)
                                         "creator; it cannot take stripe locks");
   }
   const stripe_lock::Acquired a =
-      stripe_lock::lock(*view_.hdr, std::chrono::steady_clock::now() + segment.lock_timeout());
+      stripe_lock::lock(*view_.hdr, segment.lock_timeout());
   if (!a.acquired) {
     throw Error(Errc::busy, "segment '" + segment.name() + "' stripe " + std::to_string(index) +
                                 ": locked by live thread " + std::to_string(a.holder_tid) + " for more than " +
@@ -348,7 +367,10 @@ void store_locked(const arena::StripeView& v, const Found* old, const std::uint8
   const std::uint64_t off = arena::make_room(v, size, judge);
   HOSTCACHE_CRASH_POINT("set.after_make_room");
   arena::append(v, off, image, size, judge);
-  layout::Bucket* bucket = arena::place(v, hash);
+  // An overwrite takes its old bucket back (one of the key's two groups, so
+  // the groups' balance is unchanged) unless making room has reused it.
+  layout::Bucket* bucket =
+      old != nullptr && index::load(*old->bucket) == 0 ? old->bucket : arena::place(v, hash);
   if (bucket == nullptr) bucket = make_bucket(v, hash, judge);
   index::store(*bucket, index::encode(off, index::probe(hash, v.groups).fingerprint));
   HOSTCACHE_CRASH_POINT("set.after_index");
@@ -389,7 +411,8 @@ SetResult set(Segment& segment, const Write& w, Mode mode) {
       w.stamp != nullptr ? *w.stamp
                          : generations::read(segment, w.tag_slots, w.tags ? unsigned(w.tags->size()) : 0,
                                              !w.ns.empty(), w.ns_slot);
-  const std::uint8_t* image = build_image(w, stamp, size);
+  ImageBuffer buf;
+  const std::uint8_t* image = build_image(w, stamp, size, buf);
   Locked locked(segment, index);
   const arena::StripeView& v = locked.view();
   const generations::Judge judge(segment);
@@ -445,7 +468,8 @@ Errc incr(Segment& segment, std::string_view key, std::uint64_t hash, std::int64
   stamp.ns = old.h.ns_gen;
   const std::uint64_t size = arena::entry_size(key.size(), text.size(), tags_bytes(w));
   if (size > v.arena_bytes) return Errc::value_too_large;  // a 20-byte value where a longer one fit: unreachable
-  const std::uint8_t* image = build_image(w, stamp, std::uint32_t(size));
+  ImageBuffer buf;
+  const std::uint8_t* image = build_image(w, stamp, std::uint32_t(size), buf);
   locked.begin();
   store_locked(v, &old, image, std::uint32_t(size), hash, judge);
   locked.end();

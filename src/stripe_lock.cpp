@@ -135,7 +135,11 @@ struct Self {
   std::uint32_t pid = 0;
   std::uint64_t pidns = 0, timens = 0;
 };
-thread_local Self t_self;
+// Initial-exec: a lock reads it twice, and the general-dynamic model of a
+// shared library costs a __tls_get_addr call each time. The block is a few
+// dozen bytes of glibc's static TLS surplus, which exists for libraries
+// loaded by dlopen (the Python module) doing exactly this.
+[[gnu::tls_model("initial-exec")]] thread_local Self t_self;
 
 const Self& self() {
   ForkPage* page = fork_page();
@@ -280,6 +284,16 @@ Acquired lock(layout::StripeHeader& s, steady::time_point deadline) {
     return took(s, me);
   }
   return lock_slow(s, me, deadline);
+}
+
+Acquired lock(layout::StripeHeader& s, std::chrono::milliseconds timeout) {
+  const Self& me = self();
+  std::uint64_t expected = 0;
+  if (word_of(s).compare_exchange_strong(expected, me.word, std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+    return took(s, me);  // uncontended: no clock is read
+  }
+  return lock_slow(s, me, steady::now() + timeout);
 }
 
 void unlock(layout::StripeHeader& s) {

@@ -57,6 +57,8 @@ struct Acquired {
 
 // Takes the stripe's lock, waiting until `deadline` at most.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::steady_clock::time_point deadline);
+// The same, waiting `timeout` at most from the first failed attempt.
+Acquired lock(layout::StripeHeader& stripe, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe);
 
 // The identity word this thread writes when it holds a lock (tests).
