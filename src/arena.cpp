@@ -312,26 +312,50 @@ std::uint64_t make_room(const StripeView& s, std::uint64_t bytes, const generati
   }
 }
 
-void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes,
-            const generations::Judge& judge) {
+namespace {
+
+// What the stripe knows of its garbage (see known_clean) when the entry
+// image `image` arrives in the ring: a new entry expiring early moves the
+// clean horizon, and one stale on arrival (a memoized result computed across
+// an invalidation) is garbage it did not see.
+void note_arrival(const StripeView& s, const std::uint8_t* image, const generations::Judge& judge) {
   EntryHeader h;
   std::memcpy(&h, image, sizeof h);
-  // What the stripe knows of its garbage (see known_clean): a new entry
-  // expiring early moves the clean horizon, and one stale on arrival (a
-  // memoized result computed across an invalidation) is garbage it did not see.
   note_expiry(s, h.expires_ms);
   if (judge.of(h) != generations::State::valid) {
     // Garbage the stripe has not seen: not clean, and a lap under way must
-    // not declare it clean when it ends (the entry lies beyond its range).
+    // not declare it clean when it ends (the entry may lie beyond its range,
+    // or in what it has passed).
     store(s.hdr->clean_epoch, std::uint64_t{0});
     store(s.hdr->lap_epoch, ~std::uint64_t{0});
   }
+}
+
+}  // namespace
+
+void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, std::uint64_t bytes,
+            const generations::Judge& judge) {
+  note_arrival(s, image, judge);
   words::copy_in(s.arena + off, image, bytes);
   HOSTCACHE_CRASH_POINT("set.after_write");
   const std::uint64_t head = off + bytes;
   store(s.hdr->head, head == s.arena_bytes ? 0 : head);  // head before used, as in write_pad
   store(s.hdr->used, load(s.hdr->used) + bytes);
   HOSTCACHE_CRASH_POINT("set.after_append");
+}
+
+void rewrite(const StripeView& s, std::uint64_t off, const EntryHeader& old, const std::uint8_t* image,
+             std::uint64_t bytes, const generations::Judge& judge) {
+  // Callers pass an image of old.size bytes, live, of the same kind: its
+  // first word (size, magic, kind, live) is the old entry's, so the ring stays
+  // walkable whatever a crash leaves, and a torn entry fails its checksum
+  // (repair drops it: the cost of a set killed midway, as on the append path).
+  if (bytes != old.size || old.kind != layout::kKindEntry) return;  // unreachable: checked by the caller
+  note_arrival(s, image, judge);
+  const std::uint64_t half = bytes / 16 * 8;
+  words::copy_in(s.arena + off, image, half);
+  HOSTCACHE_CRASH_POINT("set.in_place");
+  words::copy_in(s.arena + off + half, image + half, bytes - half);
 }
 
 void set_expiry(const StripeView& s, std::uint64_t off, const EntryHeader& h, std::int64_t expires_ms) {

@@ -152,6 +152,13 @@ void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, s
 // nullptr when all 16 residents' other groups are full too.
 layout::Bucket* place(const StripeView& s, std::uint64_t hash);
 
+// Rewrites the live entry at `off` (header `old`, read under this lock) in
+// place with an image of exactly old.size bytes (a same-size overwrite): no
+// ring growth, no reclaim, no move. The eviction horizons follow the new
+// entry as append's do.
+void rewrite(const StripeView& s, std::uint64_t off, const layout::EntryHeader& old, const std::uint8_t* image,
+             std::uint64_t bytes, const generations::Judge& judge);
+
 // Gives the entry at `off` (header `h`, read under this lock) a new expiry:
 // the expiry word, then the checksum, rewritten in place; the stripe's
 // eviction horizons follow (touch).

@@ -20,7 +20,7 @@ inline constexpr const char* kCrashPoints[] = {
     "move.committed",     "evict.before_unlink",   "evict.after_unlink",  "index.before_evict",
     "clear.before_bump",  "clear.after_bump",      "invalidate.before_bump", "invalidate.after_bump",
     "stats.before_claim", "stats.after_claim",     "recovery.start",      "recovery.rebuilt",
-    "recovery.after_reset",
+    "recovery.after_reset", "set.in_place",
 };
 
 #if defined(HOSTCACHE_CRASH_POINTS)

@@ -360,6 +360,16 @@ std::uint64_t tags_bytes(const Write& w) {
 // image, evicting as needed.
 void store_locked(const arena::StripeView& v, const Found* old, const std::uint8_t* image, std::uint32_t size,
                   std::uint64_t hash, const generations::Judge& judge) {
+  if (old != nullptr && old->h.size == size) {
+    // Same size: rewrite it where it lies. The bucket is marked referenced
+    // (the key was just written, as an appended entry is new at the head),
+    // so the entry's age in the ring does not make it the next eviction.
+    arena::rewrite(v, old->off, old->h, image, size, judge);
+    index::store(*old->bucket, index::encode(old->off, index::probe(hash, v.groups).fingerprint) | layout::kRefBit);
+    HOSTCACHE_CRASH_POINT("set.after_index");
+    store(v.hdr->sets, load(v.hdr->sets) + 1);
+    return;
+  }
   if (old != nullptr) {
     arena::kill(v, old->off, old->h, old->bucket);
     HOSTCACHE_CRASH_POINT("set.after_kill_old");
