@@ -184,14 +184,16 @@ std::vector<std::optional<std::string>> Cache::get_many(const std::vector<std::s
     hashes[i] = hash_key(keys[i]);
     stripe::prefetch(*impl_->segment, hashes[i]);
   }
-  std::string value;
+  // Then, the groups having arrived meanwhile, every candidate entry's first
+  // lines: three rounds of misses for the whole batch instead of per key.
+  for (std::size_t i = 0; i < keys.size(); ++i) stripe::prefetch_entry(*impl_->segment, hashes[i]);
   for (std::size_t i = 0; i < keys.size(); ++i) {
     if (!key_ok(*impl_, keys[i])) {
       impl_->stats.miss();
       continue;
     }
-    stripe::Dest dest{&value, nullptr, nullptr, impl_->max_value_bytes};
-    if (lookup(*impl_, keys[i], dest, nullptr, hashes[i]) == stripe::Lookup::hit) out[i] = value;
+    stripe::Dest dest{&out[i].emplace(), nullptr, nullptr, impl_->max_value_bytes};  // straight into the result
+    if (lookup(*impl_, keys[i], dest, nullptr, hashes[i]) != stripe::Lookup::hit) out[i].reset();
   }
   return out;
 }

@@ -338,6 +338,24 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
   }
 }
 
+void prefetch_entry(Segment& segment, std::uint64_t hash) {
+  const arena::StripeView v =
+      arena::StripeView::over(segment.stripe_base(of(hash, segment.geometry().stripe_count)), segment.geometry());
+  const index::Probe p = index::probe(hash, v.groups);
+  // Unvalidated reads that only choose what to prefetch: whatever a writer
+  // is doing, a prefetch reads nothing into the program and cannot fault.
+  for (std::uint32_t g : {p.g1, p.g2}) {
+    const layout::Bucket* grp = index::group(v.buckets, g);
+    for (unsigned m = index::candidates(grp, p.fingerprint); m != 0; m &= m - 1) {
+      std::uint64_t off;
+      if (!index::offset_of(index::load(grp[__builtin_ctz(m)]), v.arena_bytes, off)) continue;
+      for (std::uint64_t line = 0; line < 4 && off + 64 * line < v.arena_bytes; ++line) {
+        __builtin_prefetch(v.arena + off + 64 * line);
+      }
+    }
+  }
+}
+
 void prefetch(Segment& segment, std::uint64_t hash) {
   const arena::StripeView v =
       arena::StripeView::over(segment.stripe_base(of(hash, segment.geometry().stripe_count)), segment.geometry());
@@ -358,9 +376,22 @@ std::uint64_t tags_bytes(const Write& w) {
 
 // Under the lock, seq odd: replaces the key's entry (`old`, if found) by the
 // image, evicting as needed.
+// True when the image has the old entry's size and every length read_header
+// checks: a rewrite torn anywhere by a kill then leaves a header that still
+// reads (only its checksum fails), so repair drops that entry alone. Lengths
+// that differ would leave a header that does not read in the middle of the
+// ring, and repair would have to reset the whole stripe.
+bool same_shape(const EntryHeader& old, const std::uint8_t* image) {
+  EntryHeader h;
+  std::memcpy(&h, image, sizeof h);
+  return h.size == old.size && h.key_len == old.key_len && h.value_len == old.value_len &&
+         h.tags_len == old.tags_len && h.ntags == old.ntags && h.flags == old.flags && h.orig_len == old.orig_len &&
+         h.ns_len == old.ns_len;
+}
+
 void store_locked(const arena::StripeView& v, const Found* old, const std::uint8_t* image, std::uint32_t size,
                   std::uint64_t hash, const generations::Judge& judge) {
-  if (old != nullptr && old->h.size == size) {
+  if (old != nullptr && same_shape(old->h, image)) {
     // Same size: rewrite it where it lies. The bucket is marked referenced
     // (the key was just written, as an appended entry is new at the head),
     // so the entry's age in the ring does not make it the next eviction.

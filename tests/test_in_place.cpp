@@ -59,6 +59,23 @@ TEST(InPlace, ASameSizeOverwriteRewritesTheEntryWhereItLies) {
   EXPECT_TRUE(inspect::check(name.name).empty());
 }
 
+// Same size but another value length (a counter going from 9 to 10 stays in
+// one 8-byte padding class): a rewrite torn between the header's length
+// words would not read in the middle of the ring, and repair would reset the
+// stripe; such a set must go through kill-and-append.
+TEST(InPlace, ASetThatChangesALengthIsNeverRewrittenInPlace) {
+  ScopedName name("inplace-len");
+  Cache cache = Cache::open(small_config(name.name, 1u << 20, 1));
+  ASSERT_EQ(cache.set("counter", "9"), Errc::ok);
+  const std::uint64_t head = head_of(cache, 0);
+  ASSERT_EQ(cache.set("counter", "10"), Errc::ok);
+  EXPECT_NE(head, head_of(cache, 0)) << "rewritten in place although value_len changed";
+  const std::uint64_t head2 = head_of(cache, 0);
+  ASSERT_EQ(cache.set("counter", "11"), Errc::ok);
+  EXPECT_EQ(head2, head_of(cache, 0)) << "same lengths: in place";
+  EXPECT_EQ(cache.get("counter").value_or(""), "11");
+}
+
 // Readers in other processes while one writer rewrites a few keys in place
 // as fast as it can: every hit verifies (key, version, length, checksum).
 TEST(InPlace, ReadersInOtherProcessesNeverSeeAHalfRewrittenValue) {
