@@ -185,7 +185,7 @@ std::vector<std::optional<std::string>> Cache::get_many(const std::vector<std::s
     stripe::prefetch(*impl_->segment, hashes[i]);
   }
   // Then, the groups having arrived meanwhile, every candidate entry's first
-  // lines: three rounds of misses for the whole batch instead of per key.
+  // 512 bytes: three rounds of misses for the whole batch instead of per key.
   for (std::size_t i = 0; i < keys.size(); ++i) stripe::prefetch_entry(*impl_->segment, hashes[i]);
   for (std::size_t i = 0; i < keys.size(); ++i) {
     if (!key_ok(*impl_, keys[i])) {

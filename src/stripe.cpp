@@ -349,7 +349,7 @@ void prefetch_entry(Segment& segment, std::uint64_t hash) {
     for (unsigned m = index::candidates(grp, p.fingerprint); m != 0; m &= m - 1) {
       std::uint64_t off;
       if (!index::offset_of(index::load(grp[__builtin_ctz(m)]), v.arena_bytes, off)) continue;
-      for (std::uint64_t line = 0; line < 4 && off + 64 * line < v.arena_bytes; ++line) {
+      for (std::uint64_t line = 0; line < 8 && off + 64 * line < v.arena_bytes; ++line) {
         __builtin_prefetch(v.arena + off + 64 * line);
       }
     }

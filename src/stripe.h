@@ -87,7 +87,7 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
 // Starts loading the key's two bucket groups (get_many).
 void prefetch(Segment& segment, std::uint64_t hash);
 // After prefetch(), once the groups have arrived: starts the loads of the
-// first lines of every entry the key's fingerprint may name (get_many).
+// first 512 bytes of every entry the key's fingerprint may name (get_many).
 void prefetch_entry(Segment& segment, std::uint64_t hash);
 
 struct Write {
