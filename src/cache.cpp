@@ -136,10 +136,9 @@ stripe::Lookup lookup(Cache::Impl& impl, std::string_view key, stripe::Dest& des
   } else {
     impl.stats.miss();
   }
-  auto& lg = log::get();
-  if (lg.should_log(spdlog::level::debug)) {
+  if (log::debug_enabled()) [[unlikely]] {
     static constexpr const char* kWords[] = {"hit", "miss", "miss (expired)", "miss (stale)"};
-    lg.debug("get '{}': {}", key, kWords[int(r)]);
+    log::get().debug("get '{}': {}", key, kWords[int(r)]);
   }
   return r;
 }

@@ -11,4 +11,11 @@ namespace hostcache::log {
 
 spdlog::logger& get();
 
+// Whether debug messages are logged. The level is fixed when the logger is
+// created (HOSTCACHE_LOG), so a hit tests one cached byte, not the logger.
+inline bool debug_enabled() {
+  static const bool on = get().should_log(spdlog::level::debug);
+  return on;
+}
+
 }  // namespace hostcache::log

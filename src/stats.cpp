@@ -14,19 +14,12 @@
 namespace hostcache {
 namespace {
 
-// Bumped in every child of fork(): a recorder whose epoch differs knows its
-// slot belongs to its parent and claims its own.
-std::atomic<std::uint64_t> g_fork_epoch{0};
 std::once_flag g_atfork_once;
 
 bool dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
 
 }  // namespace
 
-std::uint64_t* StatsRecorder::counter(int which) {
-  if (epoch_.load(std::memory_order_acquire) != g_fork_epoch.load(std::memory_order_relaxed)) claim();
-  return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
-}
 
 // A slot is claimed by CAS on its pid: a free one (0), else one whose process
 // is dead. A dead process's counts stay in the slot and the new owner counts
@@ -34,10 +27,10 @@ std::uint64_t* StatsRecorder::counter(int which) {
 // that a crash could interrupt halfway.
 void StatsRecorder::claim() {
   std::call_once(g_atfork_once, [] {
-    pthread_atfork(nullptr, nullptr, [] { g_fork_epoch.fetch_add(1, std::memory_order_relaxed); });
+    pthread_atfork(nullptr, nullptr, [] { StatsRecorder::fork_epoch_.fetch_add(1, std::memory_order_relaxed); });
   });
   std::lock_guard<std::mutex> lock(mu_);
-  const std::uint64_t epoch = g_fork_epoch.load(std::memory_order_relaxed);
+  const std::uint64_t epoch = StatsRecorder::fork_epoch_.load(std::memory_order_relaxed);
   if (epoch_.load(std::memory_order_relaxed) == epoch) return;
   const auto me = std::uint32_t(::getpid());
   layout::StatsSlot* slots = segment_->stats_slots();
@@ -62,7 +55,7 @@ void StatsRecorder::claim() {
 
 StatsRecorder::~StatsRecorder() {
   if (slot_ < 0 || segment_ == nullptr || segment_->read_only()) return;
-  if (epoch_.load() != g_fork_epoch.load()) return;  // a fork child: the slot is its parent's
+  if (epoch_.load() != StatsRecorder::fork_epoch_.load()) return;  // a fork child: the slot is its parent's
   std::uint32_t owner = pid_;
   std::atomic_ref<std::uint32_t>(segment_->stats_slots()[slot_].pid).compare_exchange_strong(owner, 0u);
 }

@@ -32,7 +32,14 @@ class StatsRecorder {
   static Stats read(const Segment& segment);
 
  private:
-  std::uint64_t* counter(int which);   // 0 hits, 1 misses
+  // 0 hits, 1 misses. Inline: every get counts.
+  std::uint64_t* counter(int which) {
+    if (epoch_.load(std::memory_order_acquire) != fork_epoch_.load(std::memory_order_relaxed)) [[unlikely]] claim();
+    return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
+  }
+  // Bumped in every child of fork(): a recorder whose epoch differs knows its
+  // slot belongs to its parent and claims its own.
+  static inline std::atomic<std::uint64_t> fork_epoch_{0};
   void claim();
   Segment* segment_;
   std::mutex mu_;
