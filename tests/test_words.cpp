@@ -12,6 +12,9 @@
 #include <random>
 #include <vector>
 
+#include <xxhash.h>
+
+#include "arena.h"
 #include "atomic_words.h"
 
 namespace {
@@ -103,6 +106,28 @@ TEST(Words, CopyInWritesExactlyTheWords) {
     EXPECT_EQ(0x5a5a5a5a5a5a5a5aull, shared[1]);
     EXPECT_EQ(0x5a5a5a5a5a5a5a5aull, shared[bytes / 8 + 2]) << bytes;
     EXPECT_EQ(0x5a5a5a5a5a5a5a5aull, shared[bytes / 8 + 3]) << bytes;
+  }
+}
+
+// The checksum is XXH3 whichever vector path this CPU takes (the AVX2 one
+// past 240 bytes): processes on CPUs with and without AVX2 share segments.
+TEST(Words, ChecksumIsXxh3OnEveryPath) {
+  std::mt19937_64 rng(3);
+  std::vector<std::uint8_t> image(8192 + 256);
+  for (auto& b : image) b = std::uint8_t(rng());
+  for (std::uint32_t value_len : {0u, 1u, 100u, 121u, 200u, 240u, 241u, 500u, 1000u, 4096u, 8000u}) {
+    hostcache::layout::EntryHeader h{};
+    h.magic = hostcache::layout::kEntryMagic;
+    h.kind = hostcache::layout::kKindEntry;
+    h.key_len = 7;
+    h.value_len = value_len;
+    h.size = std::uint32_t(hostcache::arena::entry_size(h.key_len, h.value_len, 0));
+    const std::size_t len = hostcache::layout::kHeaderBytes - hostcache::layout::kChecksumFrom + h.key_len + value_len;
+    const std::uint64_t seed = (std::uint64_t(h.size) << 32) | (std::uint64_t(h.kind) << 16) | h.magic;
+    // libxxhash's own build, not the library's inlined ones.
+    EXPECT_EQ(hostcache::arena::checksum_of(image.data(), h),
+              XXH3_64bits_withSeed(image.data() + hostcache::layout::kChecksumFrom, len, seed))
+        << value_len;
   }
 }
 
