@@ -29,6 +29,7 @@
 // the sequence afterwards) or over a private copy of the stripe.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -99,6 +100,31 @@ inline bool read_header(const StripeView& s, std::uint64_t off, layout::EntryHea
   // Each length is below 2^32, so neither sum overflows.
   const std::uint64_t payload = std::uint64_t(out.key_len) + out.value_len + out.tags_len + out.ns_len;
   return entry_size(out.key_len, out.value_len, std::uint64_t(out.tags_len) + out.ns_len) == out.size && payload <= a;
+}
+
+// read_header for a lookup, which only wants a live entry: the same bounds
+// and checks for such an entry (anything else is false), in one load of the
+// whole header and fewer branches.
+inline bool read_live_header(const StripeView& s, std::uint64_t off, layout::EntryHeader& out) {
+  using layout::kHeaderBytes;
+  const std::uint64_t a = s.arena_bytes;
+  if (off % 8 != 0 || off >= a || a - off < kHeaderBytes) return false;
+  words::copy_out_fixed<kHeaderBytes>(s.arena + off, &out);
+  // magic, kind and live in one compare (the first word's upper half).
+  constexpr std::uint32_t kLive = std::uint32_t(layout::kEntryMagic) | (std::uint32_t(layout::kKindEntry) << 16) |
+                                  (std::uint32_t{1} << 24);
+  static_assert(offsetof(layout::EntryHeader, magic) == 4 && offsetof(layout::EntryHeader, kind) == 6 &&
+                offsetof(layout::EntryHeader, live) == 7);
+  std::uint32_t mkl;
+  std::memcpy(&mkl, reinterpret_cast<const char*>(&out) + 4, 4);
+  if (mkl != kLive || out.size > a - off || out.ntags > 4 || out.key_len == 0 ||
+      (out.flags & ~layout::kKnownFlags) != 0) {
+    return false;
+  }
+  if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > a) return false;
+  // size is a multiple of 8 and at least kHeaderBytes because it equals an
+  // entry_size; the payload then lies within the entry, within the arena.
+  return entry_size(out.key_len, out.value_len, std::uint64_t(out.tags_len) + out.ns_len) == out.size;
 }
 
 // Payload offsets (arena offsets) of an entry whose header was read at `off`.

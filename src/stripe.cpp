@@ -31,13 +31,13 @@ constexpr int kSpinsWhileOdd = 256;
 
 struct Found {
   std::uint64_t off = 0;
-  EntryHeader h{};
+  EntryHeader h;  // filled by find(); meaningful only when it returned true (not zeroed: every get makes one)
   layout::Bucket* bucket = nullptr;
   layout::Bucket seen = 0;
 };
 
 // Finds the key's entry among its two bucket groups. Every offset is
-// bounds-checked (read_header) before it is followed; the full key is compared.
+// bounds-checked (read_live_header) before it is followed; the full key is compared.
 bool find(const arena::StripeView& v, std::string_view key, std::uint64_t hash, Found& f) {
   const index::Probe p = index::probe(hash, v.groups);
   // The key is in either group (inserts go to the emptier one): start both
@@ -53,8 +53,7 @@ bool find(const arena::StripeView& v, std::string_view key, std::uint64_t hash, 
       if (!index::offset_of(b, v.arena_bytes, off)) continue;
       // Header, key and the value's start: one miss's latency instead of four.
       for (int line = 1; line < 4; ++line) __builtin_prefetch(v.arena + off + 64 * line);
-      if (!arena::read_header(v, off, f.h)) continue;
-      if (f.h.kind != layout::kKindEntry || f.h.live != 1 || f.h.hash != hash || f.h.key_len != key.size()) continue;
+      if (!arena::read_live_header(v, off, f.h) || f.h.hash != hash || f.h.key_len != key.size()) continue;
       // The rest of a small entry, while the key is compared.
       for (std::uint64_t line = 4; line < 8 && 64 * line < f.h.size; ++line) __builtin_prefetch(v.arena + off + 64 * line);
       if (!words::equal(v.arena, arena::key_off(off), key.data(), key.size())) continue;
@@ -315,11 +314,12 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
     if (s1 & 1) continue;
     Found f;
     Lookup r = Lookup::miss;
-    if (find(v, key, hash, f)) r = judge_and_copy(v, f, judge, out);
+    const bool found = find(v, key, hash, f);
+    if (found) r = judge_and_copy(v, f, judge, out);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (load(v.hdr->seq) == s1) {
       if (r == Lookup::hit) index::touch(*f.bucket, f.seen);
-      if (meta != nullptr) meta->expires_ms = f.h.expires_ms;
+      if (meta != nullptr) meta->expires_ms = found ? f.h.expires_ms : 0;
       return finish(f, r, out);
     }
   }
@@ -327,9 +327,10 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
     Locked locked(segment, index);
     Found f;
     Lookup r = Lookup::miss;
-    if (find(v, key, hash, f)) r = judge_and_copy(v, f, judge, out);
+    const bool found = find(v, key, hash, f);
+    if (found) r = judge_and_copy(v, f, judge, out);
     if (r == Lookup::hit) index::touch(*f.bucket, f.seen);
-    if (meta != nullptr) meta->expires_ms = f.h.expires_ms;
+    if (meta != nullptr) meta->expires_ms = found ? f.h.expires_ms : 0;
     return finish(f, r, out);
   } catch (const Error& e) {
     if (e.code() != Errc::busy) throw;
