@@ -14,7 +14,10 @@
 namespace hostcache {
 namespace {
 
-std::once_flag g_atfork_once;
+// Registered when the library is loaded, before any of its threads can fork.
+const int g_atfork = pthread_atfork(nullptr, nullptr, [] {
+  StatsRecorder::fork_epoch_.fetch_add(1, std::memory_order_relaxed);
+});
 
 bool dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
 
@@ -25,13 +28,17 @@ bool dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && 
 // is dead. A dead process's counts stay in the slot and the new owner counts
 // on from them: its totals are folded into the sum without a separate step
 // that a crash could interrupt halfway.
-void StatsRecorder::claim() {
-  std::call_once(g_atfork_once, [] {
-    pthread_atfork(nullptr, nullptr, [] { StatsRecorder::fork_epoch_.fetch_add(1, std::memory_order_relaxed); });
-  });
-  std::lock_guard<std::mutex> lock(mu_);
+std::uint64_t* StatsRecorder::claim(int which) {
+  (void)g_atfork;
   const std::uint64_t epoch = StatsRecorder::fork_epoch_.load(std::memory_order_relaxed);
-  if (epoch_.load(std::memory_order_relaxed) == epoch) return;
+  layout::Header* h = segment_->header();
+  std::uint64_t* shared = which == 0 ? &h->folded_hits : &h->folded_misses;
+  std::uint64_t seen = claiming_.load(std::memory_order_relaxed);
+  if (seen == epoch || !claiming_.compare_exchange_strong(seen, epoch, std::memory_order_acq_rel)) {
+    // Another thread claims for this epoch (or has): its slot once published.
+    if (epoch_.load(std::memory_order_acquire) != epoch) return shared;
+    return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
+  }
   const auto me = std::uint32_t(::getpid());
   layout::StatsSlot* slots = segment_->stats_slots();
   const std::uint32_t n = segment_->geometry().stats_slots;
@@ -45,12 +52,12 @@ void StatsRecorder::claim() {
     }
   }
   HOSTCACHE_CRASH_POINT("stats.after_claim");
-  layout::Header* h = segment_->header();
   slot_ = got;
   pid_ = me;
   hits_.store(got >= 0 ? &slots[got].hits : &h->folded_hits, std::memory_order_relaxed);
   misses_.store(got >= 0 ? &slots[got].misses : &h->folded_misses, std::memory_order_relaxed);
   epoch_.store(epoch, std::memory_order_release);
+  return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
 }
 
 StatsRecorder::~StatsRecorder() {

@@ -20,6 +20,10 @@ class Segment;
 
 class StatsRecorder {
  public:
+  // Bumped in every child of fork() (an atfork handler registered when the
+  // library is loaded): a recorder whose epoch differs knows its slot
+  // belongs to its parent and claims its own.
+  static inline std::atomic<std::uint64_t> fork_epoch_{0};
   explicit StatsRecorder(Segment* segment) : segment_(segment) {}
   StatsRecorder(const StatsRecorder&) = delete;
   StatsRecorder& operator=(const StatsRecorder&) = delete;
@@ -34,15 +38,18 @@ class StatsRecorder {
  private:
   // 0 hits, 1 misses. Inline: every get counts.
   std::uint64_t* counter(int which) {
-    if (epoch_.load(std::memory_order_acquire) != fork_epoch_.load(std::memory_order_relaxed)) [[unlikely]] claim();
+    if (epoch_.load(std::memory_order_acquire) != fork_epoch_.load(std::memory_order_relaxed)) [[unlikely]] {
+      return claim(which);
+    }
     return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
   }
-  // Bumped in every child of fork(): a recorder whose epoch differs knows its
-  // slot belongs to its parent and claims its own.
-  static inline std::atomic<std::uint64_t> fork_epoch_{0};
-  void claim();
+  // Claims this process's slot, or lets the thread already claiming it in
+  // this epoch do so: no lock, so that a fork while another thread claims
+  // cannot leave the child waiting for a thread it does not have. Until the
+  // slot is published, counts go to the shared totals.
+  std::uint64_t* claim(int which);
   Segment* segment_;
-  std::mutex mu_;
+  std::atomic<std::uint64_t> claiming_{~0ull};  // the fork epoch a thread of this process is claiming for
   std::atomic<std::uint64_t> epoch_{~0ull};  // fork epoch the slot was claimed in
   std::atomic<std::uint64_t*> hits_{nullptr};
   std::atomic<std::uint64_t*> misses_{nullptr};
