@@ -135,11 +135,11 @@ struct Self {
   std::uint32_t pid = 0;
   std::uint64_t pidns = 0, timens = 0;
 };
-// Initial-exec: a lock reads it twice, and the general-dynamic model of a
-// shared library costs a __tls_get_addr call each time. The block is a few
-// dozen bytes of glibc's static TLS surplus, which exists for libraries
-// loaded by dlopen (the Python module) doing exactly this.
-[[gnu::tls_model("initial-exec")]] thread_local Self t_self;
+// The default (general-dynamic) TLS model: initial-exec would save a
+// __tls_get_addr per lock, but a library loaded by dlopen then needs glibc's
+// static TLS surplus, and under Python it was already used up ("cannot
+// allocate memory in static TLS block" importing the module).
+thread_local Self t_self;
 
 const Self& self() {
   ForkPage* page = fork_page();
