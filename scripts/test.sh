@@ -36,8 +36,8 @@ build build-asan -DHOSTCACHE_SANITIZE=address -DHOSTCACHE_CRASH_POINTS=ON -DHOST
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j "$jobs" --timeout 900 -LE "nosan")
 
 echo "== ThreadSanitizer (in-process concurrency tests) =="
-TARGETS="test_threads test_memoize" build build-tsan -DHOSTCACHE_SANITIZE=thread -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF -DHOSTCACHE_BUILD_TOOLS=OFF -DHOSTCACHE_BUILD_PYTHON=OFF -DHOSTCACHE_BUILD_RELAY=OFF
-(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" --timeout 900 -R "^(test_threads|test_memoize)$")
+TARGETS="test_threads test_memoize test_words" build build-tsan -DHOSTCACHE_SANITIZE=thread -DHOSTCACHE_BUILD_BENCHMARKS=OFF -DHOSTCACHE_BUILD_EXAMPLES=OFF -DHOSTCACHE_BUILD_TOOLS=OFF -DHOSTCACHE_BUILD_PYTHON=OFF -DHOSTCACHE_BUILD_RELAY=OFF
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" --timeout 900 -R "^(test_threads|test_memoize|test_words)$")
 
 echo "== libFuzzer (clang, ASan + UBSan), bounded =="
 scripts/fuzz.sh "${HOSTCACHE_FUZZ_SECONDS:-60}"
