@@ -30,6 +30,7 @@
 #include "cache_impl.h"
 #include "crash_point.h"
 #include "index.h"
+#include "entry_probe.h"
 #include "reliability_support.h"
 #include "segment.h"
 #include "stripe.h"
@@ -45,32 +46,6 @@ layout::StripeHeader& header_of(const Cache& cache, std::uint32_t i) {
   return *reinterpret_cast<layout::StripeHeader*>(detail::Access::segment(cache).stripe_base(i));
 }
 
-arena::StripeView view_of(const Cache& cache, std::uint32_t i) {
-  Segment& seg = detail::Access::segment(cache);
-  return arena::StripeView::over(seg.stripe_base(i), seg.geometry());
-}
-
-// Arena offset of `key`'s live entry in stripe `s` (the stripe is quiet).
-std::uint64_t entry_offset(const Cache& cache, std::uint32_t s, const std::string& key) {
-  const arena::StripeView v = view_of(cache, s);
-  std::uint64_t found = ~std::uint64_t{0};
-  arena::walk(
-      v, words::load(v.hdr->tail), words::load(v.hdr->head),
-      [&](std::uint64_t off, const layout::EntryHeader& h) {
-        if (h.kind == layout::kKindEntry && h.live == 1 && h.key_len == key.size() &&
-            words::equal(v.arena, arena::key_off(off), key.data(), key.size())) {
-          found = off;
-        }
-      },
-      nullptr, nullptr);
-  return found;
-}
-
-std::vector<std::uint64_t> snapshot(const std::uint8_t* p, std::size_t bytes) {
-  std::vector<std::uint64_t> out(bytes / 8);
-  for (std::size_t i = 0; i < out.size(); ++i) out[i] = words::load_word(p + 8 * i);
-  return out;
-}
 
 // ---- 1. SIGKILL at every store of an in-place rewrite ------------------------------
 //
@@ -118,45 +93,15 @@ KillResult kill_at_every_store(const std::string& stem, const std::string& targe
     const std::uint64_t size = arena::entry_size(target.size(), v1.size(), 0);
     const std::uint8_t* entry = view_of(cache, 0).arena + off;
 
-    const pid_t child = ::fork();
-    if (child == 0) {
-      if (::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) ::_exit(3);
+    const Stepped st_run = kill_after_change(entry, size, k, 5'000'000, [&] {
       (void)stripe_lock::self_word();  // identity computed before the traced part
-      ::raise(SIGSTOP);
-      const Errc e = cache.set(target, v2);
-      ::_exit(e == Errc::ok ? 0 : 4);
-    }
-    int status = 0;
-    ::waitpid(child, &status, 0);
-    if (!WIFSTOPPED(status)) {
+      return cache.set(target, v2) == Errc::ok ? 0 : 4;
+    });
+    if (st_run.outcome == Stepped::unavailable) {
       result.failures += "ptrace unavailable: child did not stop\n";
       return result;
     }
-    std::vector<std::uint64_t> prev = snapshot(entry, size);
-    int changes = 0;
-    bool killed = false;
-    for (long steps = 0; steps < 5'000'000; ++steps) {
-      if (::ptrace(PTRACE_SINGLESTEP, child, nullptr, nullptr) != 0) break;
-      ::waitpid(child, &status, 0);
-      if (!WIFSTOPPED(status)) break;  // the set completed and the child exited
-      std::vector<std::uint64_t> now = snapshot(entry, size);
-      if (now != prev) {
-        prev = std::move(now);
-        if (++changes == k) {
-          ::kill(child, SIGKILL);
-          ::waitpid(child, &status, 0);
-          killed = true;
-          break;
-        }
-      }
-    }
-    if (!killed) {
-      if (WIFSTOPPED(status)) {
-        ::kill(child, SIGKILL);
-        ::waitpid(child, &status, 0);
-      }
-      return result;  // every torn state has been visited
-    }
+    if (st_run.outcome != Stepped::killed) return result;  // every torn state has been visited
     ++result.states;
     // The next locker learns that the owner died and repairs the stripe.
     touch_all_stripes(cache);
@@ -411,16 +356,7 @@ TEST(AttackPerfLock, ALiveHolderMakesSetBusyAfterTheTimeoutAndOnlyOnItsStripe) {
 // with a bucket pointing at it; a child then gets, rewrites in place,
 // erases. It must not crash, and a get must return exactly the forged bytes.
 TEST(AttackPerfForge, ForgedEntriesEndingAtTheMappingsEndAreReadExactlyAndNeverPast) {
-  // Find a capacity whose last arena ends at the mapping's (page-aligned) end.
-  std::size_t capacity = 0;
-  for (std::size_t cap = 1u << 20; cap < (1u << 20) + (256u << 10) && capacity == 0; cap += 4096) {
-    ScopedName probe("ap-forge-probe");
-    Cache c = Cache::open(small_config(probe.name, cap, 1));
-    Segment& seg = detail::Access::segment(c);
-    const arena::StripeView v = view_of(c, seg.geometry().stripe_count - 1);
-    const std::uint8_t* seg_end = seg.stripe_base(0) - seg.geometry().stripes_off + seg.geometry().segment_bytes;
-    if (v.arena + v.arena_bytes == seg_end) capacity = cap;
-  }
+  const std::size_t capacity = capacity_ending_at_mapping_end("ap-forge-probe");
   if (capacity == 0) GTEST_SKIP() << "no capacity puts the arena's end at the mapping's end";
   ScopedName name("ap-forge");
   Cache cache = Cache::open(small_config(name.name, capacity, 1));

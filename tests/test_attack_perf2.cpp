@@ -37,6 +37,7 @@
 #include "cache_impl.h"
 #include "index.h"
 #include "log.h"
+#include "entry_probe.h"
 #include "reliability_support.h"
 #include "segment.h"
 #include "stripe.h"
@@ -48,32 +49,6 @@ namespace {
 using namespace testing;
 using namespace std::chrono_literals;
 
-arena::StripeView view_of(const Cache& cache, std::uint32_t i) {
-  Segment& seg = detail::Access::segment(cache);
-  return arena::StripeView::over(seg.stripe_base(i), seg.geometry());
-}
-
-// Arena offset of `key`'s live entry in stripe `s` (the stripe is quiet).
-std::uint64_t entry_offset(const Cache& cache, std::uint32_t s, const std::string& key) {
-  const arena::StripeView v = view_of(cache, s);
-  std::uint64_t found = ~std::uint64_t{0};
-  arena::walk(
-      v, words::load(v.hdr->tail), words::load(v.hdr->head),
-      [&](std::uint64_t off, const layout::EntryHeader& h) {
-        if (h.kind == layout::kKindEntry && h.live == 1 && h.key_len == key.size() &&
-            words::equal(v.arena, arena::key_off(off), key.data(), key.size())) {
-          found = off;
-        }
-      },
-      nullptr, nullptr);
-  return found;
-}
-
-std::vector<std::uint64_t> snapshot(const std::uint8_t* p, std::size_t bytes) {
-  std::vector<std::uint64_t> out(bytes / 8);
-  for (std::size_t i = 0; i < out.size(); ++i) out[i] = words::load_word(p + 8 * i);
-  return out;
-}
 
 // =====================================================================================
 // 5. same_shape: SIGKILL at every store of every kind of in-place rewrite
@@ -131,44 +106,20 @@ KillResult kill_at_every_store(const RewriteCase& rc) {
     const std::uint64_t head0 = words::load(view_of(cache, 0).hdr->head);
     const std::uint8_t* entry = view_of(cache, 0).arena + off;
 
-    const pid_t child = ::fork();
-    if (child == 0) {
-      if (::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) ::_exit(3);
+    const Stepped st_run = kill_after_change(entry, size, k, 20'000'000, [&] {
       (void)stripe_lock::self_word();
-      ::raise(SIGSTOP);
-      ::_exit(rc.mutate(cache) ? 0 : 4);
-    }
-    int status = 0;
-    ::waitpid(child, &status, 0);
-    if (!WIFSTOPPED(status)) {
+      return rc.mutate(cache) ? 0 : 4;
+    });
+    if (st_run.outcome == Stepped::unavailable) {
       result.failures += "ptrace unavailable: child did not stop\n";
       return result;
     }
-    std::vector<std::uint64_t> prev = snapshot(entry, size);
-    int changes = 0;
-    bool killed = false;
-    for (long steps = 0; steps < 20'000'000; ++steps) {
-      if (::ptrace(PTRACE_SINGLESTEP, child, nullptr, nullptr) != 0) break;
-      ::waitpid(child, &status, 0);
-      if (!WIFSTOPPED(status)) break;
-      std::vector<std::uint64_t> now = snapshot(entry, size);
-      if (now != prev) {
-        prev = std::move(now);
-        if (++changes == k) {
-          ::kill(child, SIGKILL);
-          ::waitpid(child, &status, 0);
-          killed = true;
-          break;
-        }
-      }
+    if (st_run.outcome == Stepped::unfinished) {
+      result.failures += "the traced rewrite did not finish within the step limit\n";
+      return result;
     }
-    if (!killed) {
-      if (WIFSTOPPED(status)) {
-        ::kill(child, SIGKILL);
-        ::waitpid(child, &status, 0);
-        result.failures += "the traced rewrite did not finish within the step limit\n";
-        return result;
-      }
+    if (st_run.outcome == Stepped::finished) {
+      const int status = st_run.status;
       if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         result.failures += "the uninterrupted rewrite failed (status " + std::to_string(status) + ")\n";
       }
@@ -606,15 +557,7 @@ TEST(AttackPerf2GetMany, RacingWritersErasersAndClearsInOtherProcesses) {
 // buckets without the seqlock) must not crash, and must answer exactly as
 // get: a miss, never the other key's value.
 TEST(AttackPerf2GetMany, ForgedBucketsAtTheArenaEndNeverCrashOrServeAnotherKey) {
-  std::size_t capacity = 0;
-  for (std::size_t cap = 1u << 20; cap < (1u << 20) + (256u << 10) && capacity == 0; cap += 4096) {
-    ScopedName probe("ap2-forge-probe");
-    Cache c = Cache::open(small_config(probe.name, cap, 1));
-    Segment& seg = detail::Access::segment(c);
-    const arena::StripeView v = view_of(c, seg.geometry().stripe_count - 1);
-    const std::uint8_t* seg_end = seg.stripe_base(0) - seg.geometry().stripes_off + seg.geometry().segment_bytes;
-    if (v.arena + v.arena_bytes == seg_end) capacity = cap;
-  }
+  const std::size_t capacity = capacity_ending_at_mapping_end("ap2-forge-probe");
   if (capacity == 0) GTEST_SKIP() << "no capacity puts the arena's end at the mapping's end";
   ScopedName name("ap2-forge");
   Cache cache = Cache::open(small_config(name.name, capacity, 1));
