@@ -487,8 +487,10 @@ TEST(AttackLock, RandomKillsNeverLetTwoHoldersInAndNeverHang) {
   for (int i = 0; i < kProcs; ++i) procs.push_back(testing::spawn(worker));
   std::mt19937 rng(12345);
   int kills = 0;
-  const auto end = steady::now() + 3s;
-  while (steady::now() < end) {
+  // 3 s of random kills, then more (up to 30 s in all) until one has landed
+  // inside a section: on a slow build (ASan) 3 s can be as few as 30 kills.
+  const auto end = steady::now() + 3s, hard_end = steady::now() + 30s;
+  while (steady::now() < end || (x->takeovers.load() == 0 && steady::now() < hard_end)) {
     const auto until = steady::now() + std::chrono::microseconds(rng() % 3000);
     while (steady::now() < until) sched_yield();  // a random instant (pacing, not synchronisation)
     const int i = int(rng() % kProcs);
