@@ -355,18 +355,27 @@ void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, s
   HOSTCACHE_CRASH_POINT("set.after_append");
 }
 
-void rewrite(const StripeView& s, std::uint64_t off, const EntryHeader& old, const std::uint8_t* image,
-             std::uint64_t bytes, const generations::Judge& judge) {
-  // Callers pass an image of old.size bytes, live, of the same kind: its
-  // first word (size, magic, kind, live) is the old entry's, so the ring stays
-  // walkable whatever a crash leaves, and a torn entry fails its checksum
-  // (repair drops it: the cost of a set killed midway, as on the append path).
-  if (bytes != old.size || old.kind != layout::kKindEntry) return;  // unreachable: checked by the caller
+bool rewrite(const StripeView& s, std::uint64_t off, const EntryHeader& old, const std::uint8_t* image,
+             const generations::Judge& judge) {
+  // Only an image of the old entry's shape: size and every length read_header
+  // checks. Its first word (size, magic, kind, live) is then the old one's
+  // and the ring stays walkable whatever a kill leaves; a torn entry still
+  // reads and only fails its checksum, so repair drops it alone. A length
+  // that differed would leave a header that does not read mid-ring, and
+  // repair would have to reset the stripe.
+  EntryHeader h;
+  std::memcpy(&h, image, sizeof h);
+  if (old.kind != layout::kKindEntry || h.size != old.size || h.key_len != old.key_len ||
+      h.value_len != old.value_len || h.tags_len != old.tags_len || h.ntags != old.ntags || h.flags != old.flags ||
+      h.orig_len != old.orig_len || h.ns_len != old.ns_len) {
+    return false;
+  }
   note_arrival(s, image, judge);
-  const std::uint64_t half = bytes / 16 * 8;
+  const std::uint64_t half = h.size / 16 * 8;
   words::copy_in(s.arena + off, image, half);
   HOSTCACHE_CRASH_POINT("set.in_place");
-  words::copy_in(s.arena + off + half, image + half, bytes - half);
+  words::copy_in(s.arena + off + half, image + half, h.size - half);
+  return true;
 }
 
 void set_expiry(const StripeView& s, std::uint64_t off, const EntryHeader& h, std::int64_t expires_ms) {

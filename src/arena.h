@@ -71,6 +71,16 @@ inline std::uint64_t entry_size(std::uint64_t key_len, std::uint64_t value_len, 
   return layout::align_up(layout::kHeaderBytes + key_len + value_len + tags_len, 8);
 }
 
+// The checks of an entry's header beyond its first word, shared by the two
+// readers below: tags, key, flags, lengths, and a size that is exactly the
+// entry_size of its lengths (so the payload lies within the entry). Each
+// length is below 2^32: no sum overflows.
+inline bool entry_fields_ok(const layout::EntryHeader& h, std::uint64_t arena_bytes) {
+  if (h.ntags > 4 || h.key_len == 0 || (h.flags & ~layout::kKnownFlags) != 0) return false;
+  if ((h.flags & layout::kFlagCompressed) == 0 ? h.orig_len != h.value_len : h.orig_len > arena_bytes) return false;
+  return entry_size(h.key_len, h.value_len, std::uint64_t(h.tags_len) + h.ns_len) == h.size;
+}
+
 // Reads the header at arena offset `off` and checks it against the arena's
 // bounds: 8-aligned, size in [kHeaderBytes, arena_bytes - off], magic, kind,
 // payload within size; a pad must reach exactly the arena's end. Returns
@@ -93,13 +103,7 @@ inline bool read_header(const StripeView& s, std::uint64_t off, layout::EntryHea
   if (out.size < kHeaderBytes) return false;
   // size >= kHeaderBytes <= a - off: every byte of the header is in bounds.
   words::copy_out_fixed<kHeaderBytes - 8>(s.arena + off + 8, dst + 8);
-  if (out.live > 1 || out.ntags > 4 || out.key_len == 0 || (out.flags & ~layout::kKnownFlags) != 0) return false;
-  if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > a) {
-    return false;
-  }
-  // Each length is below 2^32, so neither sum overflows.
-  const std::uint64_t payload = std::uint64_t(out.key_len) + out.value_len + out.tags_len + out.ns_len;
-  return entry_size(out.key_len, out.value_len, std::uint64_t(out.tags_len) + out.ns_len) == out.size && payload <= a;
+  return out.live <= 1 && entry_fields_ok(out, a);
 }
 
 // read_header for a lookup, which only wants a live entry: the same bounds
@@ -117,14 +121,8 @@ inline bool read_live_header(const StripeView& s, std::uint64_t off, layout::Ent
                 offsetof(layout::EntryHeader, live) == 7);
   std::uint32_t mkl;
   std::memcpy(&mkl, reinterpret_cast<const char*>(&out) + 4, 4);
-  if (mkl != kLive || out.size > a - off || out.ntags > 4 || out.key_len == 0 ||
-      (out.flags & ~layout::kKnownFlags) != 0) {
-    return false;
-  }
-  if ((out.flags & layout::kFlagCompressed) == 0 ? out.orig_len != out.value_len : out.orig_len > a) return false;
-  // size is a multiple of 8 and at least kHeaderBytes because it equals an
-  // entry_size; the payload then lies within the entry, within the arena.
-  return entry_size(out.key_len, out.value_len, std::uint64_t(out.tags_len) + out.ns_len) == out.size;
+  // size, once equal to an entry_size, is a multiple of 8 and at least kHeaderBytes.
+  return mkl == kLive && out.size <= a - off && entry_fields_ok(out, a);
 }
 
 // Payload offsets (arena offsets) of an entry whose header was read at `off`.
@@ -179,11 +177,12 @@ void append(const StripeView& s, std::uint64_t off, const std::uint8_t* image, s
 layout::Bucket* place(const StripeView& s, std::uint64_t hash);
 
 // Rewrites the live entry at `off` (header `old`, read under this lock) in
-// place with an image of exactly old.size bytes (a same-size overwrite): no
-// ring growth, no reclaim, no move. The eviction horizons follow the new
-// entry as append's do.
-void rewrite(const StripeView& s, std::uint64_t off, const layout::EntryHeader& old, const std::uint8_t* image,
-             std::uint64_t bytes, const generations::Judge& judge);
+// place with `image` if the image has its shape (size and every length
+// read_header checks): no ring growth, no reclaim, no move; the eviction
+// horizons follow the new entry as append's do. False, writing nothing,
+// for any other image (the caller appends it instead).
+bool rewrite(const StripeView& s, std::uint64_t off, const layout::EntryHeader& old, const std::uint8_t* image,
+             const generations::Judge& judge);
 
 // Gives the entry at `off` (header `h`, read under this lock) a new expiry:
 // the expiry word, then the checksum, rewritten in place; the stripe's

@@ -23,7 +23,6 @@ bool dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && 
 
 }  // namespace
 
-
 // A slot is claimed by CAS on its pid: a free one (0), else one whose process
 // is dead. A dead process's counts stay in the slot and the new owner counts
 // on from them: its totals are folded into the sum without a separate step
@@ -37,7 +36,7 @@ std::uint64_t* StatsRecorder::claim(int which) {
   if (seen == epoch || !claiming_.compare_exchange_strong(seen, epoch, std::memory_order_acq_rel)) {
     // Another thread claims for this epoch (or has): its slot once published.
     if (epoch_.load(std::memory_order_acquire) != epoch) return shared;
-    return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
+    return published(which);
   }
   const auto me = std::uint32_t(::getpid());
   layout::StatsSlot* slots = segment_->stats_slots();
@@ -57,7 +56,7 @@ std::uint64_t* StatsRecorder::claim(int which) {
   hits_.store(got >= 0 ? &slots[got].hits : &h->folded_hits, std::memory_order_relaxed);
   misses_.store(got >= 0 ? &slots[got].misses : &h->folded_misses, std::memory_order_relaxed);
   epoch_.store(epoch, std::memory_order_release);
-  return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
+  return published(which);
 }
 
 StatsRecorder::~StatsRecorder() {

@@ -41,6 +41,10 @@ class StatsRecorder {
     if (epoch_.load(std::memory_order_acquire) != fork_epoch_.load(std::memory_order_relaxed)) [[unlikely]] {
       return claim(which);
     }
+    return published(which);
+  }
+  // The counter of the slot published for this recorder's epoch.
+  std::uint64_t* published(int which) const {
     return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
   }
   // Claims this process's slot, or lets the thread already claiming it in

@@ -376,27 +376,14 @@ std::uint64_t tags_bytes(const Write& w) {
 }
 
 // Under the lock, seq odd: replaces the key's entry (`old`, if found) by the
-// image, evicting as needed.
-// True when the image has the old entry's size and every length read_header
-// checks: a rewrite torn anywhere by a kill then leaves a header that still
-// reads (only its checksum fails), so repair drops that entry alone. Lengths
-// that differ would leave a header that does not read in the middle of the
-// ring, and repair would have to reset the whole stripe.
-bool same_shape(const EntryHeader& old, const std::uint8_t* image) {
-  EntryHeader h;
-  std::memcpy(&h, image, sizeof h);
-  return h.size == old.size && h.key_len == old.key_len && h.value_len == old.value_len &&
-         h.tags_len == old.tags_len && h.ntags == old.ntags && h.flags == old.flags && h.orig_len == old.orig_len &&
-         h.ns_len == old.ns_len;
-}
-
+// image, in place when it has the old entry's shape, else appended, evicting
+// as needed.
 void store_locked(const arena::StripeView& v, const Found* old, const std::uint8_t* image, std::uint32_t size,
                   std::uint64_t hash, const generations::Judge& judge) {
-  if (old != nullptr && same_shape(old->h, image)) {
-    // Same size: rewrite it where it lies. The bucket is marked referenced
-    // (the key was just written, as an appended entry is new at the head),
-    // so the entry's age in the ring does not make it the next eviction.
-    arena::rewrite(v, old->off, old->h, image, size, judge);
+  if (old != nullptr && arena::rewrite(v, old->off, old->h, image, judge)) {
+    // Rewritten where it lies. The bucket is marked referenced (the key was
+    // just written, as an appended entry is new at the head), so the entry's
+    // age in the ring does not make it the next eviction.
     index::store(*old->bucket, index::encode(old->off, index::probe(hash, v.groups).fingerprint) | layout::kRefBit);
     HOSTCACHE_CRASH_POINT("set.after_index");
     store(v.hdr->sets, load(v.hdr->sets) + 1);

@@ -276,24 +276,23 @@ Life owner_life(std::uint64_t word) {
   return Life::alive;
 }
 
+namespace {
+// One CAS on a free word: the uncontended lock, which reads no clock.
+bool try_free(layout::StripeHeader& s, const Self& me) {
+  std::uint64_t expected = 0;
+  return word_of(s).compare_exchange_strong(expected, me.word, std::memory_order_acquire,
+                                            std::memory_order_relaxed);
+}
+}  // namespace
+
 Acquired lock(layout::StripeHeader& s, steady::time_point deadline) {
   const Self& me = self();
-  std::uint64_t expected = 0;
-  if (word_of(s).compare_exchange_strong(expected, me.word, std::memory_order_acquire,
-                                         std::memory_order_relaxed)) {
-    return took(s, me);
-  }
-  return lock_slow(s, me, deadline);
+  return try_free(s, me) ? took(s, me) : lock_slow(s, me, deadline);
 }
 
 Acquired lock(layout::StripeHeader& s, std::chrono::milliseconds timeout) {
   const Self& me = self();
-  std::uint64_t expected = 0;
-  if (word_of(s).compare_exchange_strong(expected, me.word, std::memory_order_acquire,
-                                         std::memory_order_relaxed)) {
-    return took(s, me);  // uncontended: no clock is read
-  }
-  return lock_slow(s, me, steady::now() + timeout);
+  return try_free(s, me) ? took(s, me) : lock_slow(s, me, steady::now() + timeout);
 }
 
 void unlock(layout::StripeHeader& s) {

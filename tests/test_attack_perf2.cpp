@@ -51,7 +51,7 @@ using namespace std::chrono_literals;
 
 
 // =====================================================================================
-// 5. same_shape: SIGKILL at every store of every kind of in-place rewrite
+// 5. arena::rewrite's shape check: SIGKILL at every store of every kind of in-place rewrite
 // =====================================================================================
 //
 // Invariant 6: a writer killed halfway through writing an entry costs at most
@@ -157,7 +157,7 @@ KillResult kill_at_every_store(const RewriteCase& rc) {
 void expect_kills_cost_only_the_entry(const RewriteCase& rc, int min_states) {
   const KillResult r = kill_at_every_store(rc);
   if (r.failures.rfind("ptrace unavailable", 0) == 0) GTEST_SKIP() << r.failures;
-  EXPECT_TRUE(r.in_place) << "bad test: the rewrite was not in place (same_shape false), so it is not attacked";
+  EXPECT_TRUE(r.in_place) << "bad test: the rewrite was not in place (arena::rewrite refused its shape), so it is not attacked";
   EXPECT_GE(r.states, min_states) << r.failures;
   EXPECT_EQ(r.failures, "") << "after " << r.states << " kills";
 }
