@@ -201,7 +201,19 @@ inline bool equal(const std::uint8_t* base, std::size_t off, const char* s, std:
 inline void copy_in(std::uint8_t* dst, const std::uint8_t* src, std::size_t bytes) {
 #if defined(HOSTCACHE_WORDS_SIMD)
   if (bytes >= 16) {
+    if (bytes >= kBulkCopyBytes) {
+      asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(bytes) : : "memory");
+      return;
+    }
     std::size_t i = 0;
+    for (; i + 64 <= bytes; i += 64) {
+      const __m128i a = private16(src + i), b = private16(src + i + 16);
+      const __m128i c = private16(src + i + 32), d = private16(src + i + 48);
+      store16(dst + i, a);
+      store16(dst + i + 16, b);
+      store16(dst + i + 32, c);
+      store16(dst + i + 48, d);
+    }
     for (; i + 16 <= bytes; i += 16) store16(dst + i, private16(src + i));
     if (i < bytes) store16(dst + bytes - 16, private16(src + bytes - 16));
     return;

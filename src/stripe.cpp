@@ -223,17 +223,19 @@ std::atomic<RecoveryObserver> g_recovery_observer{nullptr};
 void set_recovery_observer(RecoveryObserver observer) noexcept { g_recovery_observer.store(observer); }
 
 Locked::Locked(Segment& segment, std::uint32_t index)
-    : segment_(segment), view_(arena::StripeView::over(segment.stripe_base(index), segment.geometry())) {
+    : segment_(segment),
+      view_(arena::StripeView::over(segment.stripe_base(index), segment.geometry())),
+      me_(stripe_lock::identity()) {
   // A process that moved to another pid or time namespace after attaching
   // (a child forked into a new one keeps the mapping) must not lock: its
   // thread ids and start times mean something else to the others.
-  if (!stripe_lock::same_namespaces(segment.geometry().pidns_ino, segment.geometry().timens_ino)) {
+  if (!stripe_lock::same_namespaces(me_, segment.geometry().pidns_ino, segment.geometry().timens_ino)) {
     throw Error(Errc::incompatible, "segment '" + segment.name() +
                                         "': this process is in another pid or time namespace than the segment's "
                                         "creator; it cannot take stripe locks");
   }
   const stripe_lock::Acquired a =
-      stripe_lock::lock(*view_.hdr, segment.lock_timeout());
+      stripe_lock::lock(*view_.hdr, me_, segment.lock_timeout());
   if (!a.acquired) {
     throw Error(Errc::busy, "segment '" + segment.name() + "' stripe " + std::to_string(index) +
                                 ": locked by live thread " + std::to_string(a.holder_tid) + " for more than " +
@@ -246,7 +248,7 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   try {
     recover(index, a.owner_died, a.dead_pid != 0 ? a.dead_pid : a.dead_tid);
   } catch (...) {
-    stripe_lock::unlock(*view_.hdr);  // never leave the lock held by a live thread
+    stripe_lock::unlock(*view_.hdr, me_);  // never leave the lock held by a live thread
     throw;
   }
 }
@@ -287,7 +289,7 @@ void Locked::recover(std::uint32_t index, bool owner_died, std::uint32_t dead) {
 
 Locked::~Locked() {
   if (writing_) end();
-  stripe_lock::unlock(*view_.hdr);
+  stripe_lock::unlock(*view_.hdr, me_);
 }
 
 void Locked::begin() {
@@ -339,22 +341,34 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
   }
 }
 
-void prefetch_entry(Segment& segment, std::uint64_t hash) {
-  const arena::StripeView v =
-      arena::StripeView::over(segment.stripe_base(of(hash, segment.geometry().stripe_count)), segment.geometry());
+namespace {
+
+// Starts the loads of the first `bytes` (rounded up to lines) of every
+// entry the key's groups may point at: for reading, or (kWrite) in the
+// state a store needs. Unvalidated reads that only choose what to prefetch:
+// whatever a writer is doing, a prefetch reads nothing into the program and
+// cannot fault.
+template <int kWrite>
+void prefetch_candidates(const arena::StripeView& v, std::uint64_t hash, std::uint64_t bytes) {
   const index::Probe p = index::probe(hash, v.groups);
-  // Unvalidated reads that only choose what to prefetch: whatever a writer
-  // is doing, a prefetch reads nothing into the program and cannot fault.
   for (std::uint32_t g : {p.g1, p.g2}) {
     const layout::Bucket* grp = index::group(v.buckets, g);
     for (unsigned m = index::candidates(grp, p.fingerprint); m != 0; m &= m - 1) {
       std::uint64_t off;
       if (!index::offset_of(index::load(grp[__builtin_ctz(m)]), v.arena_bytes, off)) continue;
-      for (std::uint64_t line = 0; line < 8 && off + 64 * line < v.arena_bytes; ++line) {
-        __builtin_prefetch(v.arena + off + 64 * line);
+      for (std::uint64_t at = 0; at < bytes && off + at < v.arena_bytes; at += 64) {
+        __builtin_prefetch(v.arena + off + at, kWrite);
       }
     }
   }
+}
+
+}  // namespace
+
+void prefetch_entry(Segment& segment, std::uint64_t hash) {
+  const arena::StripeView v =
+      arena::StripeView::over(segment.stripe_base(of(hash, segment.geometry().stripe_count)), segment.geometry());
+  prefetch_candidates<0>(v, hash, 512);
 }
 
 void prefetch(Segment& segment, std::uint64_t hash) {
@@ -440,6 +454,17 @@ SetResult set(Segment& segment, const Write& w, Mode mode) {
       w.stamp != nullptr ? *w.stamp
                          : generations::read(segment, w.tag_slots, w.tags ? unsigned(w.tags->size()) : 0,
                                              !w.ns.empty(), w.ns_slot);
+  // The misses a set takes, started together: the key's groups, the caller's
+  // value, then (once the groups are in) the entries they point at, for
+  // writing (an overwrite of the same size rewrites those bytes). The image
+  // is built while they arrive, and the lookup under the lock finds them in
+  // the cache.
+  const arena::StripeView pre = arena::StripeView::over(segment.stripe_base(index), segment.geometry());
+  const index::Probe probe = index::probe(w.hash, pre.groups);
+  __builtin_prefetch(index::group(pre.buckets, probe.g1));
+  __builtin_prefetch(index::group(pre.buckets, probe.g2));
+  for (std::size_t at = 0; at < w.value.size() && at < 512; at += 64) __builtin_prefetch(w.value.data() + at);
+  prefetch_candidates<1>(pre, w.hash, std::min<std::uint64_t>(size, 4096));
   ImageBuffer buf;
   const std::uint8_t* image = build_image(w, stamp, size, buf);
   Locked locked(segment, index);

@@ -20,6 +20,7 @@
 #include "arena.h"
 #include "generations.h"
 #include "segment.h"
+#include "stripe_lock.h"
 
 namespace hostcache::stripe {
 
@@ -48,6 +49,7 @@ class Locked {
   void recover(std::uint32_t index, bool owner_died, std::uint32_t dead);
   Segment& segment_;
   arena::StripeView view_;
+  const stripe_lock::Identity& me_;
   bool writing_ = false;
 };
 

@@ -129,19 +129,13 @@ std::uint64_t ns_inode(const char* path) {
   return ::stat(path, &st) == 0 ? std::uint64_t(st.st_ino) : 0;
 }
 
-struct Self {
-  std::uint64_t generation = 0;
-  std::uint64_t word = 0;
-  std::uint32_t pid = 0;
-  std::uint64_t pidns = 0, timens = 0;
-};
 // The default (general-dynamic) TLS model: initial-exec would save a
 // __tls_get_addr per lock, but a library loaded by dlopen then needs glibc's
 // static TLS surplus, and under Python it was already used up ("cannot
 // allocate memory in static TLS block" importing the module).
-thread_local Self t_self;
+thread_local Identity t_self;
 
-const Self& self() {
+const Identity& self() {
   ForkPage* page = fork_page();
   std::uint64_t gen = page ? words::load(page->generation) : 1;
   if (gen == 0) {
@@ -165,14 +159,14 @@ const Self& self() {
   return t_self;
 }
 
-Acquired took(layout::StripeHeader& s, const Self& me) {
+Acquired took(layout::StripeHeader& s, const Identity& me) {
   words::store(s.owner_pid, me.pid);
   Acquired a;
   a.acquired = true;
   return a;
 }
 
-Acquired took_over(layout::StripeHeader& s, const Self& me, std::uint64_t dead_word) {
+Acquired took_over(layout::StripeHeader& s, const Identity& me, std::uint64_t dead_word) {
   Acquired a;
   a.acquired = true;
   a.owner_died = true;
@@ -183,7 +177,7 @@ Acquired took_over(layout::StripeHeader& s, const Self& me, std::uint64_t dead_w
   return a;
 }
 
-Acquired lock_slow(layout::StripeHeader& s, const Self& me, steady::time_point deadline) {
+Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_point deadline) {
   auto w = word_of(s);
   for (int i = 0; i < kSpins; ++i) {
     words::cpu_relax();
@@ -248,8 +242,11 @@ void init(std::uint64_t& word) { words::store(word, std::uint64_t{0}, std::memor
 
 std::uint64_t self_word() { return self().word; }
 
-bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) {
-  const Self& me = self();
+const Identity& identity() { return self(); }
+
+bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) { return same_namespaces(self(), pidns, timens); }
+
+bool same_namespaces(const Identity& me, std::uint64_t pidns, std::uint64_t timens) {
   return (pidns == 0 || me.pidns == 0 || pidns == me.pidns) && (timens == 0 || me.timens == 0 || timens == me.timens);
 }
 
@@ -278,7 +275,7 @@ Life owner_life(std::uint64_t word) {
 
 namespace {
 // One CAS on a free word: the uncontended lock, which reads no clock.
-bool try_free(layout::StripeHeader& s, const Self& me) {
+bool try_free(layout::StripeHeader& s, const Identity& me) {
   std::uint64_t expected = 0;
   return word_of(s).compare_exchange_strong(expected, me.word, std::memory_order_acquire,
                                             std::memory_order_relaxed);
@@ -286,17 +283,19 @@ bool try_free(layout::StripeHeader& s, const Self& me) {
 }  // namespace
 
 Acquired lock(layout::StripeHeader& s, steady::time_point deadline) {
-  const Self& me = self();
+  const Identity& me = self();
   return try_free(s, me) ? took(s, me) : lock_slow(s, me, deadline);
 }
 
-Acquired lock(layout::StripeHeader& s, std::chrono::milliseconds timeout) {
-  const Self& me = self();
+Acquired lock(layout::StripeHeader& s, std::chrono::milliseconds timeout) { return lock(s, self(), timeout); }
+
+Acquired lock(layout::StripeHeader& s, const Identity& me, std::chrono::milliseconds timeout) {
   return try_free(s, me) ? took(s, me) : lock_slow(s, me, steady::now() + timeout);
 }
 
-void unlock(layout::StripeHeader& s) {
-  const Self& me = self();
+void unlock(layout::StripeHeader& s) { unlock(s, self()); }
+
+void unlock(layout::StripeHeader& s, const Identity& me) {
   words::store(s.owner_pid, 0u);
   auto w = word_of(s);
   std::uint64_t v = w.load(std::memory_order_relaxed);

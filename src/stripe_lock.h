@@ -55,11 +55,27 @@ struct Acquired {
   std::uint32_t holder_tid = 0; // when !acquired: the live owner
 };
 
+// This thread's identity as a lock owner (its word: thread id and start
+// time) and its process's pid and namespaces. Recomputed on first use after
+// a fork; the reference stays valid for the thread's life. A critical section
+// takes it once and passes it to lock, unlock and same_namespaces, instead of
+// each looking it up (a thread-local access in a shared library).
+struct Identity {
+  std::uint64_t generation = 0;  // the fork epoch it was computed in
+  std::uint64_t word = 0;
+  std::uint32_t pid = 0;
+  std::uint64_t pidns = 0, timens = 0;
+};
+const Identity& identity();
+
 // Takes the stripe's lock, waiting until `deadline` at most.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::steady_clock::time_point deadline);
 // The same, waiting `timeout` at most from the first failed attempt.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe);
+// The same, with this thread's identity() already in hand.
+Acquired lock(layout::StripeHeader& stripe, const Identity& me, std::chrono::milliseconds timeout);
+void unlock(layout::StripeHeader& stripe, const Identity& me);
 
 // The identity word this thread writes when it holds a lock (tests).
 std::uint64_t self_word();
@@ -72,6 +88,7 @@ Life owner_life(std::uint64_t word);
 // /proc/self/ns/pid and /proc/self/ns/time; 0: unknown) differs from the
 // given ones: thread ids and start times mean nothing across them.
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens);
+bool same_namespaces(const Identity& me, std::uint64_t pidns, std::uint64_t timens);
 
 // The owner's thread id in a lock word (0 when free).
 inline std::uint32_t tid_of(std::uint64_t word) { return std::uint32_t(word) & 0x7fffffffu; }
