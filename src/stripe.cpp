@@ -225,7 +225,8 @@ void set_recovery_observer(RecoveryObserver observer) noexcept { g_recovery_obse
 Locked::Locked(Segment& segment, std::uint32_t index)
     : segment_(segment),
       view_(arena::StripeView::over(segment.stripe_base(index), segment.geometry())),
-      me_(stripe_lock::identity()) {
+      me_(stripe_lock::identity()),
+      epoch_(me_.generation) {
   // A process that moved to another pid or time namespace after attaching
   // (a child forked into a new one keeps the mapping) must not lock: its
   // thread ids and start times mean something else to the others.
@@ -288,11 +289,17 @@ void Locked::recover(std::uint32_t index, bool owner_died, std::uint32_t dead) {
 }
 
 Locked::~Locked() {
+  if (forked()) return;
   if (writing_) end();
   stripe_lock::unlock(*view_.hdr, me_);
 }
 
 void Locked::begin() {
+  if (forked()) {
+    throw Error(Errc::busy, "segment '" + segment_.name() +
+                                "': this process was forked while its thread held a stripe lock; the stripe is "
+                                "its parent's");
+  }
   store(view_.hdr->seq, load(view_.hdr->seq) + 1);
   std::atomic_thread_fence(std::memory_order_release);
   writing_ = true;
@@ -454,8 +461,9 @@ SetResult set(Segment& segment, const Write& w, Mode mode) {
       w.stamp != nullptr ? *w.stamp
                          : generations::read(segment, w.tag_slots, w.tags ? unsigned(w.tags->size()) : 0,
                                              !w.ns.empty(), w.ns_slot);
-  // The misses a set takes, started together: the key's groups, the caller's
-  // value, then (once the groups are in) the entries they point at, for
+  // The misses a set takes, started together (the caller's value is on its
+  // way: Cache's do_set): the key's groups, then (once they are in) the
+  // entries they point at, for
   // writing (an overwrite of the same size rewrites those bytes). The image
   // is built while they arrive, and the lookup under the lock finds them in
   // the cache.
@@ -463,7 +471,6 @@ SetResult set(Segment& segment, const Write& w, Mode mode) {
   const index::Probe probe = index::probe(w.hash, pre.groups);
   __builtin_prefetch(index::group(pre.buckets, probe.g1));
   __builtin_prefetch(index::group(pre.buckets, probe.g2));
-  for (std::size_t at = 0; at < w.value.size() && at < 512; at += 64) __builtin_prefetch(w.value.data() + at);
   prefetch_candidates<1>(pre, w.hash, std::min<std::uint64_t>(size, 4096));
   ImageBuffer buf;
   const std::uint8_t* image = build_image(w, stamp, size, buf);

@@ -49,7 +49,11 @@ class Locked {
   void recover(std::uint32_t index, bool owner_died, std::uint32_t dead);
   Segment& segment_;
   arena::StripeView view_;
+  // Forked (from a signal handler or a callback) while inside: the section
+  // is the parent's, and this copy neither writes, ends nor unlocks it.
+  bool forked() const { return stripe_lock::fork_generation() != epoch_; }
   const stripe_lock::Identity& me_;
+  std::uint64_t epoch_;  // me_'s fork epoch when locked (me_ is refreshed in place in a child)
   bool writing_ = false;
 };
 

@@ -68,12 +68,20 @@ struct Identity {
 };
 const Identity& identity();
 
+// The fork epoch this process is in now: an Identity (or a copy of its
+// generation) from another epoch was taken by the process this one was
+// forked from. A critical section that finds itself in a child (a fork from
+// a signal handler or a callback while its thread held the lock) must leave
+// the lock and the sequence alone: they are its parent's.
+std::uint64_t fork_generation();
+
 // Takes the stripe's lock, waiting until `deadline` at most.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::steady_clock::time_point deadline);
 // The same, waiting `timeout` at most from the first failed attempt.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe);
-// The same, with this thread's identity() already in hand.
+// The same, with this thread's identity() already in hand. unlock releases
+// nothing when `me` is not of this process's fork epoch.
 Acquired lock(layout::StripeHeader& stripe, const Identity& me, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe, const Identity& me);
 
