@@ -83,6 +83,28 @@ inline void store16(std::uint8_t* p, __m128i v) {
 }
 inline __m128i private16(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
 inline void put16(void* p, __m128i v) { _mm_storeu_si128(static_cast<__m128i*>(p), v); }
+
+// The CPU's string move of `len` bytes, for a long copy in or out.
+inline void bulk_copy(void* dst, const void* src, std::size_t len) {
+  asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(len) : : "memory");
+}
+
+// Moves [0, len) (len >= 16) 16 bytes at a time, four a turn: load(i) reads
+// the 16 bytes at i, store(i, v) writes them. The last move overlaps the one
+// before, so exactly [0, len) is read and written.
+template <class Load, class Store>
+inline void move16s(std::size_t len, Load load, Store store) {
+  std::size_t i = 0;
+  for (; i + 64 <= len; i += 64) {
+    const __m128i a = load(i), b = load(i + 16), c = load(i + 32), d = load(i + 48);
+    store(i, a);
+    store(i + 16, b);
+    store(i + 32, c);
+    store(i + 48, d);
+  }
+  for (; i + 16 <= len; i += 16) store(i, load(i));
+  if (i < len) store(len - 16, load(len - 16));
+}
 #endif
 
 // Copies `len` bytes starting at base + off into dst. `base` is 8-aligned and
@@ -93,21 +115,8 @@ inline void copy_out(const std::uint8_t* base, std::size_t off, std::size_t len,
 #if defined(HOSTCACHE_WORDS_SIMD)
   if (len >= 16) {
     const std::uint8_t* src = base + off;
-    if (len >= kBulkCopyBytes) {
-      asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(len) : : "memory");
-      return;
-    }
-    std::size_t i = 0;
-    for (; i + 64 <= len; i += 64) {
-      const __m128i a = load16(src + i), b = load16(src + i + 16);
-      const __m128i c = load16(src + i + 32), d = load16(src + i + 48);
-      put16(dst + i, a);
-      put16(dst + i + 16, b);
-      put16(dst + i + 32, c);
-      put16(dst + i + 48, d);
-    }
-    for (; i + 16 <= len; i += 16) put16(dst + i, load16(src + i));
-    if (i < len) put16(dst + len - 16, load16(src + len - 16));
+    if (len >= kBulkCopyBytes) return bulk_copy(dst, src, len);
+    move16s(len, [&](std::size_t i) { return load16(src + i); }, [&](std::size_t i, __m128i v) { put16(dst + i, v); });
     return;
   }
 #endif
@@ -201,21 +210,8 @@ inline bool equal(const std::uint8_t* base, std::size_t off, const char* s, std:
 inline void copy_in(std::uint8_t* dst, const std::uint8_t* src, std::size_t bytes) {
 #if defined(HOSTCACHE_WORDS_SIMD)
   if (bytes >= 16) {
-    if (bytes >= kBulkCopyBytes) {
-      asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(bytes) : : "memory");
-      return;
-    }
-    std::size_t i = 0;
-    for (; i + 64 <= bytes; i += 64) {
-      const __m128i a = private16(src + i), b = private16(src + i + 16);
-      const __m128i c = private16(src + i + 32), d = private16(src + i + 48);
-      store16(dst + i, a);
-      store16(dst + i + 16, b);
-      store16(dst + i + 32, c);
-      store16(dst + i + 48, d);
-    }
-    for (; i + 16 <= bytes; i += 16) store16(dst + i, private16(src + i));
-    if (i < bytes) store16(dst + bytes - 16, private16(src + bytes - 16));
+    if (bytes >= kBulkCopyBytes) return bulk_copy(dst, src, bytes);
+    move16s(bytes, [&](std::size_t i) { return private16(src + i); }, [&](std::size_t i, __m128i v) { store16(dst + i, v); });
     return;
   }
 #endif
