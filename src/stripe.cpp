@@ -249,7 +249,7 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   try {
     recover(index, a.owner_died, a.dead_pid != 0 ? a.dead_pid : a.dead_tid);
   } catch (...) {
-    stripe_lock::unlock(*view_.hdr, me_);  // never leave the lock held by a live thread
+    if (!forked()) stripe_lock::unlock(*view_.hdr, me_);  // never leave the lock held by a live thread
     throw;
   }
 }
@@ -306,8 +306,12 @@ void Locked::begin() {
 }
 
 void Locked::end() {
-  store(view_.hdr->seq, load(view_.hdr->seq) + 1, std::memory_order_release);
   writing_ = false;
+  // The parent's write, which the parent ends. This copy ran in a child
+  // forked mid-write (a signal handler that returned into it): what it did
+  // was not its to do, and it does not report it done.
+  if (forked()) throw Error(Errc::busy, "segment '" + segment_.name() + "': forked inside a stripe's write");
+  store(view_.hdr->seq, load(view_.hdr->seq) + 1, std::memory_order_release);
 }
 
 Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out, Meta* meta) {

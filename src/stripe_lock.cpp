@@ -307,11 +307,13 @@ void unlock(layout::StripeHeader& s, const Identity& me) {
   // identity (a fresh child's epoch is 0 until self() runs). The word, and
   // owner_pid, are the parent's: leave them.
   if (me.generation != current_generation()) return;
-  words::store(s.owner_pid, 0u);
   auto w = word_of(s);
   std::uint64_t v = w.load(std::memory_order_relaxed);
   // Only our own word is released: one that changed under us (scribbled by
-  // a writer of the segment) is left to the next locker to judge.
+  // a writer of the segment) is left to the next locker to judge, with the
+  // owner_pid that goes with it.
+  if ((v & ~kWaiters) != me.word) return;
+  words::store(s.owner_pid, 0u);
   while ((v & ~kWaiters) == me.word) {
     if (w.compare_exchange_weak(v, 0, std::memory_order_release, std::memory_order_relaxed)) {
       if (v & kWaiters) futex_wake_one(futex_of(s));
