@@ -467,15 +467,16 @@ SetResult set(Segment& segment, const Write& w, Mode mode) {
                                              !w.ns.empty(), w.ns_slot);
   // The misses a set takes, started together (the caller's value is on its
   // way: Cache's do_set): the key's groups, then (once they are in) the
-  // entries they point at, for
-  // writing (an overwrite of the same size rewrites those bytes). The image
-  // is built while they arrive, and the lookup under the lock finds them in
-  // the cache.
+  // first 512 bytes of the entries they point at, for writing (an overwrite
+  // of the same size rewrites those bytes; past 512, the copy's own stream
+  // does better: 4 KiB sets measured 0.89-0.97 of those prefetching 4 KiB).
+  // The image is built while they arrive, and the lookup under the lock
+  // finds them in the cache.
   const arena::StripeView pre = arena::StripeView::over(segment.stripe_base(index), segment.geometry());
   const index::Probe probe = index::probe(w.hash, pre.groups);
   __builtin_prefetch(index::group(pre.buckets, probe.g1));
   __builtin_prefetch(index::group(pre.buckets, probe.g2));
-  prefetch_candidates<1>(pre, w.hash, std::min<std::uint64_t>(size, 4096));
+  prefetch_candidates<1>(pre, w.hash, std::min<std::uint64_t>(size, 512));
   ImageBuffer buf;
   const std::uint8_t* image = build_image(w, stamp, size, buf);
   Locked locked(segment, index);
