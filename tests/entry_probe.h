@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -22,6 +23,16 @@
 #include "test_support.h"
 
 namespace hostcache::testing {
+
+inline layout::StripeHeader& header_of(const Cache& cache, std::uint32_t i) {
+  return *reinterpret_cast<layout::StripeHeader*>(detail::Access::segment(cache).stripe_base(i));
+}
+
+// A stripe's lock word without its waiters bit: 0 when free, else the owner's identity word.
+inline std::uint64_t lock_word(layout::StripeHeader& h) {
+  return std::atomic_ref<std::uint64_t>(h.lock).load() & ~(std::uint64_t{1} << 31);
+}
+inline std::uint64_t lock_word(const Cache& cache, std::uint32_t i) { return lock_word(header_of(cache, i)); }
 
 inline arena::StripeView view_of(const Cache& cache, std::uint32_t i) {
   Segment& seg = detail::Access::segment(cache);

@@ -39,12 +39,6 @@ namespace {
 using namespace testing;
 using namespace std::chrono_literals;
 
-layout::StripeHeader& header_of(const Cache& cache, std::uint32_t i) {
-  return *reinterpret_cast<layout::StripeHeader*>(detail::Access::segment(cache).stripe_base(i));
-}
-std::uint64_t lock_word(layout::StripeHeader& h) {
-  return std::atomic_ref<std::uint64_t>(h.lock).load() & ~(std::uint64_t{1} << 31);
-}
 
 // What the process that forks inside a section saw (shared with the test).
 struct Probe {

@@ -42,9 +42,6 @@ namespace {
 using namespace testing;
 using namespace std::chrono_literals;
 
-layout::StripeHeader& header_of(const Cache& cache, std::uint32_t i) {
-  return *reinterpret_cast<layout::StripeHeader*>(detail::Access::segment(cache).stripe_base(i));
-}
 
 
 // ---- 1. SIGKILL at every store of an in-place rewrite ------------------------------

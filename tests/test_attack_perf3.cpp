@@ -39,12 +39,6 @@ namespace {
 using namespace testing;
 using namespace std::chrono_literals;
 
-layout::StripeHeader& header_of(const Cache& cache, std::uint32_t i) {
-  return *reinterpret_cast<layout::StripeHeader*>(detail::Access::segment(cache).stripe_base(i));
-}
-std::uint64_t lock_word(const Cache& cache, std::uint32_t i) {
-  return std::atomic_ref<std::uint64_t>(header_of(cache, i).lock).load() & ~(std::uint64_t{1} << 31);
-}
 
 // =====================================================================================
 // 1. The identity taken once per critical section, and a fork inside it
