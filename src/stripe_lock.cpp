@@ -135,11 +135,6 @@ std::uint64_t ns_inode(const char* path) {
 // allocate memory in static TLS block" importing the module).
 thread_local Identity t_self;
 
-std::uint64_t current_generation() {
-  ForkPage* page = fork_page();
-  return page ? words::load(page->generation) : 1;
-}
-
 const Identity& self() {
   ForkPage* page = fork_page();
   std::uint64_t gen = page ? words::load(page->generation) : 1;
@@ -249,7 +244,10 @@ std::uint64_t self_word() { return self().word; }
 
 const Identity& identity() { return self(); }
 
-std::uint64_t fork_generation() { return current_generation(); }
+std::uint64_t fork_generation() {
+  ForkPage* page = fork_page();
+  return page ? words::load(page->generation) : 1;
+}
 
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) { return same_namespaces(self(), pidns, timens); }
 
@@ -303,10 +301,6 @@ Acquired lock(layout::StripeHeader& s, const Identity& me, std::chrono::millisec
 void unlock(layout::StripeHeader& s) { unlock(s, self()); }
 
 void unlock(layout::StripeHeader& s, const Identity& me) {
-  // A child forked while its thread held the lock: `me` is its parent's
-  // identity (a fresh child's epoch is 0 until self() runs). The word, and
-  // owner_pid, are the parent's: leave them.
-  if (me.generation != current_generation()) return;
   auto w = word_of(s);
   std::uint64_t v = w.load(std::memory_order_relaxed);
   // Only our own word is released: one that changed under us (scribbled by

@@ -80,8 +80,10 @@ Acquired lock(layout::StripeHeader& stripe, std::chrono::steady_clock::time_poin
 // The same, waiting `timeout` at most from the first failed attempt.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe);
-// The same, with this thread's identity() already in hand. unlock releases
-// nothing when `me` is not of this process's fork epoch.
+// The same, with this thread's identity() already in hand. A caller that
+// may run in a child forked inside its section (stripe::Locked) compares
+// the epoch it locked in with fork_generation() first: in such a child `me`
+// is refreshed in place to the child's own identity.
 Acquired lock(layout::StripeHeader& stripe, const Identity& me, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe, const Identity& me);
 
