@@ -9,7 +9,8 @@
 # minute to the next, one run of each build compares the minutes, not the
 # builds; rows taken in the same round share the machine's state. Prints
 # every row's median per build and, for each hostcache row with a mutex-map
-# row of the same arguments, the per-round ratios and their median.
+# row of the same arguments (and each get_many row with the one-get row of
+# its size), the per-round ratios and their median.
 #
 # The build directories are those of a CMake build with benchmarks
 # (HOSTCACHE_BUILD_BENCH, the default): OLD_BUILD_DIR/bench/bench_cache must
@@ -83,13 +84,19 @@ for n in names:
         mo, mw = statistics.median(o), statistics.median(w)
         print(f"| {n} | {mo:.0f} ns | {mw:.0f} ns | {mw / mo:.2f} |")
 print()
+# The targets' ratios, per round: a hostcache row to the mutex map's, and
+# get_many of 16 to one get hit of the same size.
+def baseline(n):
+    if m := re.match(r"(BM_\w+)<HostcacheTable>(.*)", n):
+        return f"{m.group(1)}<Mutex>{m.group(2)}", "mutex map"
+    if m := re.match(r"BM_get_many_16(/.*)", n):
+        return f"BM_get_hit<HostcacheTable>{m.group(1)}", "one get"
+    return None, None
+
 for side in ("old", "new"):
     for n in names:
-        m = re.match(r"(BM_\w+)<HostcacheTable>(.*)", n)
-        if not m:
-            continue
-        peer = f"{m.group(1)}<Mutex>{m.group(2)}"
-        ratios = [rnd[n] / rnd[peer] for rnd in data[side] if n in rnd and peer in rnd]
+        peer, what = baseline(n)
+        ratios = [rnd[n] / rnd[peer] for rnd in data[side] if peer and n in rnd and peer in rnd]
         if ratios:
-            print(f"{side} {n} / mutex map: rounds {' '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}")
+            print(f"{side} {n} / {what}: rounds {' '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}")
 EOF

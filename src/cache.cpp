@@ -178,15 +178,21 @@ std::vector<std::optional<std::string>> Cache::get_many(const std::vector<std::s
   // Hash everything and start every key's bucket loads first: the misses
   // overlap instead of following one another.
   thread_local std::vector<std::uint64_t> hashes;
+  thread_local std::vector<stripe::Ahead> ahead;
   hashes.resize(keys.size());
+  ahead.resize(keys.size());
   for (std::size_t i = 0; i < keys.size(); ++i) {
     hashes[i] = hash_key(keys[i]);
     stripe::prefetch(*impl_->segment, hashes[i]);
   }
   // Then, the groups having arrived meanwhile, every candidate entry's first
   // 512 bytes: three rounds of misses for the whole batch instead of per key.
-  for (std::size_t i = 0; i < keys.size(); ++i) stripe::prefetch_entry(*impl_->segment, hashes[i]);
+  for (std::size_t i = 0; i < keys.size(); ++i) ahead[i] = stripe::prefetch_entry(*impl_->segment, hashes[i]);
+  // A large value's rest is started one key ahead of its copy (4 KiB
+  // get_many of 16: 0.69-0.73 of the time without, bench/ab.sh).
+  if (!keys.empty()) stripe::prefetch_rest(ahead[0]);
   for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (i + 1 < keys.size()) stripe::prefetch_rest(ahead[i + 1]);
     if (!key_ok(*impl_, keys[i])) {
       impl_->stats.miss();
       continue;

@@ -358,29 +358,45 @@ namespace {
 // entry the key's groups may point at: for reading, or (kWrite) in the
 // state a store needs. Unvalidated reads that only choose what to prefetch:
 // whatever a writer is doing, a prefetch reads nothing into the program and
-// cannot fault.
+// cannot fault. Returns where the first of those entries lies.
 template <int kWrite>
-void prefetch_candidates(const arena::StripeView& v, std::uint64_t hash, std::uint64_t bytes) {
+Ahead prefetch_candidates(const arena::StripeView& v, std::uint64_t hash, std::uint64_t bytes) {
   const index::Probe p = index::probe(hash, v.groups);
   __builtin_prefetch(index::group(v.buckets, p.g2));  // both groups' misses at once, as find()
+  Ahead first;
   for (std::uint32_t g : {p.g1, p.g2}) {
     const layout::Bucket* grp = index::group(v.buckets, g);
     for (unsigned m = index::candidates(grp, p.fingerprint); m != 0; m &= m - 1) {
       std::uint64_t off;
       if (!index::offset_of(index::load(grp[__builtin_ctz(m)]), v.arena_bytes, off)) continue;
+      if (first.entry == nullptr) first = Ahead{v.arena + off, v.arena_bytes - off};
       for (std::uint64_t at = 0; at < bytes && off + at < v.arena_bytes; at += 64) {
         __builtin_prefetch(v.arena + off + at, kWrite);
       }
     }
   }
+  return first;
 }
+
+// The largest entry prefetch_rest() covers: past it the copy's own stream
+// does as well, and a scribbled size costs at most this many lines.
+constexpr std::uint64_t kPrefetchRestMax = 64 << 10;
 
 }  // namespace
 
-void prefetch_entry(Segment& segment, std::uint64_t hash) {
+Ahead prefetch_entry(Segment& segment, std::uint64_t hash) {
   const arena::StripeView v =
       arena::StripeView::over(segment.stripe_base(of(hash, segment.geometry().stripe_count)), segment.geometry());
-  prefetch_candidates<0>(v, hash, 512);
+  return prefetch_candidates<0>(v, hash, 512);
+}
+
+void prefetch_rest(const Ahead& a) {
+  if (a.entry == nullptr) return;
+  // The entry's size as its first word says now: unvalidated, it only
+  // bounds what is prefetched (the arena's end, kPrefetchRestMax).
+  const std::uint64_t size =
+      std::min<std::uint64_t>({words::load_word(a.entry) & 0xffffffffu, a.room, kPrefetchRestMax});
+  for (std::uint64_t at = 512; at < size; at += 64) __builtin_prefetch(a.entry + at);
 }
 
 void prefetch(Segment& segment, std::uint64_t hash) {

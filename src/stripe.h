@@ -92,9 +92,20 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
 
 // Starts loading the key's two bucket groups (get_many).
 void prefetch(Segment& segment, std::uint64_t hash);
+// Where the first entry a key's fingerprint names lies, as prefetch_entry
+// saw it (unvalidated: an address to prefetch from, never to read as data).
+struct Ahead {
+  const std::uint8_t* entry = nullptr;  // nullptr: no candidate
+  std::uint64_t room = 0;               // bytes from entry to the arena's end
+};
 // After prefetch(), once the groups have arrived: starts the loads of the
 // first 512 bytes of every entry the key's fingerprint may name (get_many).
-void prefetch_entry(Segment& segment, std::uint64_t hash);
+Ahead prefetch_entry(Segment& segment, std::uint64_t hash);
+// After prefetch_entry(), once those bytes have arrived: starts the loads of
+// the rest of the first candidate, up to the size its header claims then
+// (get_many, one key ahead of the copy, so that a large value's misses
+// overlap the copy of the one before).
+void prefetch_rest(const Ahead& a);
 
 struct Write {
   std::string_view key;

@@ -1,4 +1,5 @@
-// Adversarial review of 18517f3: set's unlocked prefetch of the key's groups
+// Adversarial review of 18517f3 (and, section 4, of get_many's prefetch of a
+// large value's rest): set's unlocked prefetch of the key's groups
 // and candidate entries (stripe.cpp, prefetch_candidates<1>), the lock
 // identity taken once per critical section (stripe_lock.h Identity, passed by
 // Locked to same_namespaces, lock and unlock), and copy_in's 64-byte loop and
@@ -448,6 +449,99 @@ TEST(AttackPerf3Prefetch, ScribbledBucketsNeverCrashASetOrChangeWhatItStores) {
     const std::string val = make_value(k, 999999, 3000);
     EXPECT_EQ(cache.set(k, val), Errc::ok);
     EXPECT_EQ(cache.get(k).value_or(""), val) << k;
+  }
+}
+
+// =====================================================================================
+// 4. get_many's prefetch of a large value's rest, through sizes a forger scribbles
+// =====================================================================================
+//
+// Invariant 8. get_many reads, one key ahead of its copy and without the
+// seqlock, the first word (the size) of the entry a key's first candidate
+// bucket names, and prefetches up to that many bytes of it
+// (stripe::prefetch_rest). A writer of the segment rewrites the size half of
+// those words with anything (0, huge, past the arena's end, odd) and points
+// the keys' buckets at the arena's last header, past it, at odd places. A
+// setter in another process keeps the keys' values large (1-9 KiB: the
+// prefetch's range); a reader in a third calls get_many. Neither may crash.
+// What they serve meanwhile is not checked: forged sizes make the ring's
+// walk append over live entries, and a writer of the segment can forge
+// values outright (invariant 1 holds for the segment the library wrote). Once
+// the forger stops, every key sets and reads back exactly.
+TEST(AttackPerf3Prefetch, ScribbledSizesNeverCrashAGetMany) {
+  const std::size_t cap = capacity_ending_at_mapping_end("ap3-rest-cap");
+  ASSERT_NE(cap, 0u) << "bad test: no capacity ends the arena at the mapping's end";
+  ScopedName name("ap3-rest");
+  Cache cache = Cache::open(small_config(name.name, cap, 1));
+  const Geometry& g = detail::Access::segment(cache).geometry();
+  const arena::StripeView v = view_of(cache, 0);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 8; ++i) keys.push_back("rest-key-" + std::to_string(i));
+  for (const auto& k : keys) ASSERT_EQ(cache.set(k, make_value(k, 0, 4096)), Errc::ok);
+  auto* shared = static_cast<std::atomic<long>*>(shared_memory(4096));
+  std::atomic<long>& stop = shared[0];
+  std::atomic<long>& scribbles = shared[1];
+  std::atomic<long>& served = shared[2];
+  const pid_t forger = spawn([&] {
+    std::mt19937_64 rng(11);
+    const std::uint64_t a = v.arena_bytes;
+    while (stop.load() == 0) {
+      const std::string& k = keys[rng() % keys.size()];
+      const index::Probe p = index::probe(XXH3_64bits(k.data(), k.size()), g.groups_per_stripe);
+      layout::Bucket* grp = index::group(v.buckets, (rng() & 1) ? p.g1 : p.g2);
+      layout::Bucket& b = grp[rng() % layout::kGroupSlots];
+      std::uint64_t off;
+      if (rng() % 4 == 0) {
+        switch (rng() % 3) {
+          case 0: off = a - layout::kHeaderBytes; break;         // the last header that fits
+          case 1: off = (rng() % a) & ~std::uint64_t{7}; break;  // anywhere inside
+          default: off = a + (rng() % 64) * 8; break;            // past the arena
+        }
+        index::store(b, index::encode(off, p.fingerprint));
+      } else if (index::offset_of(index::load(b), a, off)) {
+        // The size half of the entry's first word; magic, kind and live kept.
+        static constexpr std::uint64_t kSizes[] = {0, 8, 0xffffffffu, 0x80000000u, 1u << 20, 65536 + 8, 4097};
+        std::uint64_t size = kSizes[rng() % (sizeof kSizes / sizeof kSizes[0])];
+        if (rng() % 3 == 0) size = a - off + 8 * (rng() % 1024);  // just past the arena's end
+        const std::uint64_t w = words::load_word(v.arena + off);
+        words::store_word(v.arena + off, (w & ~std::uint64_t{0xffffffff}) | (size & 0xffffffff));
+      }
+      scribbles.fetch_add(1);
+    }
+    return 0;
+  });
+  const pid_t setter = spawn([&] {
+    std::mt19937 rng(5);
+    for (std::uint64_t version = 1; stop.load() == 0 && version <= 200000; ++version) {
+      const std::string& k = keys[version % keys.size()];
+      (void)cache.set(k, make_value(k, version, 1024 + rng() % 8192));  // may be refused: the segment is scribbled
+    }
+    return 0;
+  });
+  const pid_t reader = spawn([&] {
+    std::vector<std::string_view> batch(keys.begin(), keys.end());
+    batch.insert(batch.end(), keys.rbegin(), keys.rend());
+    for (int round = 0; round < 20000; ++round) {
+      const auto out = cache.get_many(batch);
+      if (out.size() != batch.size()) return 2;
+      for (const auto& o : out) served.fetch_add(o.has_value());
+    }
+    return 0;
+  });
+  const int rrt = wait_for(reader);
+  stop.store(1);
+  const int srt = wait_for(setter);
+  EXPECT_EQ(wait_for(forger), 0);
+  EXPECT_EQ(rrt, 0) << "2: get_many answered for another number of keys; 128+n: the reader died of signal n";
+  EXPECT_EQ(srt, 0) << "128+n: the setter died of signal n";
+  EXPECT_GT(scribbles.load(), 0) << "bad test: the forger never wrote";
+  EXPECT_GT(served.load(), 0) << "bad test: get_many never hit, so its prefetch of a value's rest never ran";
+  // Once the forger has stopped, every key reads back exactly as set.
+  for (const auto& k : keys) {
+    const std::string val = make_value(k, 999999, 5000);
+    EXPECT_EQ(cache.set(k, val), Errc::ok);
+    const auto got = cache.get_many({k});
+    EXPECT_EQ(got[0].value_or(""), val) << k;
   }
 }
 
