@@ -51,7 +51,8 @@ class Locked {
   arena::StripeView view_;
   // Forked (from a signal handler or a callback) while inside: the section
   // is the parent's, and this copy neither writes, ends nor unlocks it.
-  bool forked() const { return stripe_lock::fork_generation() != epoch_; }
+  // Checked three times a section: the epoch's word is loaded inline.
+  bool forked() const { return words::load(*me_.fork_word) != epoch_; }
   const stripe_lock::Identity& me_;
   std::uint64_t epoch_;  // me_'s fork epoch when locked (me_ is refreshed in place in a child)
   bool writing_ = false;

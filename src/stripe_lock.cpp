@@ -129,6 +129,13 @@ std::uint64_t ns_inode(const char* path) {
   return ::stat(path, &st) == 0 ? std::uint64_t(st.st_ino) : 0;
 }
 
+// The word the fork epoch is read from: the page's, or (no page) a constant.
+const std::uint64_t& fork_generation_word() {
+  static std::uint64_t no_page = 1;  // never written (atomic_ref needs a mutable object)
+  ForkPage* page = fork_page();
+  return page ? page->generation : no_page;
+}
+
 // The default (general-dynamic) TLS model: initial-exec would save a
 // __tls_get_addr per lock, but a library loaded by dlopen then needs glibc's
 // static TLS surplus, and under Python it was already used up ("cannot
@@ -137,7 +144,7 @@ thread_local Identity t_self;
 
 const Identity& self() {
   ForkPage* page = fork_page();
-  std::uint64_t gen = page ? words::load(page->generation) : 1;
+  std::uint64_t gen = words::load(fork_generation_word());
   if (gen == 0) {
     std::uint64_t zero = 0;
     const std::uint64_t mine = fresh_generation();
@@ -154,6 +161,7 @@ const Identity& self() {
     t_self.pid = std::uint32_t(::getpid());
     t_self.pidns = ns_inode("/proc/self/ns/pid");
     t_self.timens = ns_inode("/proc/self/ns/time");
+    t_self.fork_word = &fork_generation_word();
     t_self.generation = gen;
   }
   return t_self;
@@ -244,10 +252,7 @@ std::uint64_t self_word() { return self().word; }
 
 const Identity& identity() { return self(); }
 
-std::uint64_t fork_generation() {
-  ForkPage* page = fork_page();
-  return page ? words::load(page->generation) : 1;
-}
+std::uint64_t fork_generation() { return words::load(fork_generation_word()); }
 
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) { return same_namespaces(self(), pidns, timens); }
 

@@ -62,6 +62,9 @@ struct Acquired {
 // each looking it up (a thread-local access in a shared library).
 struct Identity {
   std::uint64_t generation = 0;  // the fork epoch it was computed in
+  // The word fork_generation() reads, valid for the process's life: a
+  // caller that checks it often (stripe::Locked) loads it inline.
+  const std::uint64_t* fork_word = nullptr;
   std::uint64_t word = 0;
   std::uint32_t pid = 0;
   std::uint64_t pidns = 0, timens = 0;
