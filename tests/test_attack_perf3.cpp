@@ -393,18 +393,36 @@ TEST(AttackPerf3Copy, SigkillInsideTheRepMovsbOfALargeInPlaceRewriteCostsOnlyTha
 // page boundary), at odd places in the middle. A setter in another process
 // must never crash, and every hit it reads back must be exactly a value it
 // wrote for that key.
-TEST(AttackPerf3Prefetch, ScribbledBucketsNeverCrashASetOrChangeWhatItStores) {
-  const std::size_t cap = capacity_ending_at_mapping_end("ap3-pf-cap");
-  ASSERT_NE(cap, 0u) << "bad test: no capacity ends the arena at the mapping's end";
-  ScopedName name("ap3-pf");
-  Cache cache = Cache::open(small_config(name.name, cap, 1));
-  const Geometry& g = detail::Access::segment(cache).geometry();
-  const arena::StripeView v = view_of(cache, 0);
+// One stripe whose arena ends at the mapping's end, 8 keys, and counters
+// shared with the children: what both prefetch attacks start from.
+struct PrefetchScene {
+  std::size_t cap;
+  ScopedName name;
+  Cache cache;
+  const Geometry& g;
+  arena::StripeView v;
   std::vector<std::string> keys;
-  for (int i = 0; i < 8; ++i) keys.push_back("pf-key-" + std::to_string(i));
-  auto* shared = static_cast<std::atomic<long>*>(shared_memory(4096));
-  std::atomic<long>& stop = shared[0];
-  std::atomic<long>& scribbles = shared[1];
+  std::atomic<long>* shared;
+  PrefetchScene(const std::string& stem, const std::string& key_prefix)
+      : cap(capacity_ending_at_mapping_end(stem + "-cap")),
+        name(stem),
+        cache(Cache::open(small_config(name.name, cap != 0 ? cap : 1u << 20, 1))),
+        g(detail::Access::segment(cache).geometry()),
+        v(view_of(cache, 0)),
+        shared(static_cast<std::atomic<long>*>(shared_memory(4096))) {
+    for (int i = 0; i < 8; ++i) keys.push_back(key_prefix + std::to_string(i));
+  }
+};
+
+TEST(AttackPerf3Prefetch, ScribbledBucketsNeverCrashASetOrChangeWhatItStores) {
+  PrefetchScene scene("ap3-pf", "pf-key-");
+  ASSERT_NE(scene.cap, 0u) << "bad test: no capacity ends the arena at the mapping's end";
+  Cache& cache = scene.cache;
+  const Geometry& g = scene.g;
+  const arena::StripeView& v = scene.v;
+  const std::vector<std::string>& keys = scene.keys;
+  std::atomic<long>& stop = scene.shared[0];
+  std::atomic<long>& scribbles = scene.shared[1];
   const pid_t forger = spawn([&] {
     std::mt19937_64 rng(7);
     const std::uint64_t a = v.arena_bytes;
@@ -469,25 +487,21 @@ TEST(AttackPerf3Prefetch, ScribbledBucketsNeverCrashASetOrChangeWhatItStores) {
 // values outright (invariant 1 holds for the segment the library wrote). Once
 // the forger stops, every key sets and reads back exactly.
 TEST(AttackPerf3Prefetch, ScribbledSizesNeverCrashAGetMany) {
-  const std::size_t cap = capacity_ending_at_mapping_end("ap3-rest-cap");
-  ASSERT_NE(cap, 0u) << "bad test: no capacity ends the arena at the mapping's end";
-  ScopedName name("ap3-rest");
-  Cache cache = Cache::open(small_config(name.name, cap, 1));
-  const Geometry& g = detail::Access::segment(cache).geometry();
-  const arena::StripeView v = view_of(cache, 0);
-  std::vector<std::string> keys;
-  for (int i = 0; i < 8; ++i) keys.push_back("rest-key-" + std::to_string(i));
+  PrefetchScene scene("ap3-rest", "rest-key-");
+  ASSERT_NE(scene.cap, 0u) << "bad test: no capacity ends the arena at the mapping's end";
+  Cache& cache = scene.cache;
+  const arena::StripeView& v = scene.v;
+  const std::vector<std::string>& keys = scene.keys;
   for (const auto& k : keys) ASSERT_EQ(cache.set(k, make_value(k, 0, 4096)), Errc::ok);
-  auto* shared = static_cast<std::atomic<long>*>(shared_memory(4096));
-  std::atomic<long>& stop = shared[0];
-  std::atomic<long>& scribbles = shared[1];
-  std::atomic<long>& served = shared[2];
+  std::atomic<long>& stop = scene.shared[0];
+  std::atomic<long>& scribbles = scene.shared[1];
+  std::atomic<long>& served = scene.shared[2];
   const pid_t forger = spawn([&] {
     std::mt19937_64 rng(11);
     const std::uint64_t a = v.arena_bytes;
     while (stop.load() == 0) {
       const std::string& k = keys[rng() % keys.size()];
-      const index::Probe p = index::probe(XXH3_64bits(k.data(), k.size()), g.groups_per_stripe);
+      const index::Probe p = index::probe(XXH3_64bits(k.data(), k.size()), scene.g.groups_per_stripe);
       layout::Bucket* grp = index::group(v.buckets, (rng() & 1) ? p.g1 : p.g2);
       layout::Bucket& b = grp[rng() % layout::kGroupSlots];
       std::uint64_t off;
