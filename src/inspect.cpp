@@ -36,6 +36,7 @@
 #include "stats.h"
 #include "stripe.h"
 #include "stripe_copy.h"
+#include "stripe_lock.h"
 
 namespace hostcache::inspect {
 
@@ -494,8 +495,12 @@ void check_stripe(const Segment& seg, std::uint32_t i, StripeCopy& copy, BusyBud
                   CopyLimits& limits, Report& report) {
   const std::string where = "stripe " + std::to_string(i);
   report.start(i);
+  // owner_pid alone is no holder: a child forked just as its parent took
+  // the lock may store its parent's pid there after the parent left. Only a
+  // held lock word makes a dead owner_pid a dead holder.
+  const std::uint64_t word = words::load(live_header(seg, i).lock);
   const std::uint32_t owner = words::load(live_header(seg, i).owner_pid);
-  if (owner != 0 && ::kill(pid_t(owner), 0) != 0 && errno == ESRCH) {
+  if (stripe_lock::held(word) && owner != 0 && ::kill(pid_t(owner), 0) != 0 && errno == ESRCH) {
     report.add(where, "lock held by dead pid " + std::to_string(owner) + " (not yet recovered)");
   }
   if (const Took took = copy.take(i, true, budget, limits); took != Took::copied) {

@@ -218,6 +218,13 @@ layout::Bucket* make_bucket(const arena::StripeView& v, std::uint64_t hash, cons
 
 std::atomic<RecoveryObserver> g_recovery_observer{nullptr};
 
+// What a copy of a critical section refuses with in a child forked inside
+// it (from a signal handler or a callback): the section is the parent's.
+Error forked_error(const Segment& segment, const char* what) {
+  return Error(Errc::busy, "segment '" + segment.name() + "': this process was forked " + what +
+                               "; the stripe is its parent's");
+}
+
 }  // namespace
 
 void set_recovery_observer(RecoveryObserver observer) noexcept { g_recovery_observer.store(observer); }
@@ -237,6 +244,9 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   }
   const stripe_lock::Acquired a =
       stripe_lock::lock(*view_.hdr, me_, segment.lock_timeout());
+  // Forked (from a signal handler) as the lock was taken, or just after:
+  // the acquisition, and any repair it calls for, are the parent's.
+  if (a.forked || (a.acquired && forked())) throw forked_error(segment, "while its thread took a stripe lock");
   if (!a.acquired) {
     throw Error(Errc::busy, "segment '" + segment.name() + "' stripe " + std::to_string(index) +
                                 ": locked by live thread " + std::to_string(a.holder_tid) + " for more than " +
@@ -255,6 +265,10 @@ Locked::Locked(Segment& segment, std::uint32_t index)
 }
 
 void Locked::recover(std::uint32_t index, bool owner_died, std::uint32_t dead) {
+  // A child forked between the lock and here (from a signal handler) may
+  // read its parent's write in progress (the sequence odd) as a dead
+  // writer's: the stripe is its parent's, and it repairs nothing.
+  if (forked()) throw forked_error(segment_, "while its thread held a stripe lock");
   const auto t0 = std::chrono::steady_clock::now();
   // Readers must not see the index half rebuilt: odd for the whole repair,
   // whatever the dead owner left.
@@ -295,11 +309,7 @@ Locked::~Locked() {
 }
 
 void Locked::begin() {
-  if (forked()) {
-    throw Error(Errc::busy, "segment '" + segment_.name() +
-                                "': this process was forked while its thread held a stripe lock; the stripe is "
-                                "its parent's");
-  }
+  if (forked()) throw forked_error(segment_, "while its thread held a stripe lock");
   store(view_.hdr->seq, load(view_.hdr->seq) + 1);
   std::atomic_thread_fence(std::memory_order_release);
   writing_ = true;
@@ -310,7 +320,7 @@ void Locked::end() {
   // The parent's write, which the parent ends. This copy ran in a child
   // forked mid-write (a signal handler that returned into it): what it did
   // was not its to do, and it does not report it done.
-  if (forked()) throw Error(Errc::busy, "segment '" + segment_.name() + "': forked inside a stripe's write");
+  if (forked()) throw forked_error(segment_, "inside a stripe's write");
   store(view_.hdr->seq, load(view_.hdr->seq) + 1, std::memory_order_release);
 }
 

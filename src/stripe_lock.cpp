@@ -16,15 +16,17 @@
 #include <cstring>
 #include <ctime>
 #include <mutex>
+#include <string>
 
 #include "atomic_words.h"
+
+#include <hostcache/errors.h>
 
 namespace hostcache::stripe_lock {
 namespace {
 
 using steady = std::chrono::steady_clock;
 
-constexpr std::uint64_t kWaiters = std::uint64_t{1} << 31;
 // Busy-waiting before sleeping: a healthy owner holds a stripe for about a
 // microsecond.
 constexpr int kSpins = 128;
@@ -102,17 +104,26 @@ struct ForkPage {
   std::uint64_t generation;  // 0 in a fresh child: recompute
 };
 
+// The page, mapped on first use. A failure is not remembered: the next
+// call tries again (a full address space may have room later), and until
+// one succeeds self() refuses, rather than let every child keep its
+// parent's identity.
 ForkPage* fork_page() {
-  static ForkPage* page = [] {
-    void* m = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return static_cast<ForkPage*>(nullptr);
-    if (::madvise(m, 4096, MADV_WIPEONFORK) != 0) {
-      // Before Linux 4.14: atfork handlers are the fallback (fork() only).
-      pthread_atfork(nullptr, nullptr, [] { words::store(fork_page()->generation, std::uint64_t{0}); });
-    }
-    return static_cast<ForkPage*>(m);
-  }();
-  return page;
+  static std::atomic<ForkPage*> page{nullptr};
+  ForkPage* p = page.load(std::memory_order_acquire);
+  if (p != nullptr) return p;
+  void* m = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  const bool wiped = ::madvise(m, 4096, MADV_WIPEONFORK) == 0;
+  if (!page.compare_exchange_strong(p, static_cast<ForkPage*>(m), std::memory_order_acq_rel)) {
+    ::munmap(m, 4096);  // another thread's page won
+    return p;
+  }
+  if (!wiped) {
+    // Before Linux 4.14: atfork handlers are the fallback (fork() only).
+    pthread_atfork(nullptr, nullptr, [] { words::store(fork_page()->generation, std::uint64_t{0}); });
+  }
+  return static_cast<ForkPage*>(m);
 }
 
 std::uint64_t fresh_generation() {
@@ -129,13 +140,6 @@ std::uint64_t ns_inode(const char* path) {
   return ::stat(path, &st) == 0 ? std::uint64_t(st.st_ino) : 0;
 }
 
-// The word the fork epoch is read from: the page's, or (no page) a constant.
-const std::uint64_t& fork_generation_word() {
-  static std::uint64_t no_page = 1;  // never written (atomic_ref needs a mutable object)
-  ForkPage* page = fork_page();
-  return page ? page->generation : no_page;
-}
-
 // The default (general-dynamic) TLS model: initial-exec would save a
 // __tls_get_addr per lock, but a library loaded by dlopen then needs glibc's
 // static TLS surplus, and under Python it was already used up ("cannot
@@ -144,7 +148,12 @@ thread_local Identity t_self;
 
 const Identity& self() {
   ForkPage* page = fork_page();
-  std::uint64_t gen = words::load(fork_generation_word());
+  if (page == nullptr) {
+    const int e = errno;
+    throw Error(Errc::io_error, std::string("cannot map the page that tells a forked child from its parent (mmap: ") +
+                                    std::strerror(e) + "); no stripe lock is taken without it");
+  }
+  std::uint64_t gen = words::load(page->generation);
   if (gen == 0) {
     std::uint64_t zero = 0;
     const std::uint64_t mine = fresh_generation();
@@ -161,21 +170,32 @@ const Identity& self() {
     t_self.pid = std::uint32_t(::getpid());
     t_self.pidns = ns_inode("/proc/self/ns/pid");
     t_self.timens = ns_inode("/proc/self/ns/time");
-    t_self.fork_word = &fork_generation_word();
+    t_self.fork_word = &page->generation;
     t_self.generation = gen;
   }
   return t_self;
 }
 
+// A fork (from a signal handler) just after the CAS leaves the child with
+// its parent's acquisition: the child records nothing of it (the lock, its
+// owner and its counters are the parent's) and says so.
 Acquired took(layout::StripeHeader& s, const Identity& me) {
-  words::store(s.owner_pid, me.pid);
   Acquired a;
+  if (forked_since(me)) {
+    a.forked = true;
+    return a;
+  }
+  words::store(s.owner_pid, me.pid);
   a.acquired = true;
   return a;
 }
 
 Acquired took_over(layout::StripeHeader& s, const Identity& me, std::uint64_t dead_word) {
   Acquired a;
+  if (forked_since(me)) {
+    a.forked = true;
+    return a;
+  }
   a.acquired = true;
   a.owner_died = true;
   a.dead_tid = tid_of(dead_word);
@@ -252,8 +272,6 @@ std::uint64_t self_word() { return self().word; }
 
 const Identity& identity() { return self(); }
 
-std::uint64_t fork_generation() { return words::load(fork_generation_word()); }
-
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) { return same_namespaces(self(), pidns, timens); }
 
 bool same_namespaces(const Identity& me, std::uint64_t pidns, std::uint64_t timens) {
@@ -311,9 +329,11 @@ void unlock(layout::StripeHeader& s, const Identity& me) {
   // Only our own word is released: one that changed under us (scribbled by
   // a writer of the segment) is left to the next locker to judge, with the
   // owner_pid that goes with it.
-  if ((v & ~kWaiters) != me.word) return;
+  // In a child forked inside the section (or inside this call), `me` and
+  // `v` are its parent's, which may hold the stripe again by now.
+  if ((v & ~kWaiters) != me.word || forked_since(me)) return;
   words::store(s.owner_pid, 0u);
-  while ((v & ~kWaiters) == me.word) {
+  while ((v & ~kWaiters) == me.word && !forked_since(me)) {
     if (w.compare_exchange_weak(v, 0, std::memory_order_release, std::memory_order_relaxed)) {
       if (v & kWaiters) futex_wake_one(futex_of(s));
       return;

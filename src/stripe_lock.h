@@ -40,6 +40,7 @@
 #include <chrono>
 #include <cstdint>
 
+#include "atomic_words.h"
 #include "layout.h"
 
 namespace hostcache::stripe_lock {
@@ -47,12 +48,19 @@ namespace hostcache::stripe_lock {
 // The initial (free) value of a lock word.
 void init(std::uint64_t& word);
 
+// The lock word's waiters bit (a holder's word is its identity word, with
+// or without it).
+inline constexpr std::uint64_t kWaiters = std::uint64_t{1} << 31;
+// Whether a lock word names a holder.
+inline bool held(std::uint64_t lock_word) { return (lock_word & ~kWaiters) != 0; }
+
 struct Acquired {
   bool acquired = false;        // false: the deadline passed while a live owner held it
   bool owner_died = false;      // taken over from a dead owner: the stripe may be mid-mutation
   std::uint32_t dead_tid = 0;   // the dead owner's thread id
   std::uint32_t dead_pid = 0;   // its process, when it recorded itself (diagnostics)
   std::uint32_t holder_tid = 0; // when !acquired: the live owner
+  bool forked = false;          // when !acquired: this process was forked as it took the lock (its parent's)
 };
 
 // This thread's identity as a lock owner (its word: thread id and start
@@ -62,31 +70,35 @@ struct Acquired {
 // each looking it up (a thread-local access in a shared library).
 struct Identity {
   std::uint64_t generation = 0;  // the fork epoch it was computed in
-  // The word fork_generation() reads, valid for the process's life: a
-  // caller that checks it often (stripe::Locked) loads it inline.
+  // The fork epoch's word (the MADV_WIPEONFORK page's), valid for the
+  // process's life: a caller that checks it often loads it inline.
   const std::uint64_t* fork_word = nullptr;
   std::uint64_t word = 0;
   std::uint32_t pid = 0;
   std::uint64_t pidns = 0, timens = 0;
 };
+// Throws Error(io_error) if the page that tells a forked child from its
+// parent cannot be mapped (tried again on the next call).
 const Identity& identity();
 
-// The fork epoch this process is in now: an Identity (or a copy of its
-// generation) from another epoch was taken by the process this one was
-// forked from. A critical section that finds itself in a child (a fork from
-// a signal handler or a callback while its thread held the lock) must leave
-// the lock and the sequence alone: they are its parent's.
-std::uint64_t fork_generation();
+// Whether this process was forked after `me` was computed (its fork epoch is
+// no longer the current one): `me` is then the parent's. A critical section
+// that finds itself in a child (a fork from a signal handler or a callback
+// while its thread held the lock) must leave the lock and the sequence
+// alone: they are its parent's.
+inline bool forked_since(const Identity& me) { return words::load(*me.fork_word) != me.generation; }
 
 // Takes the stripe's lock, waiting until `deadline` at most.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::steady_clock::time_point deadline);
 // The same, waiting `timeout` at most from the first failed attempt.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe);
-// The same, with this thread's identity() already in hand. A caller that
-// may run in a child forked inside its section (stripe::Locked) compares
-// the epoch it locked in with fork_generation() first: in such a child `me`
-// is refreshed in place to the child's own identity.
+// The same, with this thread's identity() already in hand. Neither records
+// nor releases anything in a child forked since `me` was computed (see
+// forked_since; lock then returns !acquired with `forked` set). A caller
+// whose section may call identity() again in such a child (which refreshes
+// `me` in place to the child's own) keeps the epoch it locked in and
+// compares that, as stripe::Locked does.
 Acquired lock(layout::StripeHeader& stripe, const Identity& me, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe, const Identity& me);
 

@@ -243,8 +243,15 @@ TEST(Inspect, CheckNamesEachPlantedDefect) {
 
   pid_t dead = testing::spawn([] { return 0; });
   ASSERT_EQ(testing::wait_for(dead), 0);
+  // A dead holder: the lock word names the dead process's thread, and its pid.
   h.owner_pid = std::uint32_t(dead);
+  h.lock = std::uint64_t(std::uint32_t(dead));
   expect_violation("dead pid");
+  h.lock = 0;
+  // owner_pid alone, the lock free, is no holder (a child forked as its
+  // parent locked may leave its parent's pid there late): not reported.
+  const auto free_lock = inspect::check(f.name.name);
+  EXPECT_FALSE(mentions(free_lock, "dead pid")) << describe(free_lock);
   h.owner_pid = 0;
 
   h.seq += 1;  // a writer that died mid-mutation
