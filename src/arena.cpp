@@ -456,8 +456,13 @@ layout::Bucket* place(const StripeView& s, std::uint64_t hash) {
   return nullptr;
 }
 
-bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped) {
+bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped,
+            const std::function<bool()>& stop) {
+  const auto check = [&stop] {
+    if (stop && stop()) throw RepairStopped{};
+  };
   HOSTCACHE_CRASH_POINT("recovery.start");
+  check();
   const std::uint64_t a = s.arena_bytes;
   if (load(s.hdr->move_size) != 0) {
     // A move was under way (move_tail_to_head). Keep whichever copy of the
@@ -500,6 +505,7 @@ bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uin
   const bool walked = walk(
       s, load(s.hdr->tail), load(s.hdr->head),
       [&](std::uint64_t off, const EntryHeader& h) { entries.push_back({off, h}); }, &reason, &ring);
+  check();
   if (!walked) {
     if (why) *why = reason;
     reset(s);
@@ -510,6 +516,7 @@ bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uin
   for (std::uint64_t i = 0; i < std::uint64_t(s.groups) * layout::kGroupSlots; ++i) index::store(s.buckets[i], 0);
   std::uint64_t live = 0, dead = 0, lost = 0;
   for (const Found& f : entries) {
+    check();
     bool keep = f.h.live == 1 && checksum_ok(s, f.off, f.h);
     layout::Bucket* slot = keep ? place(s, f.h.hash) : nullptr;
     if (slot != nullptr) {
@@ -524,6 +531,7 @@ bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uin
       dead += f.h.size;
     }
   }
+  check();
   store(s.hdr->used, ring);
   store(s.hdr->clean_epoch, std::uint64_t{0});
   store(s.hdr->lap_left, std::uint64_t{0});

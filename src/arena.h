@@ -198,7 +198,12 @@ void kill(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h, 
 // verifies, drops the rest, rebuilds the index (with cuckoo steps, so that
 // entries are not dropped for want of a bucket) and the accounting. Returns false (and resets the stripe, counted
 // in `resets`) when the ring cannot be walked. `kept`/`dropped` count entries.
-bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped);
+// `stop`, if given, is asked before each step that writes: when it says so,
+// repair throws RepairStopped and writes nothing more (a process forked in
+// the middle of its parent's repair must not carry it on).
+struct RepairStopped {};
+bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped,
+            const std::function<bool()>& stop = {});
 
 // True when the ring's header fields are in bounds (head, tail, used, the
 // move journal). Checked on every lock: a segment someone scribbled on is

@@ -232,8 +232,7 @@ void set_recovery_observer(RecoveryObserver observer) noexcept { g_recovery_obse
 Locked::Locked(Segment& segment, std::uint32_t index)
     : segment_(segment),
       view_(arena::StripeView::over(segment.stripe_base(index), segment.geometry())),
-      me_(stripe_lock::identity()),
-      epoch_(me_.generation) {
+      me_(stripe_lock::identity()) {
   // A process that moved to another pid or time namespace after attaching
   // (a child forked into a new one keeps the mapping) must not lock: its
   // thread ids and start times mean something else to the others.
@@ -279,14 +278,20 @@ void Locked::recover(std::uint32_t index, bool owner_died, std::uint32_t dead) {
   std::uint64_t kept = 0, dropped = 0;
   bool repaired = false;
   try {
-    repaired = arena::repair(view_, &why, &kept, &dropped);
+    // Forked (from a signal handler) mid-repair, the copy stops: the repair
+    // and its end are the parent's.
+    repaired = arena::repair(view_, &why, &kept, &dropped, [this] { return forked(); });
+  } catch (const arena::RepairStopped&) {
+    throw forked_error(segment_, "while its thread repaired a stripe");
   } catch (...) {
+    if (forked()) throw forked_error(segment_, "while its thread repaired a stripe");
     // Out of memory while walking: the stripe's structure is unknown, so it
     // starts afresh (no allocation needed), as for a ring that cannot be walked.
     arena::reset(view_);
     store(view_.hdr->resets, load(view_.hdr->resets) + 1);
     why = "repair failed (out of memory)";
   }
+  if (forked()) throw forked_error(segment_, "while its thread repaired a stripe");
   store(view_.hdr->recoveries, load(view_.hdr->recoveries) + 1);
   store(view_.hdr->seq, load(view_.hdr->seq) + 1, std::memory_order_release);  // even again
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);

@@ -52,9 +52,11 @@ class Locked {
   // Forked (from a signal handler or a callback) while inside: the section
   // is the parent's, and this copy neither writes, ends nor unlocks it.
   // Checked three times a section: the epoch's word is loaded inline.
-  bool forked() const { return words::load(*me_.fork_word) != epoch_; }
-  const stripe_lock::Identity& me_;
-  std::uint64_t epoch_;  // me_'s fork epoch when locked (me_ is refreshed in place in a child)
+  bool forked() const { return stripe_lock::forked_since(me_); }
+  // A copy, not the thread's Identity itself: a child forked inside the
+  // section that locks again (from its signal handler) refreshes that one in
+  // place to its own, under a lock_slow still waiting with it.
+  const stripe_lock::Identity me_;
   bool writing_ = false;
 };
 

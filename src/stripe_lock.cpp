@@ -176,26 +176,27 @@ const Identity& self() {
   return t_self;
 }
 
-// A fork (from a signal handler) just after the CAS leaves the child with
-// its parent's acquisition: the child records nothing of it (the lock, its
+// What lock returns in a child forked (from a signal handler) while its
+// thread was taking a lock: it takes nothing, records nothing (the lock, its
 // owner and its counters are the parent's) and says so.
-Acquired took(layout::StripeHeader& s, const Identity& me) {
+Acquired forked_out() {
   Acquired a;
-  if (forked_since(me)) {
-    a.forked = true;
-    return a;
-  }
+  a.forked = true;
+  return a;
+}
+
+// A fork just after the CAS leaves the child with its parent's acquisition.
+Acquired took(layout::StripeHeader& s, const Identity& me) {
+  if (forked_since(me)) return forked_out();
   words::store(s.owner_pid, me.pid);
+  Acquired a;
   a.acquired = true;
   return a;
 }
 
 Acquired took_over(layout::StripeHeader& s, const Identity& me, std::uint64_t dead_word) {
+  if (forked_since(me)) return forked_out();
   Acquired a;
-  if (forked_since(me)) {
-    a.forked = true;
-    return a;
-  }
   a.acquired = true;
   a.owner_died = true;
   a.dead_tid = tid_of(dead_word);
@@ -205,11 +206,17 @@ Acquired took_over(layout::StripeHeader& s, const Identity& me, std::uint64_t de
   return a;
 }
 
+// Every compare-and-swap that could take the word is preceded by a fork
+// check: a child forked while its thread waited here (from a signal
+// handler) and scheduled after its parent has come and gone must not take
+// the lock under the parent's name, which would leave it held by a live
+// thread with nobody inside.
 Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_point deadline) {
   auto w = word_of(s);
   for (int i = 0; i < kSpins; ++i) {
     words::cpu_relax();
     std::uint64_t v = w.load(std::memory_order_relaxed);
+    if (forked_since(me)) return forked_out();
     if (v == 0 && w.compare_exchange_weak(v, me.word, std::memory_order_acquire, std::memory_order_relaxed)) {
       return took(s, me);
     }
@@ -218,6 +225,7 @@ Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_poi
   steady::time_point since{};
   for (;;) {
     std::uint64_t v = w.load(std::memory_order_relaxed);
+    if (forked_since(me)) return forked_out();
     if (v == 0) {
       // We may have been woken in another's place: keep the waiters bit.
       if (w.compare_exchange_strong(v, me.word | kWaiters, std::memory_order_acquire, std::memory_order_relaxed)) {
@@ -241,6 +249,7 @@ Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_poi
       since = now;
     } else if (now - since >= kPoll) {
       if (owner_life(owner) == Life::dead) {
+        if (forked_since(me)) return forked_out();  // forked while /proc was read
         // Exactly one of the lockers that judged this word wins the CAS; a
         // dead owner can never write the word again, so equal means still his.
         if (w.compare_exchange_strong(v, me.word | kWaiters, std::memory_order_acquire,
@@ -304,6 +313,7 @@ Life owner_life(std::uint64_t word) {
 namespace {
 // One CAS on a free word: the uncontended lock, which reads no clock.
 bool try_free(layout::StripeHeader& s, const Identity& me) {
+  if (forked_since(me)) return false;  // lock_slow says so
   std::uint64_t expected = 0;
   return word_of(s).compare_exchange_strong(expected, me.word, std::memory_order_acquire,
                                             std::memory_order_relaxed);
