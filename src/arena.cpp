@@ -415,8 +415,26 @@ bool header_sane(const StripeView& s) {
          load(s.hdr->dead_bytes) <= used && (move == 0 || move <= a);
 }
 
-void reset(const StripeView& s) {
-  for (std::uint64_t i = 0; i < std::uint64_t(s.groups) * layout::kGroupSlots; ++i) index::store(s.buckets[i], 0);
+namespace {
+
+// Throws RepairStopped when `stop` says so (repair and reset, see arena.h).
+void stop_if(const std::function<bool()>& stop) {
+  if (stop && stop()) throw RepairStopped{};
+}
+
+// Zeroes every bucket, asking `stop` before each group's stores.
+void clear_index(const StripeView& s, const std::function<bool()>& stop) {
+  for (std::uint64_t g = 0; g < s.groups; ++g) {
+    stop_if(stop);
+    for (std::uint32_t i = 0; i < layout::kGroupSlots; ++i) index::store(s.buckets[g * layout::kGroupSlots + i], 0);
+  }
+}
+
+}  // namespace
+
+void reset(const StripeView& s, const std::function<bool()>& stop) {
+  clear_index(s, stop);
+  stop_if(stop);
   store(s.hdr->head, std::uint64_t{0});
   store(s.hdr->tail, std::uint64_t{0});
   store(s.hdr->used, std::uint64_t{0});
@@ -458,9 +476,7 @@ layout::Bucket* place(const StripeView& s, std::uint64_t hash) {
 
 bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped,
             const std::function<bool()>& stop) {
-  const auto check = [&stop] {
-    if (stop && stop()) throw RepairStopped{};
-  };
+  const auto check = [&stop] { stop_if(stop); };
   HOSTCACHE_CRASH_POINT("recovery.start");
   check();
   const std::uint64_t a = s.arena_bytes;
@@ -477,10 +493,15 @@ bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uin
         return read_header(s, off, h) && h.kind == layout::kKindEntry && h.size == size && checksum_ok(s, off, h);
       };
       const auto wrap = [a](std::uint64_t v) { return v == a ? 0 : v; };
-      if (intact(src)) {
+      // Both verdicts first (whole-entry checksums take a while), then a
+      // last check right before the stores they decide.
+      const bool src_ok = intact(src);
+      const bool dst_ok = !src_ok && dst != src && intact(dst);
+      check();
+      if (src_ok) {
         store(s.hdr->head, dst);
         store(s.hdr->tail, src);
-      } else if (dst != src && intact(dst)) {
+      } else if (dst_ok) {
         store(s.hdr->head, wrap(dst + size));
         store(s.hdr->tail, wrap(src + size));
       } else {
@@ -505,19 +526,19 @@ bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uin
   const bool walked = walk(
       s, load(s.hdr->tail), load(s.hdr->head),
       [&](std::uint64_t off, const EntryHeader& h) { entries.push_back({off, h}); }, &reason, &ring);
-  check();
   if (!walked) {
     if (why) *why = reason;
-    reset(s);
+    reset(s, stop);
+    check();
     store(s.hdr->resets, load(s.hdr->resets) + 1);
     HOSTCACHE_CRASH_POINT("recovery.after_reset");
     return false;
   }
-  for (std::uint64_t i = 0; i < std::uint64_t(s.groups) * layout::kGroupSlots; ++i) index::store(s.buckets[i], 0);
+  clear_index(s, stop);
   std::uint64_t live = 0, dead = 0, lost = 0;
   for (const Found& f : entries) {
-    check();
     bool keep = f.h.live == 1 && checksum_ok(s, f.off, f.h);
+    check();  // after the checksum (a long read), right before the stores
     layout::Bucket* slot = keep ? place(s, f.h.hash) : nullptr;
     if (slot != nullptr) {
       index::store(*slot, index::encode(f.off, index::probe(f.h.hash, s.groups).fingerprint));

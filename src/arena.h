@@ -198,9 +198,10 @@ void kill(const StripeView& s, std::uint64_t off, const layout::EntryHeader& h, 
 // verifies, drops the rest, rebuilds the index (with cuckoo steps, so that
 // entries are not dropped for want of a bucket) and the accounting. Returns false (and resets the stripe, counted
 // in `resets`) when the ring cannot be walked. `kept`/`dropped` count entries.
-// `stop`, if given, is asked before each step that writes: when it says so,
-// repair throws RepairStopped and writes nothing more (a process forked in
-// the middle of its parent's repair must not carry it on).
+// `stop`, if given, is asked right before each store or small group of
+// stores (after the reads that decide them): when it says so, repair throws
+// RepairStopped and writes nothing more (a process forked in the middle of
+// its parent's repair must not carry it on).
 struct RepairStopped {};
 bool repair(const StripeView& s, std::string* why, std::uint64_t* kept, std::uint64_t* dropped,
             const std::function<bool()>& stop = {});
@@ -212,6 +213,7 @@ bool header_sane(const StripeView& s);
 
 // Empties the stripe: no entries, no buckets; counters other than the
 // accounting are kept.
-void reset(const StripeView& s);
+// `stop` as for repair (asked before each group of stores).
+void reset(const StripeView& s, const std::function<bool()>& stop = {});
 
 }  // namespace hostcache::arena

@@ -284,10 +284,14 @@ void Locked::recover(std::uint32_t index, bool owner_died, std::uint32_t dead) {
   } catch (const arena::RepairStopped&) {
     throw forked_error(segment_, "while its thread repaired a stripe");
   } catch (...) {
-    if (forked()) throw forked_error(segment_, "while its thread repaired a stripe");
     // Out of memory while walking: the stripe's structure is unknown, so it
     // starts afresh (no allocation needed), as for a ring that cannot be walked.
-    arena::reset(view_);
+    try {
+      arena::reset(view_, [this] { return forked(); });
+    } catch (const arena::RepairStopped&) {
+      throw forked_error(segment_, "while its thread repaired a stripe");
+    }
+    if (forked()) throw forked_error(segment_, "while its thread repaired a stripe");
     store(view_.hdr->resets, load(view_.hdr->resets) + 1);
     why = "repair failed (out of memory)";
   }
