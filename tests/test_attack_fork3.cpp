@@ -41,28 +41,13 @@
 #include "segment.h"
 #include "stripe.h"
 #include "stripe_lock.h"
+#include "fork_probe.h"
 
 namespace hostcache {
 namespace {
 
 using namespace testing;
 using namespace std::chrono_literals;
-
-std::int64_t mono_ms() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-// Yields until `cond` holds; false after `ms` (a bound, not a synchronization).
-bool await(const std::function<bool()>& cond, std::int64_t ms = 5000) {
-  const std::int64_t until = mono_ms() + ms;
-  while (!cond()) {
-    if (mono_ms() > until) return false;
-    sched_yield();
-  }
-  return true;
-}
 
 std::uint64_t raw_lock(layout::StripeHeader& h) { return std::atomic_ref<std::uint64_t>(h.lock).load(); }
 
@@ -301,24 +286,6 @@ void repair_observer(std::uint64_t, bool) {
   }
 }
 
-bool watch_first_write(pid_t l, const void* word) {
-#if defined(__x86_64__)
-  const auto dr = [](int i) { return reinterpret_cast<void*>(offsetof(struct user, u_debugreg) + i * sizeof(long)); };
-  if (::ptrace(PTRACE_POKEUSER, l, dr(0), const_cast<void*>(word)) != 0) return false;
-  const long dr7 = 1 | (1L << 16) | (3L << 18);  // L0, writes, 8 bytes
-  if (::ptrace(PTRACE_POKEUSER, l, dr(7), reinterpret_cast<void*>(dr7)) != 0) return false;
-  if (::ptrace(PTRACE_CONT, l, nullptr, nullptr) != 0) return false;
-  int status = 0;
-  if (::waitpid(l, &status, 0) != l || !WIFSTOPPED(status) || WSTOPSIG(status) != SIGTRAP) return false;
-  ::ptrace(PTRACE_POKEUSER, l, dr(7), nullptr);
-  ::ptrace(PTRACE_POKEUSER, l, dr(6), nullptr);
-  return true;
-#else
-  (void)l;
-  (void)word;
-  return false;
-#endif
-}
 
 TEST(AttackFork3Repair, AChildForkedMidRepairNeverRepairsNorEndsItsParentsRepair) {
   ScopedName name("af3-repair");
@@ -345,12 +312,7 @@ TEST(AttackFork3Repair, AChildForkedMidRepairNeverRepairsNorEndsItsParentsRepair
     g_l = ::getpid();
     (void)stripe_lock::self_word();
     stripe::set_recovery_observer(repair_observer);
-    struct sigaction sa{};
-    sa.sa_handler = repair_forking_handler;
-    sigemptyset(&sa.sa_mask);
-    ::sigaction(SIGUSR1, &sa, nullptr);
-    if (::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) ::_exit(97);
-    ::raise(SIGSTOP);
+    become_forking_tracee(repair_forking_handler);
     int rc;
     try {
       rc = int(cache.set("victim", "parent"));
@@ -369,7 +331,7 @@ TEST(AttackFork3Repair, AChildForkedMidRepairNeverRepairsNorEndsItsParentsRepair
   ASSERT_EQ(::waitpid(l, &status, 0), l);
   if (WIFEXITED(status) && WEXITSTATUS(status) == 97) GTEST_SKIP() << "ptrace unavailable";
   ASSERT_TRUE(WIFSTOPPED(status));
-  bool at = watch_first_write(l, &hdr->seq);
+  bool at = run_to_access(l, &hdr->seq, kWatchWrites);
   if (!at) {
     // No debug registers: single-step to the odd store.
     for (long s = 0; s < 30'000'000; ++s) {
@@ -434,17 +396,6 @@ TEST(AttackFork3Repair, AChildForkedMidRepairNeverRepairsNorEndsItsParentsRepair
 // holds.
 constexpr const char* kRaceEnv = "HOSTCACHE_AF3_RACE_SEGMENT";
 
-std::uint64_t vm_size_bytes() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  if (f == nullptr) return 0;
-  char line[256];
-  std::uint64_t kb = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::strncmp(line, "VmSize:", 7) == 0) kb = std::strtoull(line + 7, nullptr, 10);
-  }
-  std::fclose(f);
-  return kb * 1024;
-}
 
 int race_helper(const char* segment_name) {
   Config c = small_config(segment_name, 1u << 20, 1);
@@ -542,17 +493,7 @@ TEST(AttackFork3Page, AFailedFirstMappingThenRacingThreadsGiveOnePageAndAChildIt
   Config c = small_config(name.name, 1u << 20, 1);
   Cache cache = Cache::open(c);
   ASSERT_EQ(cache.set("warm", "x"), Errc::ok);
-  const pid_t p = ::fork();
-  if (p == 0) {
-    ::setenv(kRaceEnv, name.name.c_str(), 1);
-    char arg0[] = "test_attack_fork3";
-    char arg1[] = "--gtest_filter=AttackFork3Page.DISABLED_Helper";
-    char arg2[] = "--gtest_also_run_disabled_tests";
-    char* argv[] = {arg0, arg1, arg2, nullptr};
-    ::execv("/proc/self/exe", argv);
-    ::_exit(96);
-  }
-  const int rc = wait_for(p);
+  const int rc = run_exec_helper("AttackFork3Page.DISABLED_Helper", kRaceEnv, name.name);
   ASSERT_NE(rc, 96) << "bad test: exec failed";
   ASSERT_TRUE(rc < 50 || rc == 64) << "bad test: the helper could not fill the address space (rc " << rc << ")";
   EXPECT_EQ(rc, 0) << "bit 1: identity() with no room for the fork page was not refused with io_error; 2: a thread "

@@ -39,28 +39,13 @@
 #include "segment.h"
 #include "stripe.h"
 #include "stripe_lock.h"
+#include "fork_probe.h"
 
 namespace hostcache {
 namespace {
 
 using namespace testing;
 using namespace std::chrono_literals;
-
-std::int64_t mono_ms() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-// Yields until `cond` holds; false after `ms` (a bound, not a synchronization).
-bool await(const std::function<bool()>& cond, std::int64_t ms = 5000) {
-  const std::int64_t until = mono_ms() + ms;
-  while (!cond()) {
-    if (mono_ms() > until) return false;
-    sched_yield();
-  }
-  return true;
-}
 
 // What L (the parent, a locker that takes a dead owner's stripe over and
 // repairs it) and G (its child, forked from L's signal handler inside the
@@ -87,29 +72,6 @@ void late_forking_handler(int) {
   errno = saved;
 }
 
-enum : long { kWrite = 1, kReadWrite = 3 };
-
-// Runs the stopped tracee until its first access (`rw`) of the 8 bytes at
-// `addr` (debug register 0); leaves it stopped just after that instruction.
-bool run_to_access(pid_t l, const void* addr, long rw) {
-#if defined(__x86_64__)
-  const auto dr = [](int i) { return reinterpret_cast<void*>(offsetof(struct user, u_debugreg) + i * sizeof(long)); };
-  if (::ptrace(PTRACE_POKEUSER, l, dr(0), const_cast<void*>(addr)) != 0) return false;
-  const long dr7 = 1 | (rw << 16) | (3L << 18);  // L0, rw, 8 bytes
-  if (::ptrace(PTRACE_POKEUSER, l, dr(7), reinterpret_cast<void*>(dr7)) != 0) return false;
-  if (::ptrace(PTRACE_CONT, l, nullptr, nullptr) != 0) return false;
-  int status = 0;
-  if (::waitpid(l, &status, 0) != l || !WIFSTOPPED(status) || WSTOPSIG(status) != SIGTRAP) return false;
-  ::ptrace(PTRACE_POKEUSER, l, dr(7), nullptr);
-  ::ptrace(PTRACE_POKEUSER, l, dr(6), nullptr);
-  return true;
-#else
-  (void)l;
-  (void)addr;
-  (void)rw;
-  return false;
-#endif
-}
 
 struct EntryAt {
   std::uint64_t off = ~std::uint64_t{0};
@@ -130,7 +92,7 @@ EntryAt live_entry(const Cache& cache, const std::string& key) {
 struct Scene {
   std::function<void(stripe::Locked&)> dying;
   std::function<const void*()> watch;
-  long rw = kWrite;
+  long rw = kWatchWrites;
   std::function<void()> meanwhile;
   std::function<void()> after;
 };
@@ -154,12 +116,7 @@ void run_scene(Cache& cache, const Scene& sc) {
     g_late = lt;
     g_l = ::getpid();
     (void)stripe_lock::self_word();
-    struct sigaction sa{};
-    sa.sa_handler = late_forking_handler;
-    sigemptyset(&sa.sa_mask);
-    ::sigaction(SIGUSR1, &sa, nullptr);
-    if (::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) ::_exit(97);
-    ::raise(SIGSTOP);
+    become_forking_tracee(late_forking_handler);
     int rc;
     try {
       rc = int(cache.set("victim", "parent"));
@@ -252,7 +209,7 @@ TEST(AttackFork4Repair, AChildForkedInRepairsBucketClearingLoopWipesNothingOnceI
   const arena::StripeView v = view_of(cache, 0);
   Scene sc;
   sc.watch = [&] { return static_cast<const void*>(&v.buckets[0]); };
-  sc.rw = kWrite;
+  sc.rw = kWatchWrites;
   sc.meanwhile = [&] {
     expect_present(cache, before, before_v, "entries after L's repair (bad test)");
     for (std::size_t i = 0; i < later.size(); ++i) ASSERT_EQ(cache.set(later[i], later_v[i]), Errc::ok);
@@ -322,7 +279,7 @@ TEST(AttackFork4Repair, AChildForkedInsideAResetDoesNotResetTheStripeAgainLater)
     words::store(hdr->head, words::load(hdr->tail) + 8);
   };
   sc.watch = [&] { return static_cast<const void*>(&v.buckets[0]); };
-  sc.rw = kWrite;
+  sc.rw = kWatchWrites;
   sc.meanwhile = [&] {
     EXPECT_EQ(words::load(hdr->resets), resets0 + 1) << "bad test: L did not reset the unwalkable ring";
     for (std::size_t i = 0; i < later.size(); ++i) ASSERT_EQ(cache.set(later[i], later_v[i]), Errc::ok);
@@ -380,7 +337,7 @@ TEST(AttackFork4Repair, AChildForkedInsideTheMoveJournalsChecksumDoesNotRewindTh
     words::store(hdr->move_size, std::uint64_t(e.h.size));
   };
   sc.watch = [&] { return static_cast<const void*>(v.arena + e.off + ((e.h.size / 2) & ~std::uint64_t{7})); };
-  sc.rw = kReadWrite;
+  sc.rw = kWatchAccesses;
   sc.meanwhile = [&] {
     EXPECT_EQ(words::load(hdr->move_size), 0u) << "bad test: L's repair left the journal";
     for (std::size_t i = 0; i < later.size(); ++i) ASSERT_EQ(cache.set(later[i], later_v[i]), Errc::ok);
@@ -427,7 +384,7 @@ TEST(AttackFork4Repair, AChildForkedInsideTheRebuildLoopsChecksumIndexesNothingL
   const arena::StripeView v = view_of(cache, 0);
   Scene sc;
   sc.watch = [&] { return static_cast<const void*>(v.arena + e.off + ((e.h.size / 2) & ~std::uint64_t{7})); };
-  sc.rw = kReadWrite;
+  sc.rw = kWatchAccesses;
   sc.meanwhile = [&] { EXPECT_EQ(cache.get(big).value_or(""), big_v) << "bad test"; };
   sc.after = [&] {
     const auto violations = inspect::check(name.name);

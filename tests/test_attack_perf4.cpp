@@ -49,6 +49,7 @@
 #include "segment.h"
 #include "stripe.h"
 #include "stripe_lock.h"
+#include "fork_probe.h"
 
 namespace hostcache {
 namespace {
@@ -64,12 +65,6 @@ bool version_of(const std::string& key, const std::string& value, std::uint64_t&
   if (bar == std::string::npos) return false;
   version = std::strtoull(value.c_str() + key.size() + 1, nullptr, 10);
   return true;
-}
-
-std::int64_t mono_ms() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
 // =====================================================================================
@@ -391,12 +386,7 @@ pid_t traced_forker(ForkProbe* fp, layout::StripeHeader* hdr, const std::functio
     g_l_pid = ::getpid();
     (void)stripe_lock::self_word();
     stripe::set_recovery_observer(counting_observer);
-    struct sigaction sa{};
-    sa.sa_handler = forking_handler;
-    sigemptyset(&sa.sa_mask);
-    ::sigaction(SIGUSR1, &sa, nullptr);
-    if (::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) ::_exit(97);
-    ::raise(SIGSTOP);
+    become_forking_tracee(forking_handler);
     int rc;
     try {
       rc = op();
@@ -586,29 +576,6 @@ TEST(AttackPerf4ForkAt, AChildForkedInsideUnlockAndScheduledLateNeverReleasesIts
   EXPECT_TRUE(got == "first" || got == "third");
 }
 
-// Runs the stopped tracee `l` at full speed until its first write to the
-// 8 bytes at `word` (an x86-64 debug register: the trap comes right after the
-// writing instruction), then clears the watchpoint. False if debug
-// registers cannot be set (then the caller single-steps instead).
-bool run_to_first_write(pid_t l, const void* word) {
-#if defined(__x86_64__)
-  const auto dr = [](int i) { return reinterpret_cast<void*>(offsetof(struct user, u_debugreg) + i * sizeof(long)); };
-  if (::ptrace(PTRACE_POKEUSER, l, dr(0), const_cast<void*>(word)) != 0) return false;
-  // L0 enabled, RW0 = 01 (writes), LEN0 = 11 (8 bytes).
-  const long dr7 = 1 | (1L << 16) | (3L << 18);
-  if (::ptrace(PTRACE_POKEUSER, l, dr(7), reinterpret_cast<void*>(dr7)) != 0) return false;
-  if (::ptrace(PTRACE_CONT, l, nullptr, nullptr) != 0) return false;
-  int status = 0;
-  if (::waitpid(l, &status, 0) != l || !WIFSTOPPED(status) || WSTOPSIG(status) != SIGTRAP) return false;
-  ::ptrace(PTRACE_POKEUSER, l, dr(7), nullptr);
-  ::ptrace(PTRACE_POKEUSER, l, dr(6), nullptr);
-  return true;
-#else
-  (void)l;
-  (void)word;
-  return false;
-#endif
-}
 
 std::uintptr_t rip_of(pid_t l) {
 #if defined(__x86_64__)
@@ -692,7 +659,7 @@ TEST(AttackPerf4ForkAt, AChildForkedAtAnyInstructionBetweenLockAndBeginRefusesAn
     int status = 0;
     bool injected = false, used_watch = false;
     if (::waitpid(l, &status, 0) == l && WIFSTOPPED(status)) {
-      used_watch = run_to_first_write(l, &hdr->lock);
+      used_watch = run_to_access(l, &hdr->lock, kWatchWrites);
       long after = used_watch ? 0 : -1;
       for (long s = 0; s < 5'000'000; ++s) {
         if (after >= 0 && rip_of(l) == begin_at) {
@@ -797,15 +764,6 @@ TEST(AttackPerf4ForkAt, AChildForkedAtAnyInstructionBetweenLockAndBeginRefusesAn
 // is set up by the first lock of a process.
 constexpr const char* kNoPageEnv = "HOSTCACHE_AP4_NOPAGE_SEGMENT";
 
-std::uint64_t vm_size_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmSize:", 0) == 0) return std::strtoull(line.c_str() + 7, nullptr, 10) * 1024;
-  }
-  return 0;
-}
-
 int no_page_helper(const char* segment_name) {
   // 1. The first identity of this process, with the address space full.
   const std::uint64_t vm = vm_size_bytes();
@@ -876,17 +834,7 @@ TEST(AttackPerf4NoPage, AWorkerForkedByAProcessWithoutAForkPageNeverEntersItsMas
   Config c = small_config(name.name, 1u << 20, 1);
   Cache cache = Cache::open(c);
   ASSERT_EQ(cache.set("warm", "x"), Errc::ok);
-  const pid_t p = ::fork();
-  if (p == 0) {
-    ::setenv(kNoPageEnv, name.name.c_str(), 1);
-    char arg0[] = "test_attack_perf4";
-    char arg1[] = "--gtest_filter=AttackPerf4NoPage.DISABLED_Helper";
-    char arg2[] = "--gtest_also_run_disabled_tests";
-    char* argv[] = {arg0, arg1, arg2, nullptr};
-    ::execv("/proc/self/exe", argv);
-    ::_exit(96);
-  }
-  const int rc = wait_for(p);
+  const int rc = run_exec_helper("AttackPerf4NoPage.DISABLED_Helper", kNoPageEnv, name.name);
   ASSERT_NE(rc, 96) << "bad test: exec failed";
   ASSERT_TRUE(rc < 50) << "bad test: the helper could not make the fork page's mmap fail (rc " << rc << ")";
   EXPECT_EQ(rc, 0) << "in a process whose fork page could not be mapped (stripe_lock.cpp fork_page() "
