@@ -257,7 +257,7 @@ Flights::Claim Flights::claim(std::uint32_t index, std::uint32_t seen, std::int6
   }
   const std::uint32_t busy = tentative | kConfirmed;
   if (!cas_word(s, tentative, busy)) return Claim::lost;  // stalled past the grace: freed
-  out = Flight{&s, busy};
+  out = Flight{&s, busy, std::uint32_t(getpid())};
   return Claim::owner;
 }
 
@@ -330,6 +330,7 @@ Flights::Outcome Flights::wait(std::uint32_t index, std::uint32_t w, const Owner
 }
 
 void release(const Flight& f) {
+  if (f.pid != std::uint32_t(getpid())) return;  // a fork child's copy: the parent's flight
   const std::uint32_t releasing = same_flight(f.word, kReleasing);
   if (!cas_word(*f.slot, f.word, releasing)) return;  // taken over: someone else's now
   free_slot(*f.slot, releasing);

@@ -25,6 +25,7 @@ namespace hostcache::flight {
 struct Flight {
   layout::FlightSlot* slot = nullptr;
   std::uint32_t word = 0;  // the slot's word while we hold it
+  std::uint32_t pid = 0;   // the process that claimed it
 };
 
 // The fields of a busy flight, read consistently.
@@ -74,7 +75,10 @@ class Flights {
   bool spent_ = false;  // our deadline passed and we looked at the cache once more
 };
 
-// Frees the flight and wakes its waiters; nothing if it was taken over.
+// Frees the flight and wakes its waiters; nothing if it was taken over, or
+// in a process forked while its parent held it (a child of the compute that
+// returned into the caller's stack: the flight, still computing, is the
+// parent's).
 void release(const Flight& flight);
 
 // Releases a flight (if any) when the scope ends, exceptions included.

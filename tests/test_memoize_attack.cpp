@@ -559,5 +559,64 @@ TEST_F(MemoizeTest, DistinctCallsNeverShareAKey) {
   EXPECT_GT(seen.size(), 20000u);
 }
 
+// A child forked inside the owner's compute (a library that forks a helper
+// and whose child returns, here by throwing, into the caller's stack) runs
+// the rest of its parent's get_or_compute: its copy of the flight's guard
+// releases on the way out. The flight is the parent's, still computing; a
+// waiter that then found the slot free would compute the key a second time
+// (the single flight broken), and its value could overwrite the owner's.
+struct ChildOfTheCompute {};
+
+TEST_F(MemoizeTest, AChildForkedInsideTheComputeNeverReleasesItsParentsFlight) {
+  Gate finish;
+  ComputeOptions o;
+  o.lease = 1h;  // nothing but a release can hand the flight over within the test
+  const pid_t owner = spawn([&] {
+    const pid_t me = ::getpid();
+    try {
+      set_result(0, get_or_compute<std::string>(
+                        cache_, "k",
+                        [&]() -> std::string {
+                          bump(shared_->computes);
+                          const pid_t c = ::fork();
+                          if (c == 0) throw ChildOfTheCompute{};  // the child's copy unwinds the parent's call
+                          if (wait_for(c) != 0) return "child failed";
+                          raise(shared_->started);
+                          finish.wait();
+                          return "owner";
+                        },
+                        o));
+    } catch (const ChildOfTheCompute&) {
+      if (::getpid() != me) ::_exit(0);
+      return 3;
+    }
+    return 0;
+  });
+  ASSERT_TRUE(eventually([&] { return read(shared_->started) == 1; }));
+  EXPECT_EQ(flight_owner(cache_, "k"), std::uint32_t(owner)) << "the child's unwinding released its parent's flight";
+  const pid_t waiter = spawn([&] {
+    ::close(finish.fds[1]);  // this process's copy of the gate's write end: the gate opens when the test's closes
+    set_result(1, get_or_compute<std::string>(
+                      cache_, "k",
+                      [&] {
+                        bump(shared_->computes);
+                        return std::string("waiter");
+                      },
+                      o));
+    return 0;
+  });
+  // The waiter either sleeps on the owner's flight or (the flight released
+  // under the owner) computes the key itself.
+  ASSERT_TRUE(eventually([&] { return sleeping_waiters(cache_) == 1 || read(shared_->computes) == 2; }));
+  finish.open();
+  EXPECT_EQ(finishes(owner), 0);
+  EXPECT_EQ(finishes(waiter), 0);
+  EXPECT_EQ(read(shared_->computes), 1) << "the key was computed twice: the owner's flight was released by the "
+                                           "child forked inside its compute";
+  EXPECT_EQ(result(0), "owner");
+  EXPECT_EQ(result(1), "owner");
+  EXPECT_TRUE(all_flights_free(cache_));
+}
+
 }  // namespace
 }  // namespace hostcache
