@@ -65,6 +65,7 @@
 #include "atomic_words.h"
 #include "clock.h"
 #include "log.h"
+#include "stripe_lock.h"
 
 namespace hostcache::flight {
 namespace {
@@ -238,6 +239,7 @@ bool Flights::try_claim(std::int64_t lease_ms, Flight& out) {
 Flights::Claim Flights::claim(std::uint32_t index, std::uint32_t seen, std::int64_t lease_ms,
                               Flight& out) {
   FlightSlot& s = slot(index);
+  const std::uint64_t epoch = stripe_lock::identity().generation;  // before the CAS: it may throw
   const bool takeover = state_of(seen) == kBusy;
   const std::uint32_t claiming = takeover ? next_word(seen, kClaiming) : same_flight(seen, kClaiming);
   if (!cas_word(s, seen, claiming)) return Claim::lost;
@@ -257,7 +259,7 @@ Flights::Claim Flights::claim(std::uint32_t index, std::uint32_t seen, std::int6
   }
   const std::uint32_t busy = tentative | kConfirmed;
   if (!cas_word(s, tentative, busy)) return Claim::lost;  // stalled past the grace: freed
-  out = Flight{&s, busy, std::uint32_t(getpid())};
+  out = Flight{&s, busy, epoch};
   return Claim::owner;
 }
 
@@ -330,7 +332,7 @@ Flights::Outcome Flights::wait(std::uint32_t index, std::uint32_t w, const Owner
 }
 
 void release(const Flight& f) {
-  if (f.pid != std::uint32_t(getpid())) return;  // a fork child's copy: the parent's flight
+  if (stripe_lock::identity().generation != f.epoch) return;  // a fork child's copy: the parent's flight
   const std::uint32_t releasing = same_flight(f.word, kReleasing);
   if (!cas_word(*f.slot, f.word, releasing)) return;  // taken over: someone else's now
   free_slot(*f.slot, releasing);

@@ -25,7 +25,7 @@ namespace hostcache::flight {
 struct Flight {
   layout::FlightSlot* slot = nullptr;
   std::uint32_t word = 0;  // the slot's word while we hold it
-  std::uint32_t pid = 0;   // the process that claimed it
+  std::uint64_t epoch = 0; // the fork epoch of the process that claimed it (stripe_lock::Identity::generation)
 };
 
 // The fields of a busy flight, read consistently.
@@ -78,7 +78,8 @@ class Flights {
 // Frees the flight and wakes its waiters; nothing if it was taken over, or
 // in a process forked while its parent held it (a child of the compute that
 // returned into the caller's stack: the flight, still computing, is the
-// parent's).
+// parent's). The fork epoch tells them apart, not the pid number: a child in
+// a nested pid namespace may have its parent's.
 void release(const Flight& flight);
 
 // Releases a flight (if any) when the scope ends, exceptions included.
