@@ -277,25 +277,26 @@ void Locked::recover(std::uint32_t index, bool owner_died, std::uint32_t dead) {
   std::string why;
   std::uint64_t kept = 0, dropped = 0;
   bool repaired = false;
+  // Forked (from a signal handler) mid-repair, the copy stops right before
+  // its next stores: the repair, and its end, are the parent's.
+  const auto stop = [this] { return forked(); };
   try {
-    // Forked (from a signal handler) mid-repair, the copy stops: the repair
-    // and its end are the parent's.
-    repaired = arena::repair(view_, &why, &kept, &dropped, [this] { return forked(); });
+    try {
+      repaired = arena::repair(view_, &why, &kept, &dropped, stop);
+    } catch (const arena::RepairStopped&) {
+      throw;
+    } catch (...) {
+      // Out of memory while walking: the stripe's structure is unknown, so it
+      // starts afresh (no allocation needed), as for a ring that cannot be walked.
+      arena::reset(view_, stop);
+      if (stop()) throw arena::RepairStopped{};
+      store(view_.hdr->resets, load(view_.hdr->resets) + 1);
+      why = "repair failed (out of memory)";
+    }
+    if (stop()) throw arena::RepairStopped{};
   } catch (const arena::RepairStopped&) {
     throw forked_error(segment_, "while its thread repaired a stripe");
-  } catch (...) {
-    // Out of memory while walking: the stripe's structure is unknown, so it
-    // starts afresh (no allocation needed), as for a ring that cannot be walked.
-    try {
-      arena::reset(view_, [this] { return forked(); });
-    } catch (const arena::RepairStopped&) {
-      throw forked_error(segment_, "while its thread repaired a stripe");
-    }
-    if (forked()) throw forked_error(segment_, "while its thread repaired a stripe");
-    store(view_.hdr->resets, load(view_.hdr->resets) + 1);
-    why = "repair failed (out of memory)";
   }
-  if (forked()) throw forked_error(segment_, "while its thread repaired a stripe");
   store(view_.hdr->recoveries, load(view_.hdr->recoveries) + 1);
   store(view_.hdr->seq, load(view_.hdr->seq) + 1, std::memory_order_release);  // even again
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);

@@ -97,8 +97,8 @@ void unlock(layout::StripeHeader& stripe);
 // nor releases anything in a child forked since `me` was computed (see
 // forked_since; lock then returns !acquired with `forked` set). A caller
 // whose section may call identity() again in such a child (which refreshes
-// `me` in place to the child's own) keeps the epoch it locked in and
-// compares that, as stripe::Locked does.
+// the thread's Identity in place to the child's own) passes a copy, as
+// stripe::Locked does.
 Acquired lock(layout::StripeHeader& stripe, const Identity& me, std::chrono::milliseconds timeout);
 void unlock(layout::StripeHeader& stripe, const Identity& me);
 

@@ -200,7 +200,7 @@ void run_wait_scene(bool nested) {
       << (nested ? "C's handler took a lock of its own, which refreshed the thread's Identity in place, so lock_slow's "
                    "`me` is C's and forked_since(me) is false: C's CAS took stripe 0 under its own word, took() "
                    "recorded it (owner_pid = C), and stripe.cpp Locked::Locked then threw busy on forked() "
-                   "(epoch_ is P's) WITHOUT unlocking what C itself had acquired"
+                   "(its epoch was P's) WITHOUT unlocking what C itself had acquired"
                  : "lock_slow (stripe_lock.cpp) runs its CAS loop without checking forked_since(me): C, with P's "
                    "identity, CASes the free word to P's word; took() then sees the fork and records nothing, "
                    "and Locked throws busy, so the word stays P's with no section behind it");
