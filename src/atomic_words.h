@@ -40,6 +40,13 @@ inline T fetch_add(T& field, T delta, std::memory_order order = std::memory_orde
   return std::atomic_ref<T>(field).fetch_add(delta, order);
 }
 
+// Replaces `expected` with `desired`, or nothing if the field holds another
+// value; true if it did.
+template <class T>
+inline bool replace(T& field, T expected, T desired, std::memory_order order = std::memory_order_seq_cst) {
+  return std::atomic_ref<T>(field).compare_exchange_strong(expected, desired, order);
+}
+
 inline std::uint64_t load_word(const std::uint8_t* p) {
   return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(const_cast<std::uint8_t*>(p)))
       .load(std::memory_order_relaxed);

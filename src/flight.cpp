@@ -66,6 +66,7 @@
 #include "clock.h"
 #include "log.h"
 #include "stripe_lock.h"
+#include <hostcache/errors.h>
 
 namespace hostcache::flight {
 namespace {
@@ -186,7 +187,18 @@ Flights::Flights(const Segment& segment, std::uint64_t key_hash, steady::time_po
       mask_(segment.geometry().flight_slots == 0 ? 0 : segment.geometry().flight_slots - 1),
       probe_(std::min<std::uint32_t>(kProbe, segment.geometry().flight_slots)),
       key_hash_(key_hash),
-      deadline_(deadline) {}
+      deadline_(deadline) {
+  // A flight names its owner by pid, judged alive with kill(pid, 0): numbers
+  // of one pid namespace. A process in another one would take a live owner
+  // for dead (its pid is not visible there), or leave a pid that names
+  // another process here; it is refused, as by the stripe lock.
+  const Geometry& g = segment.geometry();
+  if (!stripe_lock::same_namespaces(g.pidns_ino, g.timens_ino)) {
+    throw Error(Errc::incompatible, "segment '" + segment.name() +
+                                        "': this process is in another pid or time namespace than the segment's "
+                                        "creator; it cannot take part in single flight");
+  }
+}
 
 bool Flights::late() const { return steady::now() >= deadline_; }
 
@@ -239,27 +251,38 @@ bool Flights::try_claim(std::int64_t lease_ms, Flight& out) {
 Flights::Claim Flights::claim(std::uint32_t index, std::uint32_t seen, std::int64_t lease_ms,
                               Flight& out) {
   FlightSlot& s = slot(index);
-  const std::uint64_t epoch = stripe_lock::identity().generation;  // before the CAS: it may throw
+  // A copy, taken before the CAS (identity() may throw): in a child forked
+  // during the claim, identity() refreshes the thread's own in place.
+  const stripe_lock::Identity me = stripe_lock::identity();
+  // A child forked (from a signal handler) during the claim leaves the claim
+  // to its parent: it stops before its next store or compare-and-swap, as
+  // the stripe lock's does, and looks again as a process of its own. Had it
+  // gone on, it could confirm the slot for itself with its parent's epoch,
+  // and never release it (test_attack_fork5).
+  auto forked = [&] { return stripe_lock::forked_since(me); };
   const bool takeover = state_of(seen) == kBusy;
   const std::uint32_t claiming = takeover ? next_word(seen, kClaiming) : same_flight(seen, kClaiming);
-  if (!cas_word(s, seen, claiming)) return Claim::lost;
+  if (forked() || !cas_word(s, seen, claiming)) return Claim::lost;
   if (takeover) {
     log::get().info("flight for key hash {:016x}: taking over from pid {}", key_hash_,
                     words::load(s.owner_pid));
   }
+  if (forked()) return Claim::lost;
   words::store(s.key_hash, key_hash_);
   words::store(s.lease_until_ms, saturating_add(clock::now_ms(), lease_ms));
-  words::store(s.owner_pid, std::uint32_t(getpid()));
+  words::store(s.owner_pid, me.pid);
   const std::uint32_t tentative = same_flight(claiming, kBusy);
-  if (!cas_word(s, claiming, tentative)) return Claim::lost;  // stalled past the grace: freed
+  if (forked() || !cas_word(s, claiming, tentative)) return Claim::lost;  // stalled past the grace: freed
   if (another_owner(index)) {
     const std::uint32_t releasing = same_flight(tentative, kReleasing);
-    if (cas_word(s, tentative, releasing)) free_slot(s, releasing);
+    if (!forked() && cas_word(s, tentative, releasing)) free_slot(s, releasing);
     return Claim::yielded;
   }
   const std::uint32_t busy = tentative | kConfirmed;
-  if (!cas_word(s, tentative, busy)) return Claim::lost;  // stalled past the grace: freed
-  out = Flight{&s, busy, epoch};
+  if (forked() || !cas_word(s, tentative, busy)) return Claim::lost;  // stalled past the grace: freed
+  // Forked from here on, the child's copy holds the parent's epoch: its
+  // release is a no-op, and the flight stays the parent's, which releases it.
+  out = Flight{&s, busy, me.generation};
   return Claim::owner;
 }
 

@@ -23,6 +23,7 @@
 #include "flight.h"
 #include "layout.h"
 #include "log.h"
+#include "stripe_lock.h"
 
 namespace hostcache {
 namespace {
@@ -269,10 +270,16 @@ class Call {
     const GenerationStamp stamp =
         cache_.generations(options_.set.tags, options_.set.ns);  // before compute (invariant 3)
     std::string bytes;
+    // A child forked inside compute() that returns through here ran no
+    // compute of its own: only the process that called it counts one.
+    const stripe_lock::Identity caller = stripe_lock::identity();
+    auto record_once = [&](std::size_t stored_bytes) {
+      if (!stripe_lock::forked_since(caller)) record(false, stored_bytes);
+    };
     try {
       hooks_.compute(hooks_.ctx, bytes);
     } catch (...) {
-      record(false, 0);
+      record_once(0);
       throw;
     }
     const std::chrono::milliseconds ttl =
@@ -289,7 +296,7 @@ class Call {
     if (e != Errc::ok) {
       log::get().warn("memoize: '{}' not cached: {}", key_, to_string(e));
     }
-    record(false, e == Errc::ok ? stored.size() : 0);
+    record_once(e == Errc::ok ? stored.size() : 0);
   }
 
   void record(bool hit, std::size_t bytes) {

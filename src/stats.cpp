@@ -10,14 +10,11 @@
 #include "atomic_words.h"
 #include "crash_point.h"
 #include "segment.h"
+#include "stripe_lock.h"
+#include <hostcache/errors.h>
 
 namespace hostcache {
 namespace {
-
-// Registered when the library is loaded, before any of its threads can fork.
-const int g_atfork = pthread_atfork(nullptr, nullptr, [] {
-  StatsRecorder::fork_epoch_.fetch_add(1, std::memory_order_relaxed);
-});
 
 bool dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
 
@@ -28,10 +25,17 @@ bool dead(std::uint32_t pid) { return pid != 0 && ::kill(pid_t(pid), 0) != 0 && 
 // on from them: its totals are folded into the sum without a separate step
 // that a crash could interrupt halfway.
 std::uint64_t* StatsRecorder::claim(int which) {
-  (void)g_atfork;
-  const std::uint64_t epoch = StatsRecorder::fork_epoch_.load(std::memory_order_relaxed);
   layout::Header* h = segment_->header();
   std::uint64_t* shared = which == 0 ? &h->folded_hits : &h->folded_misses;
+  // identity() gives a child (whose page word is still zero) its own epoch.
+  std::uint64_t epoch;
+  try {
+    const stripe_lock::Identity& me = stripe_lock::identity();
+    epoch = me.generation;
+    fork_word_.store(me.fork_word, std::memory_order_release);
+  } catch (const Error&) {
+    return shared;  // no fork page (yet): the shared totals, correct and slower
+  }
   std::uint64_t seen = claiming_.load(std::memory_order_relaxed);
   if (seen == epoch || !claiming_.compare_exchange_strong(seen, epoch, std::memory_order_acq_rel)) {
     // Another thread claims for this epoch (or has): its slot once published.
@@ -61,7 +65,7 @@ std::uint64_t* StatsRecorder::claim(int which) {
 
 StatsRecorder::~StatsRecorder() {
   if (slot_ < 0 || segment_ == nullptr || segment_->read_only()) return;
-  if (epoch_.load() != StatsRecorder::fork_epoch_.load()) return;  // a fork child: the slot is its parent's
+  if (epoch_.load() != current_epoch()) return;  // a fork child: the slot is its parent's
   std::uint32_t owner = pid_;
   std::atomic_ref<std::uint32_t>(segment_->stats_slots()[slot_].pid).compare_exchange_strong(owner, 0u);
 }

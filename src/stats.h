@@ -14,16 +14,20 @@
 #include <cstdint>
 #include <mutex>
 
+#include "atomic_words.h"
+
 namespace hostcache {
 
 class Segment;
 
 class StatsRecorder {
  public:
-  // Bumped in every child of fork() (an atfork handler registered when the
-  // library is loaded): a recorder whose epoch differs knows its slot
-  // belongs to its parent and claims its own.
-  static inline std::atomic<std::uint64_t> fork_epoch_{0};
+  // The fork epoch is the stripe lock's (stripe_lock::Identity: a word of a
+  // MADV_WIPEONFORK page, zero in every child however it was made, raw
+  // clone() and _Fork included): a recorder whose epoch differs knows its
+  // slot belongs to its parent and claims its own. The page is looked up at
+  // the first count; while it cannot be mapped, counts go to the shared
+  // totals.
   explicit StatsRecorder(Segment* segment) : segment_(segment) {}
   StatsRecorder(const StatsRecorder&) = delete;
   StatsRecorder& operator=(const StatsRecorder&) = delete;
@@ -38,11 +42,14 @@ class StatsRecorder {
  private:
   // 0 hits, 1 misses. Inline: every get counts.
   std::uint64_t* counter(int which) {
-    if (epoch_.load(std::memory_order_acquire) != fork_epoch_.load(std::memory_order_relaxed)) [[unlikely]] {
-      return claim(which);
-    }
+    if (epoch_.load(std::memory_order_acquire) != current_epoch()) [[unlikely]] return claim(which);
     return published(which);
   }
+  std::uint64_t current_epoch() const {
+    const std::uint64_t* word = fork_word_.load(std::memory_order_acquire);
+    return word != nullptr ? words::load(*word) : kNoEpoch;
+  }
+  static constexpr std::uint64_t kNoEpoch = ~0ull - 1;  // no fork page: never a slot
   // The counter of the slot published for this recorder's epoch.
   std::uint64_t* published(int which) const {
     return which == 0 ? hits_.load(std::memory_order_relaxed) : misses_.load(std::memory_order_relaxed);
@@ -53,6 +60,7 @@ class StatsRecorder {
   // slot is published, counts go to the shared totals.
   std::uint64_t* claim(int which);
   Segment* segment_;
+  std::atomic<const std::uint64_t*> fork_word_{nullptr};  // stripe_lock::Identity::fork_word, once known
   std::atomic<std::uint64_t> claiming_{~0ull};  // the fork epoch a thread of this process is claiming for
   std::atomic<std::uint64_t> epoch_{~0ull};  // fork epoch the slot was claimed in
   std::atomic<std::uint64_t*> hits_{nullptr};

@@ -21,6 +21,7 @@ namespace {
 
 using layout::EntryHeader;
 using words::load;
+using words::replace;
 using words::store;
 
 // Optimistic attempts before falling back to the lock, and pause iterations
@@ -107,7 +108,9 @@ Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generati
 Lookup finish(const Found& f, Lookup r, Dest& out) {
   if (r != Lookup::hit || (f.h.flags & layout::kFlagCompressed) == 0) return r;
   char* dst = out.reserve(f.h.orig_len);
-  return compress::decompress(raw_buffer(), dst, f.h.orig_len) ? Lookup::hit : Lookup::miss;
+  if (compress::decompress(raw_buffer(), dst, f.h.orig_len)) return Lookup::hit;
+  out.discard();
+  return Lookup::miss;
 }
 
 // Private memory for one entry image: on the stack when it is small (no
@@ -293,12 +296,19 @@ void Locked::recover(std::uint32_t index, bool owner_died, std::uint32_t dead) {
       store(view_.hdr->resets, load(view_.hdr->resets) + 1);
       why = "repair failed (out of memory)";
     }
+    // The last two stores replace values read before the last check: a
+    // child forked after it (a few instructions) finds them already done
+    // by its parent, and changes nothing. A store of load() + 1 there would
+    // count a second recovery, and turn a later writer's odd sequence even
+    // under a reader (test_attack_fork5).
+    const std::uint64_t recoveries = load(view_.hdr->recoveries);
+    const std::uint64_t odd = load(view_.hdr->seq);
     if (stop()) throw arena::RepairStopped{};
+    replace(view_.hdr->recoveries, recoveries, recoveries + 1);
+    if ((odd & 1) != 0) replace(view_.hdr->seq, odd, odd + 1, std::memory_order_release);  // even again
   } catch (const arena::RepairStopped&) {
     throw forked_error(segment_, "while its thread repaired a stripe");
   }
-  store(view_.hdr->recoveries, load(view_.hdr->recoveries) + 1);
-  store(view_.hdr->seq, load(view_.hdr->seq) + 1, std::memory_order_release);  // even again
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
   if (RecoveryObserver observer = g_recovery_observer.load()) observer(std::uint64_t(us.count()), !repaired);
   std::string cause = !owner_died ? std::string("its header was out of bounds or its sequence odd")

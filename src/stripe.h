@@ -21,6 +21,7 @@
 #include "generations.h"
 #include "segment.h"
 #include "stripe_lock.h"
+#include "string_grow.h"
 
 namespace hostcache::stripe {
 
@@ -73,12 +74,21 @@ struct Dest {
   ValueSink sink = nullptr;
   void* ctx = nullptr;
   std::size_t max_len = ~std::size_t{0};  // a longer value (original length) is a miss
+  // Room for an n-byte value, which the caller then writes whole (or, on
+  // failure, calls discard()).
   char* reserve(std::size_t n) {
     if (str != nullptr) {
-      str->resize(n);
-      return str->data();
+      if (n <= str->size()) {
+        str->resize(n);
+        return str->data();
+      }
+      return detail::grow_for_overwrite(*str, n);  // no zeroing of what the copy overwrites
     }
     return sink(ctx, n);
+  }
+  // What reserve() gave was not written whole: never leave it to be read.
+  void discard() {
+    if (str != nullptr) str->clear();
   }
 };
 

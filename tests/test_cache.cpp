@@ -68,6 +68,47 @@ TEST_F(CacheTest, GetReusesTheCallersBuffer) {
   EXPECT_EQ(out.data(), before);  // no allocation when the buffer has room
 }
 
+// A get grows the caller's string without zeroing it first (string_grow.h):
+// whatever the string held (empty, short inline, long, with spare capacity
+// or none), it must end exactly the value's length, byte for byte, and
+// get_many's fresh strings likewise. Lengths around the inline buffer (15)
+// and around doublings of a capacity catch a length taken from the capacity.
+TEST_F(CacheTest, AGetLeavesExactlyTheValueWhateverTheStringHeldBefore) {
+  std::vector<std::size_t> lengths;
+  for (std::size_t n = 0; n <= 70; ++n) lengths.push_back(n);
+  for (std::size_t n : {100, 127, 128, 129, 255, 256, 257, 1000, 4095, 4096, 4097, 9000}) lengths.push_back(n);
+  auto value_of = [](std::size_t n, char salt) {
+    std::string v(n, '\0');
+    for (std::size_t i = 0; i < n; ++i) v[i] = char('a' + (i * 7 + std::size_t(salt)) % 26);
+    return v;
+  };
+  std::vector<std::string> keys;
+  for (std::size_t n : lengths) {
+    keys.push_back("len" + std::to_string(n));
+    ASSERT_EQ(set(keys.back(), value_of(n, 1)), Errc::ok);
+  }
+  std::vector<std::string> before_shapes;
+  for (std::size_t prior : {0, 3, 15, 16, 31, 64, 200, 5000}) before_shapes.push_back(value_of(prior, 9));
+  for (std::size_t k = 0; k < lengths.size(); ++k) {
+    for (const std::string& shape : before_shapes) {
+      for (bool spare : {false, true}) {
+        std::string out = shape;
+        if (spare) out.reserve(out.size() * 2 + 1);
+        ASSERT_TRUE(cache_.get(keys[k], out));
+        ASSERT_EQ(out.size(), lengths[k]) << "from a string of " << shape.size() << " bytes (spare " << spare << ")";
+        ASSERT_EQ(out, value_of(lengths[k], 1));
+      }
+    }
+  }
+  std::vector<std::string_view> views(keys.begin(), keys.end());
+  const std::vector<std::optional<std::string>> many = cache_.get_many(views);
+  ASSERT_EQ(many.size(), keys.size());
+  for (std::size_t k = 0; k < keys.size(); ++k) {
+    ASSERT_TRUE(many[k].has_value()) << keys[k];
+    EXPECT_EQ(*many[k], value_of(lengths[k], 1)) << keys[k];
+  }
+}
+
 TEST_F(CacheTest, EveryBadInputHasItsCodeAndChangesNothing) {
   ASSERT_EQ(set("keep", "safe", {"t"}), Errc::ok);
   const Stats before = cache_.stats();
