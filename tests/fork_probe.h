@@ -1,5 +1,5 @@
 // fork_probe.h — what the fork-injection attack suites share
-// (test_attack_perf4, test_attack_fork3, test_attack_fork4): a monotonic
+// (test_attack_perf4, test_attack_fork3 to test_attack_fork5): a monotonic
 // clock, a bounded wait on a condition, an x86-64 debug-register watchpoint
 // on a traced child, and a re-executed copy of the test binary for scenes
 // that need a fresh process.
@@ -13,12 +13,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <string>
+
+#include <gtest/gtest.h>
 
 #include "test_support.h"
 
@@ -65,6 +69,53 @@ inline bool run_to_access(pid_t l, const void* addr, long rw) {
   (void)rw;
   return false;
 #endif
+}
+
+// Waits for the forking tracee `l` (become_forking_tracee) to stop for its
+// tracer, then runs it to its first access of `addr` (run_to_access). ""
+// when it stands there; else why the scene cannot be played on this machine
+// (the caller skips; `l` is then reaped). A tracee that does not stop is a
+// failure of the test.
+inline std::string stop_tracee_at(pid_t l, const void* addr, long rw) {
+  int status = 0;
+  if (::waitpid(l, &status, 0) != l || !(WIFSTOPPED(status) || WIFEXITED(status))) {
+    ADD_FAILURE() << "the tracee " << l << " neither stopped nor exited";
+    return "no tracee";
+  }
+  if (WIFEXITED(status)) {
+    if (WEXITSTATUS(status) != 97) ADD_FAILURE() << "the tracee exited " << WEXITSTATUS(status) << " before its stop";
+    return "ptrace unavailable";
+  }
+  if (!run_to_access(l, addr, rw)) {
+    ::kill(l, SIGKILL);
+    ::waitpid(l, &status, 0);
+    return "no x86-64 debug-register watchpoint available";
+  }
+  return "";
+}
+
+// What L (the parent, a locker that takes a dead owner's stripe over and
+// repairs it) and G (its child, forked from L's signal handler inside the
+// repair) report, in shared memory (test_attack_fork4, test_attack_fork5).
+struct Late {
+  std::atomic<int> g_pid, g_in_handler, g_go, g_timed_out, g_done, g_rc;
+  std::atomic<int> l_done, l_rc, quit;
+};
+inline Late* g_late = nullptr;
+
+// The fork: G waits in the handler ("scheduled late") until the test says
+// go, then returns into the repair exactly where L was interrupted.
+inline void late_forking_handler(int) {
+  const int saved = errno;
+  const pid_t c = ::fork();
+  if (c == 0) {
+    g_late->g_in_handler.store(1);
+    if (!await([] { return g_late->g_go.load() != 0; }, 20000)) g_late->g_timed_out.store(1);
+    errno = saved;
+    return;
+  }
+  g_late->g_pid.store(c);
+  errno = saved;
 }
 
 // In a child about to be traced: SIGUSR1 runs `handler` (which forks: the

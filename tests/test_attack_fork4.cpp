@@ -47,31 +47,8 @@ namespace {
 using namespace testing;
 using namespace std::chrono_literals;
 
-// What L (the parent, a locker that takes a dead owner's stripe over and
-// repairs it) and G (its child, forked from L's signal handler inside the
-// repair) report, in shared memory.
-struct Late {
-  std::atomic<int> g_pid, g_in_handler, g_go, g_timed_out, g_done, g_rc;
-  std::atomic<int> l_done, l_rc, quit;
-};
-Late* g_late = nullptr;
+// L's pid: who is the parent after the handler's fork (Late, late_forking_handler: fork_probe.h).
 pid_t g_l = 0;
-
-// The fork: G waits in the handler ("scheduled late") until the test says
-// go, then returns into the repair exactly where L was interrupted.
-void late_forking_handler(int) {
-  const int saved = errno;
-  const pid_t c = ::fork();
-  if (c == 0) {
-    g_late->g_in_handler.store(1);
-    if (!await([] { return g_late->g_go.load() != 0; }, 20000)) g_late->g_timed_out.store(1);
-    errno = saved;
-    return;
-  }
-  g_late->g_pid.store(c);
-  errno = saved;
-}
-
 
 struct EntryAt {
   std::uint64_t off = ~std::uint64_t{0};
@@ -134,15 +111,7 @@ void run_scene(Cache& cache, const Scene& sc) {
     if (lt->g_pid.load() != 0) ::waitpid(lt->g_pid.load(), nullptr, 0);
     ::_exit(0);
   }
-  int status = 0;
-  ASSERT_EQ(::waitpid(l, &status, 0), l);
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 97) GTEST_SKIP() << "ptrace unavailable";
-  ASSERT_TRUE(WIFSTOPPED(status));
-  if (!run_to_access(l, watched, sc.rw)) {
-    ::kill(l, SIGKILL);
-    wait_for(l);
-    GTEST_SKIP() << "no x86-64 debug-register watchpoint available";
-  }
+  if (const std::string why = stop_tracee_at(l, watched, sc.rw); !why.empty()) GTEST_SKIP() << why;
   ASSERT_EQ(stripe_lock::tid_of(lock_word(*hdr)), std::uint32_t(l)) << "bad test: L does not hold stripe 0";
   ASSERT_EQ(words::load(hdr->seq) & 1, 1u) << "bad test: stopped outside recover()'s repair";
   ASSERT_EQ(::ptrace(PTRACE_DETACH, l, nullptr, reinterpret_cast<void*>(SIGUSR1)), 0);

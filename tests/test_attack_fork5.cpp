@@ -119,25 +119,7 @@ bool enter_new_pid_namespace() {
 // sequence even, and an optimistic reader copies the half-written value and
 // validates it (the sequence does not change under it). Invariant 1: a get
 // returned bytes no set wrote.
-struct Late {
-  std::atomic<int> g_pid, g_in_handler, g_go, g_timed_out, g_done, g_rc;
-  std::atomic<int> l_done, l_rc, quit;
-};
-Late* g_late = nullptr;
-pid_t g_l = 0;
-
-void late_forking_handler(int) {
-  const int saved = errno;
-  const pid_t c = ::fork();
-  if (c == 0) {
-    g_late->g_in_handler.store(1);
-    if (!await([] { return g_late->g_go.load() != 0; }, 20000)) g_late->g_timed_out.store(1);
-    errno = saved;
-    return;
-  }
-  g_late->g_pid.store(c);
-  errno = saved;
-}
+pid_t g_l = 0;  // L's pid (Late, late_forking_handler: fork_probe.h)
 
 TEST(AttackFork5Recover, AChildForkedAfterRecoveriesStoreNeverFlipsALiveWritersSequence) {
   ScopedName name("af5-seq");
@@ -183,16 +165,8 @@ TEST(AttackFork5Recover, AChildForkedAfterRecoveriesStoreNeverFlipsALiveWritersS
     if (lt->g_pid.load() != 0) ::waitpid(lt->g_pid.load(), nullptr, 0);
     ::_exit(0);
   }
-  int status = 0;
-  ASSERT_EQ(::waitpid(l, &status, 0), l);
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 97) GTEST_SKIP() << "ptrace unavailable";
-  ASSERT_TRUE(WIFSTOPPED(status));
   const std::uint64_t recoveries0 = words::load(hdr->recoveries);
-  if (!run_to_access(l, &hdr->recoveries, kWatchWrites)) {
-    ::kill(l, SIGKILL);
-    wait_for(l);
-    GTEST_SKIP() << "no x86-64 debug-register watchpoint available";
-  }
+  if (const std::string why = stop_tracee_at(l, &hdr->recoveries, kWatchWrites); !why.empty()) GTEST_SKIP() << why;
   ASSERT_EQ(words::load(hdr->recoveries), recoveries0 + 1) << "bad test: not stopped after the recoveries store";
   ASSERT_EQ(words::load(hdr->seq) & 1, 1u) << "bad test: stopped outside recover()";
   ASSERT_EQ(::ptrace(PTRACE_DETACH, l, nullptr, reinterpret_cast<void*>(SIGUSR1)), 0);
@@ -217,6 +191,7 @@ TEST(AttackFork5Recover, AChildForkedAfterRecoveriesStoreNeverFlipsALiveWritersS
     ::raise(SIGSTOP);
     ::_exit(cache.set(key, v2) == Errc::ok ? 0 : 1);
   }
+  int status = 0;
   ASSERT_EQ(::waitpid(w, &status, 0), w);
   ASSERT_TRUE(WIFSTOPPED(status));
   ASSERT_TRUE(run_to_access(w, mid, kWatchWrites)) << "bad test: W never wrote the value's middle";
@@ -579,15 +554,7 @@ TEST_F(MemoizeTest, AttackFork5_AChildForkedInsideAClaimThatWinsItReleasesItsFli
     if (f->pid_b.load() != 0) ::waitpid(f->pid_b.load(), nullptr, 0);
     ::_exit(0);
   }
-  int status = 0;
-  ASSERT_EQ(::waitpid(p, &status, 0), p);
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 97) GTEST_SKIP() << "ptrace unavailable";
-  ASSERT_TRUE(WIFSTOPPED(status));
-  if (!run_to_access(p, &slot->word, kWatchWrites)) {
-    ::kill(p, SIGKILL);
-    wait_for(p);
-    GTEST_SKIP() << "no x86-64 debug-register watchpoint available";
-  }
+  if (const std::string why = stop_tracee_at(p, &slot->word, kWatchWrites); !why.empty()) GTEST_SKIP() << why;
   ASSERT_EQ(words::load(slot->word) & 3u, 1u) << "bad test: not stopped right after the claiming CAS";
   ASSERT_EQ(::ptrace(PTRACE_DETACH, p, nullptr, reinterpret_cast<void*>(SIGUSR1)), 0);
   ASSERT_TRUE(await([&] { return f->done.load() != 0 || f->rc_a.load() != 0; }, 10000));
