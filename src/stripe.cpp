@@ -372,14 +372,22 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
     Lookup r = Lookup::miss;
     const bool found = find(v, key, hash, f);
     if (found) r = judge_and_copy(v, f, judge, out);
-    if (r == Lookup::hit) index::touch(*f.bucket, f.seen);
-    if (meta != nullptr) meta->expires_ms = found ? f.h.expires_ms : 0;
-    return finish(f, r, out);
+    // A child forked (from a signal handler, or by the caller's sink) since
+    // the lock was taken copied without it: the lock is its parent's, which
+    // may have released it to a writer meanwhile, so the copy may be torn
+    // (test_attack_fork6). Checked after the copy: a fork after it leaves a
+    // copy made under the lock. The child reads again, as itself.
+    if (!locked.forked()) {
+      if (r == Lookup::hit) index::touch(*f.bucket, f.seen);
+      if (meta != nullptr) meta->expires_ms = found ? f.h.expires_ms : 0;
+      return finish(f, r, out);
+    }
   } catch (const Error& e) {
     if (e.code() != Errc::busy) throw;
     log::get().warn("get: {}; answered as a miss", e.what());
     return Lookup::miss;
   }
+  return get(segment, key, hash, out, meta);
 }
 
 namespace {

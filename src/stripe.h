@@ -45,15 +45,17 @@ class Locked {
   const arena::StripeView& view() const { return view_; }
   void begin();  // seq odd
   void end();    // seq even
+  // Forked (from a signal handler or a callback) while inside: the section
+  // is the parent's, and this copy neither writes, ends nor unlocks it; what
+  // it read since the fork was read without the lock (a reader checks this
+  // after its copy). Checked a few times a section: the epoch's word is
+  // loaded inline.
+  bool forked() const { return stripe_lock::forked_since(me_); }
 
  private:
   void recover(std::uint32_t index, bool owner_died, std::uint32_t dead);
   Segment& segment_;
   arena::StripeView view_;
-  // Forked (from a signal handler or a callback) while inside: the section
-  // is the parent's, and this copy neither writes, ends nor unlocks it.
-  // Checked three times a section: the epoch's word is loaded inline.
-  bool forked() const { return stripe_lock::forked_since(me_); }
   // A copy, not the thread's Identity itself: a child forked inside the
   // section that locks again (from its signal handler) refreshes that one in
   // place to its own, under a lock_slow still waiting with it.
