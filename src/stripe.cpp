@@ -328,6 +328,10 @@ Locked::~Locked() {
   stripe_lock::unlock(*view_.hdr, me_);
 }
 
+void Locked::refuse_if_forked() const {
+  if (forked()) throw forked_error(segment_, "while its thread held a stripe lock");
+}
+
 void Locked::begin() {
   if (forked()) throw forked_error(segment_, "while its thread held a stripe lock");
   store(view_.hdr->seq, load(view_.hdr->seq) + 1);
@@ -554,18 +558,25 @@ Errc incr(Segment& segment, std::string_view key, std::uint64_t hash, std::int64
   const arena::StripeView& v = locked.view();
   const generations::Judge judge(segment);
   Found old;
-  if (!find(v, key, hash, old) || judge.of(old.h) != generations::State::valid) return Errc::not_found;
-  if ((old.h.flags & layout::kFlagCompressed) != 0 || old.h.value_len > 20) return Errc::not_integer;
+  // Every answer but ok is decided on reads: in a child forked inside the
+  // section they were made without the lock (test_attack_fork7), and the
+  // child is refused instead. ok is refused by begin().
+  auto answer = [&](Errc e) {
+    locked.refuse_if_forked();
+    return e;
+  };
+  if (!find(v, key, hash, old) || judge.of(old.h) != generations::State::valid) return answer(Errc::not_found);
+  if ((old.h.flags & layout::kFlagCompressed) != 0 || old.h.value_len > 20) return answer(Errc::not_integer);
   char digits[24];
   words::copy_out(v.arena, arena::value_off(old.off, old.h), old.h.value_len, digits);
   std::int64_t now = 0;
-  if (!parse_decimal(std::string_view(digits, old.h.value_len), now)) return Errc::not_integer;
-  if (__builtin_add_overflow(now, delta, &result)) return Errc::overflow;
+  if (!parse_decimal(std::string_view(digits, old.h.value_len), now)) return answer(Errc::not_integer);
+  if (__builtin_add_overflow(now, delta, &result)) return answer(Errc::overflow);
   // The new entry keeps everything of the old one but the value: expiry,
   // tags, namespace, and the generations it was stamped with (still
   // current: it is valid).
   std::vector<std::string> tags;
-  if (!arena::read_tags(v, old.off, old.h, tags)) return Errc::not_found;  // unreachable for a checked entry
+  if (!arena::read_tags(v, old.off, old.h, tags)) return answer(Errc::not_found);  // unreachable for a checked entry
   std::vector<std::string_view> tag_views(tags.begin(), tags.end());
   std::string ns(old.h.ns_len, '\0');
   words::copy_out(v.arena, arena::ns_off(old.off, old.h), old.h.ns_len, ns.data());
@@ -585,7 +596,7 @@ Errc incr(Segment& segment, std::string_view key, std::uint64_t hash, std::int64
   for (unsigned i = 0; i < old.h.ntags && i < 4; ++i) stamp.tags[i] = old.h.tag_gen[i];
   stamp.ns = old.h.ns_gen;
   const std::uint64_t size = arena::entry_size(key.size(), text.size(), tags_bytes(w));
-  if (size > v.arena_bytes) return Errc::value_too_large;  // a 20-byte value where a longer one fit: unreachable
+  if (size > v.arena_bytes) return answer(Errc::value_too_large);  // a 20-byte value where a longer one fit: unreachable
   ImageBuffer buf;
   const std::uint8_t* image = build_image(w, stamp, std::uint32_t(size), buf);
   locked.begin();
@@ -599,7 +610,10 @@ bool touch(Segment& segment, std::string_view key, std::uint64_t hash, std::int6
   const arena::StripeView& v = locked.view();
   const generations::Judge judge(segment);
   Found f;
-  if (!find(v, key, hash, f) || judge.of(f.h) != generations::State::valid) return false;
+  if (!find(v, key, hash, f) || judge.of(f.h) != generations::State::valid) {
+    locked.refuse_if_forked();  // read without the lock in a forked child (test_attack_fork7)
+    return false;
+  }
   locked.begin();
   arena::set_expiry(v, f.off, f.h, expires_ms);
   locked.end();

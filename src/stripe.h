@@ -51,6 +51,9 @@ class Locked {
   // after its copy). Checked a few times a section: the epoch's word is
   // loaded inline.
   bool forked() const { return stripe_lock::forked_since(me_); }
+  // Throws Error(busy) if forked(): an answer decided on reads made since
+  // the fork (not found, not an integer) is no answer of the locked section.
+  void refuse_if_forked() const;
 
  private:
   void recover(std::uint32_t index, bool owner_died, std::uint32_t dead);
