@@ -89,7 +89,7 @@ print()
 def baseline(n):
     if m := re.match(r"(BM_\w+)<HostcacheTable>(.*)", n):
         return f"{m.group(1)}<Mutex>{m.group(2)}", "mutex map"
-    if m := re.match(r"BM_get_many_16(/.*)", n):
+    if m := re.match(r"BM_get_many_16(?:_into)?(/.*)", n):
         return f"BM_get_hit<HostcacheTable>{m.group(1)}", "one get"
     return None, None
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -495,6 +496,8 @@ TEST(AttackPerf2GetMany, RacingWritersErasersAndClearsInOtherProcesses) {
     readers.push_back(spawn([&, r] {
       std::mt19937_64 rng(1000 + r);
       std::vector<std::string> owned;
+      std::vector<std::string> reused;
+      std::vector<bool> reused_hits;
       // Long enough that every kind of writer has run meanwhile (bounded).
       for (long round = 0; round < 2'000'000 && (round < 4000 || epoch.load() < 300 || progress[0].load() < 3000 ||
                                                   progress[1].load() < 3000 || sentinel_hits.load() < 100);
@@ -512,7 +515,19 @@ TEST(AttackPerf2GetMany, RacingWritersErasersAndClearsInOtherProcesses) {
           }
         }
         const std::uint64_t e0 = epoch.load();
-        const auto out = cache.get_many(batch);
+        // Reader 1 asks into the same strings batch after batch (they hold
+        // the last batch's values, of other lengths): the same answers.
+        std::vector<std::optional<std::string>> out;
+        if (r == 0) {
+          out = cache.get_many(batch);
+        } else {
+          const std::size_t n_hits = cache.get_many(batch, reused, reused_hits);
+          if (reused.size() != batch.size() || reused_hits.size() != batch.size()) return 2;
+          if (n_hits != std::size_t(std::count(reused_hits.begin(), reused_hits.end(), true))) return 6;
+          for (std::size_t i = 0; i < batch.size(); ++i) {
+            out.push_back(reused_hits[i] ? std::optional<std::string>(reused[i]) : std::nullopt);
+          }
+        }
         if (out.size() != batch.size()) return 2;
         for (std::size_t i = 0; i < batch.size(); ++i) {
           if (!out[i]) continue;
@@ -543,7 +558,8 @@ TEST(AttackPerf2GetMany, RacingWritersErasersAndClearsInOtherProcesses) {
   EXPECT_EQ(wait_for(clearer), 0);
   EXPECT_TRUE(progressed);
   EXPECT_EQ(reader_fail, 0) << "3: a hit for an empty key, 4: a value no set wrote for that key, "
-                               "5: a sentinel written before a returned clear(); 128+n: signal n";
+                               "5: a sentinel written before a returned clear(), 6: get_many into reused "
+                               "strings counted its hits wrong; 128+n: signal n";
   EXPECT_GT(reader_hits.load(), 0u);
   EXPECT_GE(sentinel_hits.load(), 100u) << "the clear race was not exercised";
   EXPECT_GE(epoch.load(), 300u);

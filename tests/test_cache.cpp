@@ -2,7 +2,9 @@
 // generations, typed access, statistics.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+#include <random>
 
 #include "clock.h"
 #include "test_support.h"
@@ -66,6 +68,60 @@ TEST_F(CacheTest, GetReusesTheCallersBuffer) {
   ASSERT_TRUE(cache_.get("k", out));
   EXPECT_EQ(out, std::string(300, 'x'));
   EXPECT_EQ(out.data(), before);  // no allocation when the buffer has room
+}
+
+// get_many into the caller's strings: batch after batch over the same
+// vectors (strings left from the last batch, of other lengths, hits and
+// misses), every answer must be what a get of that key answers, the count
+// the number of hits, and a string that already has room is not reallocated.
+TEST_F(CacheTest, GetManyIntoReusedStringsAnswersAsPerKeyGets) {
+  std::mt19937_64 rng(7);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 40; ++i) {
+    keys.push_back("gm" + std::to_string(i));
+    if (i % 5 != 0) {
+      const std::size_t n = std::size_t(rng() % 3000);
+      ASSERT_EQ(set(keys.back(), std::string(n, char('a' + i % 26))), Errc::ok);
+    }
+  }
+  const std::string too_long(cache_.max_key_bytes() + 1, 'x');
+  std::vector<std::string> values;
+  std::vector<bool> hits;
+  for (int round = 0; round < 200; ++round) {
+    std::vector<std::string_view> batch;
+    const std::size_t n = rng() % 20;
+    for (std::size_t i = 0; i < n; ++i) {
+      const unsigned pick = unsigned(rng() % 20);
+      batch.push_back(pick == 0 ? std::string_view() : pick == 1 ? std::string_view(too_long)
+                                                                 : std::string_view(keys[rng() % keys.size()]));
+    }
+    if (round % 10 == 0 && !keys.empty()) {  // the cache changes between batches too
+      const std::string& k = keys[rng() % keys.size()];
+      ASSERT_EQ(set(k, std::string(rng() % 3000, 'z')), Errc::ok);
+    }
+    const std::size_t got = cache_.get_many(batch, values, hits);
+    ASSERT_EQ(values.size(), batch.size());
+    ASSERT_EQ(hits.size(), batch.size());
+    std::size_t expected_hits = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const std::optional<std::string> one = cache_.get(batch[i]);
+      ASSERT_EQ(hits[i], one.has_value()) << "round " << round << " key '" << batch[i] << "'";
+      if (one) {
+        ++expected_hits;
+        ASSERT_EQ(values[i], *one) << "round " << round << " key '" << batch[i] << "'";
+      }
+    }
+    EXPECT_EQ(got, expected_hits);
+  }
+  // The same batch again: every string already has room for its value.
+  std::vector<std::string_view> batch(keys.begin(), keys.end());
+  cache_.get_many(batch, values, hits);
+  std::vector<const char*> before;
+  for (const auto& v : values) before.push_back(v.data());
+  ASSERT_EQ(cache_.get_many(batch, values, hits), std::size_t(std::count(hits.begin(), hits.end(), true)));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (hits[i]) EXPECT_EQ(values[i].data(), before[i]) << keys[i] << " was reallocated";
+  }
 }
 
 // A get grows the caller's string without zeroing it first (string_grow.h):

@@ -110,6 +110,14 @@ class Cache {
   // in the CPU caches.
   std::vector<std::optional<std::string>> get_many(const std::vector<std::string_view>& keys) const;
 
+  // The same into the caller's strings, which keep their room from call to
+  // call (a loader that asks for a batch of keys per request allocates
+  // nothing once they have grown): `values` and `hits` are resized to
+  // keys.size(), and hits[i] says whether values[i] now holds key i's value
+  // (unspecified when it does not). Returns the number of hits.
+  std::size_t get_many(const std::vector<std::string_view>& keys, std::vector<std::string>& values,
+                       std::vector<bool>& hits) const;
+
   // The remaining TTL of a valid entry (kNoExpiry for one that never
   // expires); nullopt on a miss. Counts as a lookup, not a get, in stats.
   std::optional<std::chrono::milliseconds> ttl(std::string_view key) const;
