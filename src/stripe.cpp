@@ -105,12 +105,15 @@ Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generati
 // A validated hit on a compressed entry: decompress into the destination.
 // A frame that does not decode to exactly orig_len bytes (only a writer of
 // the segment can make one) is a miss.
-Lookup finish(const Found& f, Lookup r, Dest& out) {
-  if (r != Lookup::hit || (f.h.flags & layout::kFlagCompressed) == 0) return r;
+[[gnu::noinline]] Lookup decompress_into(const Found& f, Dest& out) {
   char* dst = out.reserve(f.h.orig_len);
   if (compress::decompress(raw_buffer(), dst, f.h.orig_len)) return Lookup::hit;
   out.discard();
   return Lookup::miss;
+}
+Lookup finish(const Found& f, Lookup r, Dest& out) {
+  if (r != Lookup::hit || (f.h.flags & layout::kFlagCompressed) == 0) return r;
+  return decompress_into(f, out);
 }
 
 // Private memory for one entry image: on the stack when it is small (no

@@ -94,7 +94,8 @@ class Cache {
   ~Cache();
 
   // True on a hit, with the value copied into `value` (no allocation when
-  // `value` already has room). On a miss `value` is unspecified.
+  // `value` already has room). On a miss `value` is unspecified. `key` may
+  // view `value` itself (the last value as the next key).
   // Cost: O(1), one stripe, no lock unless a writer keeps the stripe busy.
   bool get(std::string_view key, std::string& value) const;
   std::optional<std::string> get(std::string_view key) const;
@@ -114,7 +115,9 @@ class Cache {
   // call (a loader that asks for a batch of keys per request allocates
   // nothing once they have grown): `values` and `hits` are resized to
   // keys.size(), and hits[i] says whether values[i] now holds key i's value
-  // (unspecified when it does not). Returns the number of hits.
+  // (unspecified when it does not). Returns the number of hits. The keys
+  // may view the strings of `values` (the last batch's values as this
+  // batch's keys): they are copied before anything is written.
   std::size_t get_many(const std::vector<std::string_view>& keys, std::vector<std::string>& values,
                        std::vector<bool>& hits) const;
 
