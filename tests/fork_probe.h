@@ -1,5 +1,5 @@
 // fork_probe.h — what the fork-injection attack suites share
-// (test_attack_perf4, test_attack_fork3 to test_attack_fork5): a monotonic
+// (test_attack_perf4, test_attack_fork3 to test_attack_fork7): a monotonic
 // clock, a bounded wait on a condition, an x86-64 debug-register watchpoint
 // on a traced child, and a re-executed copy of the test binary for scenes
 // that need a fresh process.
@@ -69,6 +69,27 @@ inline bool run_to_access(pid_t l, const void* addr, long rw) {
   (void)rw;
   return false;
 #endif
+}
+
+// The child's exit status (128 + n if signal n killed it), or -2 after
+// killing it once `ms` have passed: a hang bound. Traced children too (__WALL).
+inline int finishes_within(pid_t pid, std::int64_t ms) {
+  const std::int64_t until = mono_ms() + ms;
+  int status = 0;
+  for (;;) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG | __WALL);
+    if (r == pid) break;
+    if (r < 0 && errno != EINTR) return -1;
+    if (mono_ms() > until) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, __WALL);
+      return -2;
+    }
+    struct timespec ts{0, 1000000};
+    ::nanosleep(&ts, nullptr);  // a poll interval, not an ordering
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
 }
 
 // Waits for the forking tracee `l` (become_forking_tracee) to stop for its

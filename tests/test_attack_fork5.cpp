@@ -65,26 +65,6 @@ Flags* make_flags() {
 }
 void put_text(Flags* f, int i, const std::string& s) { std::snprintf(f->text[i], sizeof f->text[i], "%s", s.c_str()); }
 
-// The child's exit status, or -2 after killing it once `ms` have passed (a hang bound).
-int finishes_within(pid_t pid, std::int64_t ms) {
-  const std::int64_t until = mono_ms() + ms;
-  int status = 0;
-  for (;;) {
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (r < 0 && errno != EINTR) return -1;
-    if (mono_ms() > until) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return -2;
-    }
-    struct timespec ts{0, 1000000};
-    ::nanosleep(&ts, nullptr);  // a poll interval, not an ordering
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
-}
-
 // Enters a new pid namespace (as root, or as an unprivileged user with a user
 // namespace). The caller's NEXT child is pid 1 there. False if not permitted.
 bool enter_new_pid_namespace() {

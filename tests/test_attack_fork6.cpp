@@ -57,26 +57,6 @@ using namespace testing;
 using namespace memoize_testing;
 using namespace std::chrono_literals;
 
-// The child's exit status, or -2 after killing it once `ms` have passed (a hang bound).
-int finishes_within(pid_t pid, std::int64_t ms) {
-  const std::int64_t until = mono_ms() + ms;
-  int status = 0;
-  for (;;) {
-    const pid_t r = ::waitpid(pid, &status, WNOHANG | __WALL);
-    if (r == pid) break;
-    if (r < 0 && errno != EINTR) return -1;
-    if (mono_ms() > until) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, __WALL);
-      return -2;
-    }
-    struct timespec ts{0, 1000000};
-    ::nanosleep(&ts, nullptr);  // a poll interval, not an ordering
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
-}
-
 // =====================================================================================
 // 1. A child forked inside a LOCKED get (the fallback after the optimistic
 //    tries) copies the value with no lock and no sequence check
