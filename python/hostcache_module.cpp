@@ -4,8 +4,9 @@
 // Conventions (python/hostcache/_hostcache.pyi has the Python signatures):
 //  - Keys are str (UTF-8) or bytes; values any bytes-like object. The key and
 //    value are passed to C++ as views of the Python objects' own buffers: no
-//    copy on the way in. get() copies the value once, straight into the bytes
-//    object it returns (Cache::get_into with a sink that allocates it).
+//    copy on the way in. get() copies the value, with the GIL released, into
+//    a per-thread buffer and builds the bytes object from it afterwards: the
+//    GIL is never waited for inside a lookup, which may hold a stripe lock.
 //  - Times are seconds (float). ttl None or 0: the cache's default TTL;
 //    math.inf (hostcache.FOREVER): never expires; negative: ValueError.
 //  - Foreseeable outcomes are values (None, bool); bad input raises
@@ -282,65 +283,54 @@ auto unlocked(F&& f) -> decltype(f()) {
   }
 }
 
-// get(): the sink allocates the bytes object of the right size, with the GIL
-// taken back for that alone. A retried read replaces it.
-struct BytesSink {
-  PyThreadState* ts = nullptr;
-  PyObject* bytes = nullptr;
-  bool failed = false;
+// get(): the value is copied, with the GIL released, into private memory (on
+// the stack up to kStackValueBytes, else a heap buffer), and the bytes object
+// is built from it once the GIL is back. A sink that took the GIL back to
+// allocate the bytes object would wait for it inside the lookup, and a lookup
+// that fell back to the stripe lock (a writer kept the stripe busy) would
+// hold that lock, which every process's writers of the stripe wait for, for
+// as long as another thread of this interpreter keeps the GIL (its switch
+// interval, 5 ms by default, or a C call that does not release it). The
+// price is one memcpy the size of the value.
+struct PrivateSink {
+  static constexpr std::size_t kStackValueBytes = 8192;
+  alignas(16) char stack[kStackValueBytes];
+  std::string heap;
+  const char* data = nullptr;
+  std::size_t size = 0;
 
-  static char* sink(void* ctx, std::size_t size) {
-    auto& self = *static_cast<BytesSink*>(ctx);
-    PyEval_RestoreThread(self.ts);
-    if (self.bytes == nullptr || std::size_t(PyBytes_GET_SIZE(self.bytes)) != size) {
-      Py_XDECREF(self.bytes);
-      self.bytes = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(size));
-    }
-    char* out = nullptr;
-    if (self.bytes == nullptr) {
-      PyErr_Clear();  // MemoryError: reported below
-      self.failed = true;
-    } else {
-      out = PyBytes_AS_STRING(self.bytes);
-    }
-    self.ts = PyEval_SaveThread();
-    if (out == nullptr) {
-      static thread_local std::string scratch;  // the copy must land somewhere
-      scratch.resize(size);
-      out = scratch.data();
-    }
-    return out;
+  static char* sink(void* ctx, std::size_t n) {  // no Python, no GIL
+    auto& self = *static_cast<PrivateSink*>(ctx);
+    self.size = n;
+    if (n <= kStackValueBytes) return const_cast<char*>(self.data = self.stack);
+    self.heap.resize(n);
+    return const_cast<char*>(self.data = self.heap.data());
   }
 };
 
 py::object get(const PyCache& self, py::handle key) {
   auto c = self.handle();
   const std::string_view k = key_view(key);
-  BytesSink s;
+  PrivateSink s;
   bool hit = false;
-  std::optional<hostcache::Error> err;
-  std::exception_ptr other;
-  s.ts = PyEval_SaveThread();
-  try {
-    hit = c->get_into(k, &BytesSink::sink, &s);
-  } catch (const hostcache::Error& e) {
-    err.emplace(e);
-  } catch (...) {
-    other = std::current_exception();
+  {
+    std::optional<hostcache::Error> err;
+    PyThreadState* ts = PyEval_SaveThread();
+    try {
+      hit = c->get_into(k, &PrivateSink::sink, &s);
+    } catch (const hostcache::Error& e) {
+      err.emplace(e);
+    } catch (...) {
+      PyEval_RestoreThread(ts);
+      throw;
+    }
+    PyEval_RestoreThread(ts);
+    if (err) raise(err->code(), err->what());
   }
-  PyEval_RestoreThread(s.ts);
-  if (err || other) Py_XDECREF(s.bytes);
-  if (other) std::rethrow_exception(other);
-  if (err) raise(err->code(), err->what());
-  if (s.failed) {
-    Py_XDECREF(s.bytes);
-    throw std::bad_alloc();
-  }
-  if (!hit) {
-    Py_XDECREF(s.bytes);
-    return py::none();
-  }
-  return py::reinterpret_steal<py::object>(s.bytes);
+  if (!hit) return py::none();
+  PyObject* out = PyBytes_FromStringAndSize(s.data, Py_ssize_t(s.size));
+  if (out == nullptr) throw py::error_already_set();  // MemoryError
+  return py::reinterpret_steal<py::object>(out);
 }
 
 void check_set(Errc e, std::string_view key) {

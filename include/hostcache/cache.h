@@ -58,7 +58,11 @@ struct GenerationStamp {
 // Where get_into() copies a value: called with the value's size, it returns
 // a buffer of at least that many bytes. It may be called more than once for
 // one get (a concurrent writer made the library retry); the buffer of the
-// last call holds the value.
+// last call holds the value. It may run with the stripe's lock held (a get
+// falls back to the lock when writers keep the stripe busy, or to repair
+// it), which every process's writers of that stripe then wait for: it must
+// not block, nor wait for anything (a GIL, a mutex) that another thread may
+// hold for long.
 using ValueSink = char* (*)(void* ctx, std::size_t size);
 
 class Cache {

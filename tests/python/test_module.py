@@ -3,6 +3,7 @@ import math
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 
@@ -320,3 +321,88 @@ def test_python_overhead_is_reported(cache, capsys):
     per = (time.perf_counter() - t) / n * 1e9
     with capsys.disabled():
         print(f"\n  [info] Python Cache.get of a 100-byte hit: {per:.0f} ns per call")
+
+
+def _shm_dump():
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.environ.get("HOSTCACHE_SHM_DUMP",
+                          os.path.join(here, "..", "..", "build", "tools", "shm-dump"))
+    return path if os.access(path, os.X_OK) else None
+
+
+def _stripe0(name):
+    import json
+    import subprocess
+    out = subprocess.run([_shm_dump(), name, "--json", "--limit", "0"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["stripes"][0]
+
+
+@pytest.mark.skipif(_shm_dump() is None, reason="needs build/tools/shm-dump (or HOSTCACHE_SHM_DUMP)")
+def test_a_get_under_the_stripe_lock_never_waits_for_the_gil(name):
+    """A get that falls back to the stripe lock (here: to repair after a
+    writer killed mid-write) copies the value while holding the lock, which
+    every process's writers of the stripe wait for. That copy must not wait
+    for the GIL: while another thread of the reader keeps the GIL, a writer
+    in another process still gets the stripe."""
+    import mmap
+    import random
+    c = hostcache.Cache.open(name, capacity="128M", stripes=1, max_value_bytes=8 << 20, lock_timeout=30.0)
+    try:
+        stay = os.urandom(1 << 20)
+        big = os.urandom(4 << 20)
+        c.set("stay", stay)
+        # Entries for the repair to check, so that this thread has the GIL
+        # back long before the reader's copy starts.
+        assert c.set_many({f"fill-{i}": os.urandom(200) for i in range(100_000)}) == []
+        # A writer killed holding the lock with the stripe's sequence odd:
+        # lockless reads then cannot succeed, and a get takes the lock.
+        for _ in range(500):
+            pid = fork(lambda: [c.set("big", big) for _ in iter(int, 1)])
+            time.sleep(random.uniform(0.002, 0.02))  # where the kill lands, not synchronisation
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            s = _stripe0(name)
+            if s["lock_owner_pid"] == pid and s["seq"] % 2 == 1:
+                break
+        else:
+            pytest.fail("no writer was killed inside its write in 500 tries")
+
+        flags = mmap.mmap(-1, 2)  # [0]: go, [1]: the other process's touch: 1 done, 2 failed
+        def toucher():
+            while flags[0] == 0:
+                time.sleep(0.001)
+            try:
+                ok = c.touch("stay", 3600)
+            finally:
+                flags[1] = 2
+            flags[1] = 1 if ok else 2
+        other = fork(toucher)
+
+        entered, got = [], []
+        def reader():
+            entered.append(1)
+            got.append(c.get("stay"))
+        t = threading.Thread(target=reader)
+        old = sys.getswitchinterval()
+        t.start()
+        while not entered:
+            time.sleep(0)
+        # This thread keeps the GIL from here: no sleep, no I/O, and a switch
+        # interval longer than the wait.
+        sys.setswitchinterval(60.0)
+        try:
+            flags[0] = 1
+            deadline = time.monotonic() + 10.0
+            while flags[1] == 0 and time.monotonic() < deadline:
+                pass
+            touched = flags[1]
+        finally:
+            sys.setswitchinterval(old)
+        t.join()
+        assert wait(other) == 0
+        assert touched == 1, "the other process could not take the stripe while the reader waited for the GIL"
+        assert got == [stay]
+        assert c.stats()["recoveries"] == 1  # the reader did take the lock, and repaired
+    finally:
+        c.close()
+        hostcache.Cache.remove(name)
