@@ -252,6 +252,44 @@ def test_key_warnings(c):
     assert c.get("a" * 251) == 1 and c.get("with space") == 2
 
 
+def test_key_warnings_are_djangos_for_every_kind_of_key(hc):
+    """The backend skips validate_key's scan for keys it cannot warn about:
+    each key below gets exactly LocMemCache's warnings, and is stored under
+    its UTF-8 bytes either way."""
+    keys = ["plain", "a" * 246, "a" * 247, "with space", "tab\tkey", "del\x7fkey", "nul\x00key",
+            "caf\u00e9", "caf\u00e9 space", "\u00e9" * 247, "\u00e9" * 248, "~!@#$%^&*()_+", "",
+            "surrogate\udc80"]
+
+    def warned(cache, key):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            cache.set(key, key)
+        return [str(x.message) for x in w if issubclass(x.category, CacheKeyWarning)]
+
+    loc = caches["locmem"]
+    for key in keys:
+        assert warned(hc, key) == warned(loc, key), repr(key)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert hc.get(key) == key, repr(key)
+        made = hc.make_key(key).encode("utf-8", "surrogatepass")
+        if len(made) <= hc.raw.max_key_bytes:
+            assert pickle.loads(hc.raw.get(made)) == key, repr(key)
+
+
+def test_a_subclass_validate_key_is_always_called(hc):
+    from hostcache.django import HostCache
+    seen = []
+
+    class Strict(HostCache):
+        def validate_key(self, key):
+            seen.append(key)
+
+    s = Strict(hc._segment, {})
+    s.set("plain", 1)
+    assert s.get("plain") == 1 and seen == [s.make_key("plain")] * 2
+
+
 def test_very_long_keys_fit(hc):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -80,6 +80,8 @@ class HostCache(BaseCache):
         self._config = config
         self._cache = None
         self._ns_prefix = (self._namespace + "|") if self._namespace else ""
+        self._max_key_bytes = None  # the segment's, once it is open
+        self._stock_validate = type(self).validate_key is BaseCache.validate_key
 
     # ---- plumbing ------------------------------------------------------------
 
@@ -97,10 +99,20 @@ class HostCache(BaseCache):
 
     def _key(self, key, version=None):
         key = self.make_key(key, version=version)
-        self.validate_key(key)
+        # validate_key's warnings (memcached's rules: at most 250 characters,
+        # none below 33 nor 127) cannot fire for a printable ASCII key without
+        # spaces: such keys skip the per-character scan, unless a subclass
+        # validates its own way.
+        plain = key.isascii()
+        if not (plain and self._stock_validate and len(key) <= 250 and key.isprintable() and " " not in key):
+            self.validate_key(key)
         full = self._ns_prefix + key
+        limit = self._max_key_bytes
+        if limit is None:
+            limit = self._max_key_bytes = self.raw.max_key_bytes
+        if plain and len(full) <= limit and (not self._ns_prefix or full.isascii()):
+            return full  # ASCII: its UTF-8 is itself, and the binding reads it in place
         b = full.encode("utf-8", "surrogatepass")
-        limit = self.raw.max_key_bytes
         if len(b) > limit:  # prefix + hash: any Django key fits
             digest = hashlib.sha256(b).hexdigest()
             full = b[: max(0, limit - 66)] + b"#" + digest.encode()
