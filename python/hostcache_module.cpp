@@ -293,7 +293,7 @@ auto unlocked(F&& f) -> decltype(f()) {
 // interval, 5 ms by default, or a C call that does not release it). The
 // price is one memcpy the size of the value.
 struct PrivateSink {
-  static constexpr std::size_t kStackValueBytes = 8192;
+  static constexpr std::size_t kStackValueBytes = 4096;  // small enough for any thread stack
   alignas(16) char stack[kStackValueBytes];
   std::string heap;
   const char* data = nullptr;

@@ -26,6 +26,12 @@ def test_get_set_roundtrip_types(cache):
     big = os.urandom(500_000)
     cache.set("big", big)
     assert cache.get("big") == big
+    # Around the size get() copies on the stack, then through the heap, and
+    # a shorter value after a longer one in the same thread.
+    for n in (4095, 4096, 4097, 8192, 100_000, 1, 0, 4096):
+        v = os.urandom(n)
+        cache.set(f"n{n}", v)
+        assert cache.get(f"n{n}") == v, n
 
 
 def test_bad_input_is_value_error_with_code(cache):
