@@ -131,12 +131,16 @@ std::string_view text_view(py::handle h, const char* what) {
   return key_view(h);
 }
 
-// A value: any object with the buffer protocol, held for the call.
+// A value: any object with the buffer protocol, held for the call. A bytes
+// object is held by a reference of its own: the caller's may go while the
+// GIL is released (another thread rebinding an element of set_many's list
+// pairs freed it under the copy: test_attack_py).
 class ValueView {
  public:
   explicit ValueView(py::handle h) {
     PyObject* o = h.ptr();
     if (PyBytes_Check(o)) {
+      ref_ = py::reinterpret_borrow<py::object>(h);
       view_ = {PyBytes_AS_STRING(o), std::size_t(PyBytes_GET_SIZE(o))};
       return;
     }
@@ -151,7 +155,7 @@ class ValueView {
   }
   ValueView(const ValueView&) = delete;
   ValueView& operator=(const ValueView&) = delete;
-  ValueView(ValueView&& o) noexcept : buf_(o.buf_), held_(o.held_), view_(o.view_) {
+  ValueView(ValueView&& o) noexcept : ref_(std::move(o.ref_)), buf_(o.buf_), held_(o.held_), view_(o.view_) {
     o.held_ = false;
   }
   ~ValueView() {
@@ -160,6 +164,7 @@ class ValueView {
   std::string_view view() const { return view_; }
 
  private:
+  py::object ref_;  // a bytes value
   Py_buffer buf_{};
   bool held_ = false;
   std::string_view view_;
@@ -538,7 +543,14 @@ struct PyCompute {
     PyObject* v = PyObject_CallOneArg(self.loads.ptr(), b);
     Py_DECREF(b);
     if (v == nullptr) {
-      PyErr_Clear();  // written by something else: recompute and overwrite
+      // An Exception: bytes written by something else, recomputed and
+      // overwritten. Anything else (KeyboardInterrupt, SystemExit) is the
+      // caller's, raised once the core has released what it holds.
+      if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        self.error.emplace();
+        throw PyFailure{};
+      }
+      PyErr_Clear();
       return false;
     }
     self.result = py::reinterpret_steal<py::object>(v);

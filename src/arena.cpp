@@ -9,8 +9,10 @@
 #include <cstddef>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "atomic_words.h"
+#include "thread_scratch.h"
 
 #if defined(HOSTCACHE_XXH3_AVX2)
 namespace hostcache::detail {
@@ -35,8 +37,14 @@ std::uint64_t checksum_of(const std::uint8_t* image, const EntryHeader& h) {
   return XXH3_64bits_withSeed(image + layout::kChecksumFrom, len, seed);
 }
 
+namespace {
+struct ChecksumImageTag {};
+struct ExpiryImageTag {};
+}  // namespace
+
 bool checksum_ok(const StripeView& s, std::uint64_t off, const EntryHeader& h) {
-  thread_local std::vector<std::uint64_t> image;
+  std::optional<std::vector<std::uint64_t>> own;
+  std::vector<std::uint64_t>& image = detail::thread_scratch<ChecksumImageTag>(own);
   image.resize(h.size / 8);
   for (std::size_t i = 0; i < image.size(); ++i) image[i] = words::load_word(s.arena + off + 8 * i);
   return checksum_of(reinterpret_cast<const std::uint8_t*>(image.data()), h) == h.checksum;
@@ -382,7 +390,8 @@ void set_expiry(const StripeView& s, std::uint64_t off, const EntryHeader& h, st
   // The expiry is checksummed: rewrite it, then the checksum. Killed in
   // between, the entry fails its checksum and repair drops it: the cost is
   // that entry, as for a set.
-  thread_local std::vector<std::uint64_t> image;
+  std::optional<std::vector<std::uint64_t>> own;
+  std::vector<std::uint64_t>& image = detail::thread_scratch<ExpiryImageTag>(own);
   image.resize(h.size / 8);
   for (std::size_t i = 0; i < image.size(); ++i) image[i] = words::load_word(s.arena + off + 8 * i);
   EntryHeader n = h;

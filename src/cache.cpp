@@ -18,6 +18,7 @@
 #include "outbox_write.h"
 #include "segment.h"
 #include "stripe.h"
+#include "thread_scratch.h"
 
 namespace hostcache {
 
@@ -163,10 +164,12 @@ bool Cache::get(std::string_view key, std::string& value) const {
     impl_->stats.miss();
     return false;
   }
-  // A key that views `value` itself (a value used as the next key) would
-  // be overwritten, or freed, by the copy it asks for: it is copied first.
+  // A key that views `value`'s buffer (a value used as the next key; its
+  // terminator, or bytes past its size within its capacity, count too:
+  // test_attack_alias, TerminatorKey) would be overwritten, or freed, by the
+  // copy it asks for: it is copied first.
   const std::less<const char*> before;  // a total order, for pointers into unrelated objects
-  if (before(key.data(), value.data() + value.size()) && before(value.data(), key.data() + key.size()))
+  if (before(key.data(), value.data() + value.capacity() + 1) && before(value.data(), key.data() + key.size()))
       [[unlikely]] {
     return get_aliased(*this, key, value);
   }
@@ -191,14 +194,25 @@ bool Cache::get_into(std::string_view key, ValueSink sink, void* ctx) const {
 
 namespace {
 
+// get_many's per-thread buffers (thread_scratch.h: a call from a thread-exit
+// destructor gets its own).
+struct Batch {
+  std::vector<std::uint64_t> hashes;
+  std::vector<stripe::Ahead> ahead;
+  std::string key_bytes;                 // get_many into strings: a copy of the keys
+  std::vector<std::string_view> own_keys;  // views of key_bytes
+};
+struct BatchTag {};
+
 // get_many's lookups: key i's value goes into *dest_of(i), then found(i, hit)
 // is told whether it is there (a key that is no key is a miss, found only).
 template <class DestOf, class Found>
-void lookup_many(Cache::Impl& impl, const std::vector<std::string_view>& keys, DestOf dest_of, Found found) {
+void lookup_many(Cache::Impl& impl, Batch& batch, const std::vector<std::string_view>& keys, DestOf dest_of,
+                 Found found) {
   // Hash everything and start every key's bucket loads first: the misses
   // overlap instead of following one another.
-  thread_local std::vector<std::uint64_t> hashes;
-  thread_local std::vector<stripe::Ahead> ahead;
+  std::vector<std::uint64_t>& hashes = batch.hashes;
+  std::vector<stripe::Ahead>& ahead = batch.ahead;
   hashes.resize(keys.size());
   ahead.resize(keys.size());
   for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -227,8 +241,9 @@ void lookup_many(Cache::Impl& impl, const std::vector<std::string_view>& keys, D
 
 std::vector<std::optional<std::string>> Cache::get_many(const std::vector<std::string_view>& keys) const {
   std::vector<std::optional<std::string>> out(keys.size());
+  std::optional<Batch> own;
   lookup_many(
-      *impl_, keys, [&](std::size_t i) { return &out[i].emplace(); },
+      *impl_, detail::thread_scratch<BatchTag>(own), keys, [&](std::size_t i) { return &out[i].emplace(); },
       [&](std::size_t i, bool hit) {
         if (!hit) out[i].reset();
       });
@@ -241,19 +256,23 @@ std::size_t Cache::get_many(const std::vector<std::string_view>& keys, std::vect
   // values as this batch's keys), which the copies and the resize below
   // overwrite or free: they are copied first (a few hundred bytes for a
   // batch of 16, against the values' copies). test_attack_perf5.
-  thread_local std::string key_bytes;
-  thread_local std::vector<std::string_view> own_keys;
+  std::optional<Batch> own;
+  Batch& batch = detail::thread_scratch<BatchTag>(own);
+  std::string& key_bytes = batch.key_bytes;
+  std::vector<std::string_view>& own_keys = batch.own_keys;
   key_bytes.clear();
   for (std::string_view k : keys) key_bytes.append(k);
   own_keys.resize(keys.size());
   for (std::size_t i = 0, at = 0; i < keys.size(); at += keys[i].size(), ++i) {
     own_keys[i] = std::string_view(key_bytes.data() + at, keys[i].size());
   }
-  values.resize(keys.size());
+  // Never shrunk: the strings past a smaller batch keep their room for the
+  // next larger one (test_attack_alias, ReusedStrings).
+  if (values.size() < keys.size()) values.resize(keys.size());
   hits.assign(keys.size(), false);
   std::size_t n = 0;
   lookup_many(
-      *impl_, own_keys, [&](std::size_t i) { return &values[i]; },
+      *impl_, batch, own_keys, [&](std::size_t i) { return &values[i]; },
       [&](std::size_t i, bool hit) {
         hits[i] = hit;
         n += hit;
@@ -301,6 +320,8 @@ std::int64_t expiry_of(const Cache::Impl& impl, std::chrono::milliseconds ttl) {
   return t == kNever || t > kNever - now ? kNever : now + t;
 }
 
+struct FrameTag {};  // a compressed value's frame, for the set that stores it
+
 Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, const SetOptions& o,
             const GenerationStamp* stamp, stripe::Mode mode) {
   // The caller's value is copied last, but its loads start first: under
@@ -320,8 +341,9 @@ Errc do_set(Cache::Impl& impl, std::string_view key, std::string_view value, con
   w.expires_ms = expiry_of(impl, o.ttl);
   w.ns = o.ns;
   w.ns_slot = o.ns.empty() ? 0 : generations::ns_slot_of(o.ns, tag_slots);
+  std::optional<std::string> own_frame;  // the frame's home at thread exit: it must outlive the set below
   if (impl.compress_min_bytes != 0 && value.size() >= impl.compress_min_bytes) {
-    thread_local std::string frame;
+    std::string& frame = detail::thread_scratch<FrameTag>(own_frame);
     if (compress::worth_compressing(value, impl.compress_level, frame)) {
       w.value = frame;
       w.compressed = true;

@@ -24,6 +24,7 @@
 #include "layout.h"
 #include "log.h"
 #include "stripe_lock.h"
+#include "thread_scratch.h"
 
 namespace hostcache {
 namespace {
@@ -182,6 +183,8 @@ std::string wrap(std::int64_t soft_expiry_ms, std::string_view value) {
   return out;
 }
 
+struct LookupTag {};  // Call::lookup's buffer
+
 struct Opened {
   std::int64_t soft_expiry_ms = 0;  // 0: none (no revalidate window)
   std::string_view value;
@@ -247,21 +250,39 @@ class Call {
   enum class Found { nothing, fresh, stale };
 
   // A cached value decoded into the caller's result, and whether it is past its soft expiry.
+  // accept() may call the cache, and get_or_compute again: the thread's
+  // buffer is taken for the call and given back after (its room kept), so a
+  // nested lookup fills one of its own.
   Found lookup() {
-    thread_local std::string buffer;  // not used across compute(), which may re-enter
-    if (!cache_.get(key_, buffer)) return Found::nothing;
-    Opened opened = open_envelope(buffer);
-    if (!hooks_.accept(hooks_.ctx, opened.value)) return Found::nothing;
-    bool stale = opened.soft_expiry_ms != 0 && clock::now_ms() >= opened.soft_expiry_ms;
-    return stale ? Found::stale : Found::fresh;
+    std::optional<std::string> own;
+    std::string& kept = detail::thread_scratch<LookupTag>(own);
+    std::string buffer = std::move(kept);
+    kept.clear();
+    const bool hit = cache_.get(key_, buffer);
+    Found found = Found::nothing;
+    if (hit) {
+      Opened opened = open_envelope(buffer);
+      if (hooks_.accept(hooks_.ctx, opened.value)) {
+        const bool stale = opened.soft_expiry_ms != 0 && clock::now_ms() >= opened.soft_expiry_ms;
+        found = stale ? Found::stale : Found::fresh;
+      }
+    }
+    kept = std::move(buffer);
+    return found;
   }
 
   // We hold the flight: the previous holder may have stored just before we claimed.
+  // A lookup that throws (accept() did, or the cache) releases it: else
+  // every other caller would wait out, or serve stale, the whole lease
+  // (test_memoize, AnAcceptThatThrowsWhileHoldingTheFlightReleasesIt).
   void recheck_and_compute(const Flight* flight) {
-    if (lookup() == Found::fresh) {
-      flight::release(*flight);
-      return record(true, 0);
+    Found found;
+    {
+      flight::ReleaseGuard guard{flight};
+      found = lookup();
+      if (found != Found::fresh) guard.flight = nullptr;  // kept, for the compute
     }
+    if (found == Found::fresh) return record(true, 0);
     compute_and_store(flight);
   }
 

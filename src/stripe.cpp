@@ -13,6 +13,7 @@
 #include "index.h"
 #include "log.h"
 #include "stripe_lock.h"
+#include "thread_scratch.h"
 
 #include <hostcache/errors.h>
 
@@ -67,16 +68,18 @@ bool find(const arena::StripeView& v, std::string_view key, std::uint64_t hash, 
   return false;
 }
 
-// This thread's buffer for a compressed entry's stored bytes. Out of line,
-// so that the hot path of an uncompressed hit pays no TLS access.
-[[gnu::noinline]] std::string& raw_buffer() {
-  thread_local std::string raw;
-  return raw;
+// This thread's buffer for a compressed entry's stored bytes (out.own_frame
+// once it is gone). Out of line, so that the hot path of an uncompressed hit
+// pays no TLS access.
+struct FrameTag {};
+[[gnu::noinline]] std::string& frame_buffer(Dest& out) {
+  if (out.frame == nullptr) out.frame = &detail::thread_scratch<FrameTag>(out.own_frame);
+  return *out.frame;
 }
 
 // Copies a valid entry's value out: straight into the destination, or, for
-// a compressed one, its stored bytes into raw_buffer() (decompressed once the
-// read is validated: never decode bytes a writer may be changing).
+// a compressed one, its stored bytes into frame_buffer() (decompressed once
+// the read is validated: never decode bytes a writer may be changing).
 Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generations::Judge& judge, Dest& out) {
   switch (judge.of(f.h)) {
     case generations::State::expired:
@@ -92,7 +95,7 @@ Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generati
   if (f.h.orig_len > out.max_len) return Lookup::miss;
   char* dst;
   if ((f.h.flags & layout::kFlagCompressed) != 0) {
-    std::string& raw = raw_buffer();
+    std::string& raw = frame_buffer(out);
     raw.resize(f.h.value_len);
     dst = raw.data();
   } else {
@@ -105,9 +108,16 @@ Lookup judge_and_copy(const arena::StripeView& v, const Found& f, const generati
 // A validated hit on a compressed entry: decompress into the destination.
 // A frame that does not decode to exactly orig_len bytes (only a writer of
 // the segment can make one) is a miss.
+// The frame is taken out of the thread's buffer first: a caller's sink may
+// look another compressed entry up, which refills that buffer
+// (test_attack_alias, ReentrantSink). It goes back afterwards, to keep its room.
 [[gnu::noinline]] Lookup decompress_into(const Found& f, Dest& out) {
+  std::string frame = std::move(*out.frame);
+  out.frame->clear();
   char* dst = out.reserve(f.h.orig_len);
-  if (compress::decompress(raw_buffer(), dst, f.h.orig_len)) return Lookup::hit;
+  const bool ok = compress::decompress(frame, dst, f.h.orig_len);
+  *out.frame = std::move(frame);
+  if (ok) return Lookup::hit;
   out.discard();
   return Lookup::miss;
 }
@@ -117,7 +127,9 @@ Lookup finish(const Found& f, Lookup r, Dest& out) {
 }
 
 // Private memory for one entry image: on the stack when it is small (no
-// thread-local lookup, no allocation), else this thread's buffer. 8-aligned.
+// thread-local lookup, no allocation), else this thread's buffer (own_ once
+// that is gone, at thread exit). 8-aligned.
+struct ImageTag {};
 class ImageBuffer {
  public:
   std::uint8_t* get(std::uint32_t size) {
@@ -125,11 +137,12 @@ class ImageBuffer {
   }
 
  private:
-  [[gnu::noinline]] static std::uint8_t* large(std::uint32_t size) {
-    thread_local std::vector<std::uint64_t> image;
+  [[gnu::noinline]] std::uint8_t* large(std::uint32_t size) {
+    std::vector<std::uint64_t>& image = detail::thread_scratch<ImageTag>(own_);
     if (image.size() < size / 8) image.resize(size / 8);
     return reinterpret_cast<std::uint8_t*>(image.data());
   }
+  std::optional<std::vector<std::uint64_t>> own_;
   std::uint64_t small_[256];  // 2 KiB, left uninitialized: build_image writes every byte
 };
 

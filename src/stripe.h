@@ -14,6 +14,7 @@
 #include <hostcache/cache.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -75,10 +76,18 @@ enum class Lookup { hit, miss, expired, stale };
 
 // Where a value goes: a string, or a caller's sink (Cache::get_into).
 struct Dest {
+  Dest(std::string* s, ValueSink k, void* c, std::size_t max) : str(s), sink(k), ctx(c), max_len(max) {}
+  Dest(const Dest&) = delete;
+  Dest& operator=(const Dest&) = delete;
+
   std::string* str = nullptr;
   ValueSink sink = nullptr;
   void* ctx = nullptr;
   std::size_t max_len = ~std::size_t{0};  // a longer value (original length) is a miss
+  // A compressed entry's stored bytes, copied out before they are decoded:
+  // this thread's buffer, or own_frame once that is gone (thread exit).
+  std::string* frame = nullptr;
+  std::optional<std::string> own_frame;
   // Room for an n-byte value, which the caller then writes whole (or, on
   // failure, calls discard()).
   char* reserve(std::size_t n) {

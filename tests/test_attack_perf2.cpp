@@ -522,7 +522,7 @@ TEST(AttackPerf2GetMany, RacingWritersErasersAndClearsInOtherProcesses) {
           out = cache.get_many(batch);
         } else {
           const std::size_t n_hits = cache.get_many(batch, reused, reused_hits);
-          if (reused.size() != batch.size() || reused_hits.size() != batch.size()) return 2;
+          if (reused.size() < batch.size() || reused_hits.size() != batch.size()) return 2;
           if (n_hits != std::size_t(std::count(reused_hits.begin(), reused_hits.end(), true))) return 6;
           for (std::size_t i = 0; i < batch.size(); ++i) {
             out.push_back(reused_hits[i] ? std::optional<std::string>(reused[i]) : std::nullopt);

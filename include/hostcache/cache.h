@@ -117,9 +117,12 @@ class Cache {
 
   // The same into the caller's strings, which keep their room from call to
   // call (a loader that asks for a batch of keys per request allocates
-  // nothing once they have grown): `values` and `hits` are resized to
-  // keys.size(), and hits[i] says whether values[i] now holds key i's value
-  // (unspecified when it does not). Returns the number of hits. The keys
+  // nothing once they have grown, whatever the sizes of its batches):
+  // `hits` is resized to keys.size(), `values` grown to at least that and
+  // never shrunk (the strings past this batch keep their room, and their
+  // contents are unspecified), and hits[i] says whether values[i] now holds
+  // key i's value (unspecified when it does not). Returns the number of
+  // hits. The keys
   // may view the strings of `values` (the last batch's values as this
   // batch's keys): they are copied before anything is written.
   std::size_t get_many(const std::vector<std::string_view>& keys, std::vector<std::string>& values,
@@ -232,7 +235,7 @@ class Cache {
 
 template <class T>
 std::optional<T> Cache::get_as(std::string_view key) const {
-  thread_local std::string buffer;
+  std::string buffer;  // not a thread_local: usable from a thread-exit destructor
   if (!get(key, buffer)) return std::nullopt;
   try {
     msgpack::object_handle handle = msgpack::unpack(buffer.data(), buffer.size());

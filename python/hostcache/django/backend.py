@@ -57,6 +57,7 @@ def open_segment(name, **config):
         return c
 
 
+_DJANGO_VALIDATE_KEY = BaseCache.validate_key  # as imported: a later patch of it is not Django's
 _PICKLE_MARK = 0x80  # every pickle of protocol >= 2 starts with PROTO (0x80)
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
@@ -81,7 +82,6 @@ class HostCache(BaseCache):
         self._cache = None
         self._ns_prefix = (self._namespace + "|") if self._namespace else ""
         self._max_key_bytes = None  # the segment's, once it is open
-        self._stock_validate = type(self).validate_key is BaseCache.validate_key
 
     # ---- plumbing ------------------------------------------------------------
 
@@ -99,12 +99,14 @@ class HostCache(BaseCache):
 
     def _key(self, key, version=None):
         key = self.make_key(key, version=version)
-        # validate_key's warnings (memcached's rules: at most 250 characters,
-        # none below 33 nor 127) cannot fire for a printable ASCII key without
-        # spaces: such keys skip the per-character scan, unless a subclass
-        # validates its own way.
-        plain = key.isascii()
-        if not (plain and self._stock_validate and len(key) <= 250 and key.isprintable() and " " not in key):
+        # Django's own validate_key (memcached's rules: at most 250
+        # characters, none below 33 nor 127) cannot warn about a printable
+        # ASCII str without spaces: such keys skip its per-character scan.
+        # Any other validate_key (a subclass's, one patched on the class, on
+        # BaseCache or on this instance) is always called.
+        plain = type(key) is str and key.isascii()
+        if not (plain and len(key) <= 250 and key.isprintable() and " " not in key
+                and type(self).validate_key is _DJANGO_VALIDATE_KEY and "validate_key" not in self.__dict__):
             self.validate_key(key)
         full = self._ns_prefix + key
         limit = self._max_key_bytes
