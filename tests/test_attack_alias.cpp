@@ -192,16 +192,7 @@ void terminator_race(bool heap) {
   auto* shared = static_cast<std::atomic<std::uint64_t>*>(shared_memory(4096));
   std::atomic<std::uint64_t>* sets = shared;
   std::atomic<std::uint64_t>* quit = shared + 1;
-  const pid_t writer = spawn([&] {
-    Cache c = Cache::attach(name.name);
-    std::string v(64, 'w');
-    for (std::uint64_t i = 0; quit->load() == 0 && ::getppid() != 1; ++i) {
-      v[0] = char('a' + i % 26);
-      if (c.set("other", v) != Errc::ok) return 1;
-      sets->fetch_add(1);
-    }
-    return 0;
-  });
+  const pid_t writer = spawn_rewriter(name.name, "other", sets, quit);
   ASSERT_TRUE(await_progress(sets, {writer}, 100));
   // The reader is a child of its own, so that an ASan report fails this
   // scene only (and the writer is still told to stop).
@@ -285,16 +276,7 @@ TEST(AliasHeld, AKeyInsideValueThatTheCopyReallocatesIsAlwaysAHitUnderAWriter) {
   const std::string value(5000, 'v');
   ASSERT_EQ(cache.set(key, value), Errc::ok);
   auto* shared = static_cast<std::atomic<std::uint64_t>*>(shared_memory(4096));
-  const pid_t writer = spawn([&] {
-    Cache c = Cache::attach(name.name);
-    std::string v(64, 'w');
-    for (std::uint64_t i = 0; shared[1].load() == 0 && ::getppid() != 1; ++i) {
-      v[0] = char('a' + i % 26);
-      if (c.set("other", v) != Errc::ok) return 1;
-      shared[0].fetch_add(1);
-    }
-    return 0;
-  });
+  const pid_t writer = spawn_rewriter(name.name, "other", &shared[0], &shared[1]);
   ASSERT_TRUE(await_progress(shared, {writer}, 100));
   const int rc = wait_for(spawn([&] {
     std::uint64_t misses = 0, wrong = 0;

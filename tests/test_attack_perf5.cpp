@@ -135,16 +135,7 @@ void self_alias_scene(bool batch_call) {
   auto* shared = static_cast<std::atomic<std::uint64_t>*>(shared_memory(4096));
   std::atomic<std::uint64_t>* sets = shared;
   std::atomic<std::uint64_t>* quit = shared + 1;
-  const pid_t writer = spawn([&] {
-    Cache c = Cache::attach(name.name);
-    std::string v(64, 'w');
-    for (std::uint64_t i = 0; quit->load() == 0; ++i) {
-      v[0] = char('a' + i % 26);
-      if (c.set("other", v) != Errc::ok) return 1;
-      sets->fetch_add(1);
-    }
-    return 0;
-  });
+  const pid_t writer = spawn_rewriter(name.name, "other", sets, quit);
   ASSERT_TRUE(await_progress(sets, {writer}, 100));
   std::vector<std::string> values(1);
   std::vector<bool> hits;

@@ -119,4 +119,18 @@ void Gate::wait() {
   }
 }
 
+pid_t spawn_rewriter(const std::string& name, const std::string& key, std::atomic<std::uint64_t>* sets,
+                     const std::atomic<std::uint64_t>* quit) {
+  return spawn([name, key, sets, quit] {
+    Cache c = Cache::attach(name);
+    std::string v(64, 'w');
+    for (std::uint64_t i = 0; quit->load() == 0 && ::getppid() != 1; ++i) {
+      v[0] = char('a' + i % 26);
+      if (c.set(key, v) != Errc::ok) return 1;
+      sets->fetch_add(1);
+    }
+    return 0;
+  });
+}
+
 }  // namespace hostcache::testing

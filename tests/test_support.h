@@ -67,6 +67,12 @@ struct Gate {
   int fds[2];
 };
 
+// A child that rewrites `key` of segment `name` (64 bytes, changing) until
+// *quit is set or its parent is gone, counting its sets in *sets; exits 1 if
+// a set fails. Readers of the key's stripe then retry (tests of the retry path).
+pid_t spawn_rewriter(const std::string& name, const std::string& key, std::atomic<std::uint64_t>* sets,
+                     const std::atomic<std::uint64_t>* quit);
+
 // Waits (yielding, no sleep) until every writer has counted `n` sets. False
 // as soon as one of them has exited instead (peeked at, not reaped), so a
 // writer that crashed fails the test rather than hanging it.
