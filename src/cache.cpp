@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <limits>
 
@@ -188,8 +189,22 @@ bool Cache::get_into(std::string_view key, ValueSink sink, void* ctx) const {
     impl_->stats.miss();
     return false;
   }
+  // The key may view memory the sink hands out (the last value as the next
+  // key), which the copy overwrites, or the sink frees as it grows, before
+  // a retry or the log reads the key again: it is copied first (on the
+  // stack up to 256 bytes). test_attack_scratch, SinkAlias.
+  char small[256];
+  std::string large;
+  std::string_view own;
+  if (key.size() <= sizeof small) {
+    std::memcpy(small, key.data(), key.size());
+    own = std::string_view(small, key.size());
+  } else {
+    large.assign(key);
+    own = large;
+  }
   stripe::Dest dest{nullptr, sink, ctx, impl_->max_value_bytes};
-  return lookup(*impl_, key, dest, nullptr, hash_key(key)) == stripe::Lookup::hit;
+  return lookup(*impl_, own, dest, nullptr, hash_key(own)) == stripe::Lookup::hit;
 }
 
 namespace {

@@ -62,7 +62,8 @@ struct GenerationStamp {
 // falls back to the lock when writers keep the stripe busy, or to repair
 // it), which every process's writers of that stripe then wait for: it must
 // not block, nor wait for anything (a GIL, a mutex) that another thread may
-// hold for long.
+// hold for long. The key may view memory the sink hands out (it is copied
+// first).
 using ValueSink = char* (*)(void* ctx, std::size_t size);
 
 class Cache {
