@@ -377,11 +377,11 @@ def test_a_get_under_the_stripe_lock_never_waits_for_the_gil(name):
         def toucher():
             while flags[0] == 0:
                 time.sleep(0.001)
+            ok = False
             try:
                 ok = c.touch("stay", 3600)
             finally:
-                flags[1] = 2
-            flags[1] = 1 if ok else 2
+                flags[1] = 1 if ok else 2  # one store: the reader never sees a passing value
         other = fork(toucher)
 
         entered, got = [], []
@@ -406,7 +406,8 @@ def test_a_get_under_the_stripe_lock_never_waits_for_the_gil(name):
             sys.setswitchinterval(old)
         t.join()
         assert wait(other) == 0
-        assert touched == 1, "the other process could not take the stripe while the reader waited for the GIL"
+        assert touched == 1, ("the other process could not take the stripe while the reader waited for the GIL",
+                              touched, got == [stay], c.stats()["recoveries"])
         assert got == [stay]
         assert c.stats()["recoveries"] == 1  # the reader did take the lock, and repaired
     finally:
