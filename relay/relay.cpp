@@ -719,6 +719,12 @@ struct Relay::State {
         }
         if (!connected) continue;
       } else if (xread_out && now - xread_sent > o.block + o.io_timeout) {
+        // The deadline may have passed while this process did not run (it
+        // was stopped, or descheduled, and ppoll came back with EINTR or 0):
+        // a reply that arrived meanwhile is read first, and the link is not
+        // taken for dead (test_relay, ARelayPausedPastTheStaleBoundCatchesUpByReplay).
+        pollfd again{sub.fd(), POLLIN, 0};
+        if (::poll(&again, 1, 0) > 0) continue;
         drop("no reply to XREAD BLOCK within " + std::to_string((o.block + o.io_timeout).count()) +
              " ms (half-open connection?)");
         continue;
