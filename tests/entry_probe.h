@@ -8,6 +8,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -122,6 +124,31 @@ inline Stepped kill_after_change(const std::uint8_t* watch, std::size_t bytes, i
   r.outcome = Stepped::finished;
   r.status = status;
   return r;
+}
+
+// A compressible value of exactly n bytes whose content depends on `seed`.
+inline std::string compressible(std::size_t n, char seed) {
+  std::string s;
+  s.reserve(n);
+  while (s.size() < n) s += std::string(1, seed) + "-compressible-" + std::to_string(s.size() % 7) + ";";
+  s.resize(n);
+  return s;
+}
+
+// Scribbles the zstd magic number of `key`'s frame (stripe 0; the entry must
+// be stored compressed): its decode then fails for sure, after the
+// destination was reserved. A scribble in the middle could decode to other
+// bytes (zstd frames here carry no content checksum).
+inline ::testing::AssertionResult forge_frame(const Cache& cache, const std::string& key) {
+  const arena::StripeView v = view_of(cache, 0);
+  const std::uint64_t off = entry_offset(cache, 0, key);
+  if (off == ~std::uint64_t{0}) return ::testing::AssertionFailure() << key << " not found";
+  layout::EntryHeader h;
+  if (!arena::read_live_header(v, off, h)) return ::testing::AssertionFailure() << key << ": no live header";
+  if ((h.flags & layout::kFlagCompressed) == 0) return ::testing::AssertionFailure() << key << " is not compressed";
+  const std::uint64_t voff = arena::value_off(off, h);
+  for (std::uint64_t i = 0; i < 4; ++i) v.arena[voff + i] ^= 0x77;
+  return ::testing::AssertionSuccess();
 }
 
 }  // namespace hostcache::testing

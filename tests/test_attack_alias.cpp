@@ -67,16 +67,6 @@ Config one_stripe(const std::string& name, std::size_t capacity = 4u << 20) {
   return small_config(name, capacity, 1);
 }
 
-// A compressible value of exactly n bytes whose content depends on `seed`.
-std::string compressible(std::size_t n, char seed) {
-  std::string s;
-  s.reserve(n);
-  while (s.size() < n) {
-    s += std::string(1, seed) + "-compressible-" + std::to_string(s.size() % 7) + ";";
-  }
-  s.resize(n);
-  return s;
-}
 
 // =====================================================================================
 // F1. A sink that looks another compressed key up (get_into, decompress_into)
@@ -640,18 +630,7 @@ TEST(GrowHeld, CompressedValuesAreExactAndAForgedFrameLeavesNoReservedBytes) {
   }
   // Forge one frame: decompress fails after reserve.
   const std::string k = "z30000";
-  const arena::StripeView v = view_of(cache, 0);
-  const std::uint64_t off = entry_offset(cache, 0, k);
-  ASSERT_NE(off, ~std::uint64_t{0});
-  layout::EntryHeader h;
-  ASSERT_TRUE(arena::read_live_header(v, off, h));
-  ASSERT_NE(h.flags & layout::kFlagCompressed, 0);
-  // The frame's magic number (zstd frames carry no content checksum here: a
-  // scribble in the middle can decode to other bytes, as a scribbled plain
-  // value is served, since a get verifies no entry checksum; the magic makes
-  // the decode fail for sure, after reserve()).
-  const std::uint64_t voff = arena::value_off(off, h);
-  for (std::uint64_t i = 0; i < 4; ++i) v.arena[voff + i] ^= 0x77;
+  ASSERT_TRUE(forge_frame(cache, k));
   for (std::size_t prior : {std::size_t(0), std::size_t(15), std::size_t(29999), std::size_t(40000)}) {
     std::string s(prior, '#');
     const bool hit = cache.get(k, s);

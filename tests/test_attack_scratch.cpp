@@ -40,24 +40,6 @@ Config one_stripe(const std::string& name, std::size_t capacity = 4u << 20) {
   return c;
 }
 
-std::string compressible(std::size_t n, char seed) {
-  std::string s;
-  s.reserve(n);
-  while (s.size() < n) s += std::string(1, seed) + "-compressible-" + std::to_string(s.size() % 7) + ";";
-  s.resize(n);
-  return s;
-}
-
-void forge_frame(const Cache& cache, const std::string& key) {
-  const arena::StripeView v = view_of(cache, 0);
-  const std::uint64_t off = entry_offset(cache, 0, key);
-  ASSERT_NE(off, ~std::uint64_t{0});
-  layout::EntryHeader h;
-  ASSERT_TRUE(arena::read_live_header(v, off, h));
-  ASSERT_NE(h.flags & layout::kFlagCompressed, 0);
-  const std::uint64_t voff = arena::value_off(off, h);
-  for (std::uint64_t i = 0; i < 4; ++i) v.arena[voff + i] ^= 0x77;
-}
 
 // =====================================================================================
 // A. Sinks that nest lookups (decompress_into takes the frame out around the sink)
@@ -111,7 +93,7 @@ void run_chain(Cache& cache, bool locked) {
     ASSERT_EQ(cache.set(keys.back(), values.back()), Errc::ok);
   }
   ASSERT_EQ(cache.set("forged", compressible(5000, 'F')), Errc::ok);
-  if (!locked) forge_frame(cache, "forged");
+  if (!locked) ASSERT_TRUE(forge_frame(cache, "forged"));
   ASSERT_GT(cache.stats().compressed_in, 0u);
   std::vector<Level> chain(keys.size());
   for (std::size_t i = 0; i < chain.size(); ++i) {
@@ -733,6 +715,25 @@ detail::ComputeHooks hooks_for(Hooked& h) {
       }};
 }
 
+// Three processes released together each call get_or_compute(key) with
+// plain hooks; each must finish.
+void race_three_callers(Cache& cache, MemoShared* sh, const std::string& key, const ComputeOptions& o) {
+  Gate gate;
+  std::vector<pid_t> kids;
+  for (int i = 0; i < 3; ++i) {
+    kids.push_back(spawn([&] {
+      gate.wait();
+      Hooked h{sh};
+      h.cache = &cache;
+      h.key = key;
+      detail::get_or_compute(cache, key, o, hooks_for(h));
+      return 0;
+    }));
+  }
+  gate.open();
+  for (pid_t k : kids) EXPECT_EQ(finishes(k), 0);
+}
+
 // Killed -9 inside accept() while holding the flight (the miss path's look
 // again, the stored value rejected): concurrent callers in three other
 // processes take the flight over and compute exactly once.
@@ -755,20 +756,7 @@ TEST(MemoFlight, AProcessKilledInsideAcceptHoldingTheFlightCostsExactlyOneComput
   EXPECT_EQ(flight_owner(cache, "mk"), std::uint32_t(victim));
   ::kill(victim, SIGKILL);
   EXPECT_EQ(wait_for(victim), 128 + SIGKILL);
-  Gate gate;
-  std::vector<pid_t> kids;
-  for (int i = 0; i < 3; ++i) {
-    kids.push_back(spawn([&] {
-      gate.wait();
-      Hooked h{sh};
-      h.cache = &cache;
-      h.key = "mk";
-      detail::get_or_compute(cache, "mk", o, hooks_for(h));
-      return 0;
-    }));
-  }
-  gate.open();
-  for (pid_t k : kids) EXPECT_EQ(finishes(k), 0);
+  race_three_callers(cache, sh, "mk", o);
   EXPECT_EQ(sh->computes.load(), 1) << "not exactly one compute after the owner died in accept";
   EXPECT_TRUE(all_flights_free(cache));
   EXPECT_EQ(cache.get("mk"), std::optional<std::string>("fresh"));
@@ -820,20 +808,7 @@ TEST(MemoFlight, AcceptThrowingAtEachCallLeavesTheFlightFreeAndTheNextMissComput
       if (threw) EXPECT_EQ(before, 0);
       if (!stale && !threw) continue;
       if (!stale) {
-        Gate gate;
-        std::vector<pid_t> kids;
-        for (int i = 0; i < 3; ++i) {
-          kids.push_back(spawn([&] {
-            gate.wait();
-            Hooked h{sh};
-            h.cache = &cache;
-            h.key = "mt";
-            detail::get_or_compute(cache, "mt", o, hooks_for(h));
-            return 0;
-          }));
-        }
-        gate.open();
-        for (pid_t k : kids) EXPECT_EQ(finishes(k), 0);
+        race_three_callers(cache, sh, "mt", o);
         EXPECT_EQ(sh->computes.load(), 1) << "at " << at;
       } else if (threw) {
         // Another process finds it stale and the flight free: refreshes once.
