@@ -442,6 +442,18 @@ TEST(AttackLock, RandomKillsNeverLetTwoHoldersInAndNeverHang) {
     std::atomic<std::uint64_t> holder{0};
     std::atomic<long> overlaps{0}, false_takeovers{0}, timeouts{0}, sections{0}, takeovers{0};
     std::atomic<int> stop{0};
+    // Pids this test has sent SIGKILL (before sending it): such a process
+    // never runs its section again, though /proc may still show it running
+    // while its other thread exits; a takeover from it is no false one.
+    std::atomic<std::uint32_t> nkilled{0};
+    std::atomic<std::int32_t> killed[1 << 16];
+    bool was_killed(pid_t pid) const {
+      const std::uint32_t n = std::min<std::uint32_t>(nkilled.load(), 1u << 16);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        if (killed[i].load() == pid) return true;
+      }
+      return false;
+    }
   };
   auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
   auto worker = [&] {
@@ -459,7 +471,7 @@ TEST(AttackLock, RandomKillsNeverLetTwoHoldersInAndNeverHang) {
         if (prev != 0) {
           if (!a.owner_died) {
             x->overlaps.fetch_add(1);
-          } else if (process_alive(pid_t(prev >> 32))) {
+          } else if (process_alive(pid_t(prev >> 32)) && !x->was_killed(pid_t(prev >> 32))) {
             x->false_takeovers.fetch_add(1);
           }
         }
@@ -494,6 +506,9 @@ TEST(AttackLock, RandomKillsNeverLetTwoHoldersInAndNeverHang) {
     const auto until = steady::now() + std::chrono::microseconds(rng() % 3000);
     while (steady::now() < until) sched_yield();  // a random instant (pacing, not synchronisation)
     const int i = int(rng() % kProcs);
+    const std::uint32_t slot = x->nkilled.load();
+    if (slot < (1u << 16)) x->killed[slot].store(procs[i]);
+    x->nkilled.store(slot + 1);
     ::kill(procs[i], SIGKILL);
     testing::wait_for(procs[i]);
     ++kills;
@@ -721,6 +736,18 @@ TEST(AttackCache, SigkillStormNeverServesAnOverwrittenValueAndLosesOnlyTheEntryI
     std::atomic<long> reads{0}, old_served{0}, garbage{0}, lost_reads{0}, busy{0}, ops{0};
     std::atomic<std::uint64_t> first_bad{0};
     std::atomic<int> stop{0};
+    // Pids this test has sent SIGKILL (before sending it): such a process
+    // never runs its section again, though /proc may still show it running
+    // while its other thread exits; a takeover from it is no false one.
+    std::atomic<std::uint32_t> nkilled{0};
+    std::atomic<std::int32_t> killed[1 << 16];
+    bool was_killed(pid_t pid) const {
+      const std::uint32_t n = std::min<std::uint32_t>(nkilled.load(), 1u << 16);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        if (killed[i].load() == pid) return true;
+      }
+      return false;
+    }
   };
   auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
   auto key_of = [](int i) { return "key" + std::to_string(i); };
