@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <random>
 
@@ -108,11 +110,14 @@ timeval to_tv(std::chrono::microseconds d) {
   return tv;
 }
 
+using Clock = std::chrono::steady_clock;
+
 class Conn {
  public:
   ~Conn() { close(); }
   bool open(const Options& o, std::string& err) {
     close();
+    timeout_ = o.io_timeout;
     c_ = redisConnectWithTimeout(o.redis_host.c_str(), o.redis_port, to_tv(o.connect_timeout));
     if (c_ == nullptr || c_->err) {
       err = c_ ? c_->errstr : "out of memory";
@@ -141,15 +146,34 @@ class Conn {
     c_ = nullptr;
   }
   bool ok() const { return c_ != nullptr && c_->err == 0; }
+  // One command and its whole reply within the io timeout. hiredis's own
+  // socket timeout bounds each read() only: a reply trickled a byte at a time
+  // held the thread (and the stale bound) for as long as the peer liked
+  // (test_attack_relay_liveness, ASlowCommandConnectionMustNotHoldTheStaleBoundOff).
+  // On a timeout the connection is marked failed: what is left of the reply
+  // would be taken for the next one's.
   Reply command(const std::vector<std::string>& args) {
-    if (!ok()) return nullptr;
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
+    if (!send(args)) return nullptr;
+    const Clock::time_point deadline = Clock::now() + timeout_;
+    for (;;) {
+      Reply r;
+      if (!take(r)) return nullptr;
+      if (r) return r;
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) {
+        fail("no whole reply within " + std::to_string(timeout_.count()) + " ms");
+        return nullptr;
+      }
+      pollfd p{c_->fd, POLLIN, 0};
+      const int n = ::poll(&p, 1, int(left.count()));
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0) continue;  // the deadline, checked above
+      if (n < 0) {
+        fail(std::string("poll: ") + std::strerror(errno));
+        return nullptr;
+      }
+      if (!read_available()) return nullptr;
     }
-    return Reply(static_cast<redisReply*>(redisCommandArgv(c_, int(argv.size()), argv.data(), lens.data())));
   }
   bool send(const std::vector<std::string>& args) {
     if (!ok()) return false;
@@ -179,7 +203,12 @@ class Conn {
   std::string error() const { return c_ ? std::string(c_->errstr) : std::string("not connected"); }
 
  private:
+  void fail(const std::string& why) {
+    c_->err = REDIS_ERR_IO;
+    std::snprintf(c_->errstr, sizeof c_->errstr, "%s", why.c_str());
+  }
   redisContext* c_ = nullptr;
+  std::chrono::milliseconds timeout_{2000};
 };
 
 std::string str_of(const redisReply* r) {
@@ -282,8 +311,6 @@ std::int64_t wall_ms() {
       .count();
 }
 
-using Clock = std::chrono::steady_clock;
-
 }  // namespace
 
 // ---- the relay -------------------------------------------------------------------
@@ -302,7 +329,13 @@ struct Relay::State {
   StreamId published;  // the last id this process published
   std::string sha_publish, sha_state;
   bool xread_out = false;
+  bool xread_blocks = true;  // the XREAD in flight has BLOCK (else Redis answers at once)
+  // last_contact: the time as of which this host is proven current: when the
+  // XREAD that proved it was sent (a reply may have waited in the socket while
+  // this process did not run), or the resync that brought it up to date.
   Clock::time_point xread_sent{}, last_contact{}, last_state_check{}, last_save{}, next_attempt{};
+  // Connected, with that proof older than the bound: since when.
+  std::optional<Clock::time_point> overdue_since;
   std::chrono::milliseconds backoff{0};
   std::uint64_t pending_seq = ~std::uint64_t(0);
   Clock::time_point pending_since{};
@@ -402,6 +435,7 @@ struct Relay::State {
 
   // The resync rule of relay.h, against what Redis holds now.
   bool resync() {
+    const Clock::time_point asked = Clock::now();
     if (xread_out) {
       // An XREAD from the old position is in flight on `sub`: its reply would
       // start from there, not from where the resync leaves us. Drop it with
@@ -458,11 +492,15 @@ struct Relay::State {
         break;
       }
       case Resync::replay:
+        // Nothing after `pos` has been read yet: the XREAD that reads it is
+        // the proof. A link that fails on every XREAD (or an ACL that denies
+        // it) reconnects and replays for ever without one, and the stale
+        // bound holds (test_attack_relay_liveness, AStreamConnectionThatDiesOnEveryXread...).
         ++st.resync_replay;
         break;
     }
+    if (k != Resync::replay) prove(asked);  // cleared, bumped, or started afresh: current as of the state read
     known_nonce = s->nonce;
-    last_contact = Clock::now();
     save();
     say(0, std::string("resync: ") + to_string(k) + " (from " + before.str() + ", stream at " +
                s->last_generated.str() + ")");
@@ -512,6 +550,7 @@ struct Relay::State {
     clear_local();
     ++st.stale_clears;
     last_contact = now;
+    overdue_since.reset();
     say(1, "redis unreachable past the stale bound: cleared the local cache");
     save();
   }
@@ -519,6 +558,36 @@ struct Relay::State {
   void stale_tick(Clock::time_point now) {
     const auto bound = o.stale_bound.count() == 0 ? std::chrono::milliseconds(1000) : o.stale_bound;
     if (now - last_contact >= bound) stale_clear(now);
+  }
+
+  // How old the proof may get while connected before a fresh one is asked
+  // for: the bound (with --stale-bound 0, where a drop clears, a healthy
+  // link's proof is up to one heartbeat old: one heartbeat and a timeout).
+  std::chrono::milliseconds connected_bound() const {
+    return o.stale_bound.count() == 0 ? o.block + o.io_timeout : o.stale_bound;
+  }
+
+  void prove(Clock::time_point as_of) {
+    last_contact = std::max(last_contact, as_of);
+    if (Clock::now() - last_contact < connected_bound()) overdue_since.reset();
+  }
+
+  // Connected, but the last proof is older than the bound: the link
+  // trickles a reply that never completes, the relay was stopped, or each
+  // reconnect only replays. The next XREAD asks for an answer at once
+  // (no BLOCK); if no proof comes within one heartbeat and one timeout (the
+  // XREAD in flight may be a blocking one), the local cache is cleared.
+  // After a pause with Redis fine that answer comes at once: no clear.
+  void overdue_tick(Clock::time_point now) {
+    if (now - last_contact < connected_bound()) {
+      overdue_since.reset();
+      return;
+    }
+    if (!overdue_since) {
+      overdue_since = now;
+    } else if (now - *overdue_since >= o.block + o.io_timeout) {
+      stale_clear(now);
+    }
   }
 
   bool publish_pending(Clock::time_point now) {
@@ -571,14 +640,26 @@ struct Relay::State {
   }
 
   bool send_xread() {
-    if (!sub.send({"XREAD", "BLOCK", std::to_string(o.block.count()), "COUNT", std::to_string(o.read_count),
-                   "STREAMS", k_stream, pos.str()})) {
-      return false;
+    const bool block = !overdue_since.has_value();
+    std::vector<std::string> cmd{"XREAD"};
+    if (block) {
+      cmd.emplace_back("BLOCK");
+      cmd.push_back(std::to_string(o.block.count()));
     }
+    for (std::string a : {std::string("COUNT"), std::to_string(o.read_count), std::string("STREAMS"), k_stream,
+                          pos.str()}) {
+      cmd.push_back(std::move(a));
+    }
+    const Clock::time_point sent = Clock::now();
+    if (!sub.send(cmd)) return false;
     xread_out = true;
-    xread_sent = Clock::now();
+    xread_blocks = block;
+    xread_sent = sent;
     return true;
   }
+
+  // When the XREAD in flight is overdue: a link that has not answered by then is dead.
+  std::chrono::milliseconds xread_deadline() const { return xread_blocks ? o.block + o.io_timeout : o.io_timeout; }
 
   // True: we may have been trimmed past since `prev` (or Redis changed under
   // us): the caller resyncs instead of applying the batch.
@@ -591,9 +672,8 @@ struct Relay::State {
 
   bool handle_xread(const redisReply* r) {
     xread_out = false;
-    const Clock::time_point now = Clock::now();
-    if (r->type == REDIS_REPLY_NIL) {  // the BLOCK timeout: the heartbeat
-      last_contact = now;
+    if (r->type == REDIS_REPLY_NIL) {  // the BLOCK timeout (the heartbeat), or nothing new at once
+      prove(xread_sent);
       return true;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -642,9 +722,28 @@ struct Relay::State {
       pos = std::max(pos, *id);
     }
     if (newest_ms >= 0) st.lag_ms = std::max<std::int64_t>(0, wall_ms() - newest_ms);
-    last_contact = now;
+    // A batch cut at COUNT may have more behind it: only a shorter one proves
+    // this host current (as of when the XREAD was sent).
+    if (entries->elements < o.read_count) prove(xread_sent);
     save();  // apply, then save the id: a crash in between replays (a spurious miss)
     return true;
+  }
+
+  // Reads what the stream connection has and handles every whole reply in
+  // it. False (the link dropped) on an error.
+  bool read_replies() {
+    if (!sub.read_available()) {
+      drop("read: " + sub.error());
+      return false;
+    }
+    for (;;) {
+      Reply r;
+      if (!sub.take(r) || (r && !handle_xread(r.get()))) {
+        drop("stream read failed: " + sub.error());
+        return false;
+      }
+      if (!r) return true;
+    }
   }
 
   bool state_check() {
@@ -682,6 +781,7 @@ struct Relay::State {
         if (Clock::now() - last_save > std::chrono::milliseconds(100)) save();
         continue;
       }
+      overdue_tick(now);
       if (!publish_pending(now)) {
         drop("publish: " + pub.error());
         continue;
@@ -695,39 +795,23 @@ struct Relay::State {
       timespec ts{time_t(o.poll_interval.count() / 1000000), long(o.poll_interval.count() % 1000000) * 1000};
       const int n = ::ppoll(&pfd, 1, &ts, nullptr);
       now = Clock::now();
-      if (n > 0) {
-        if (!sub.read_available()) {
-          drop("read: " + sub.error());
-          continue;
-        }
-        bool ok = true;
-        for (;;) {
-          Reply r;
-          if (!sub.take(r)) {
-            ok = false;
-            break;
-          }
-          if (!r) break;
-          if (!handle_xread(r.get())) {
-            ok = false;
-            break;
-          }
-        }
-        if (!ok) {
-          drop("stream read failed: " + sub.error());
-          continue;
-        }
-        if (!connected) continue;
-      } else if (xread_out && now - xread_sent > o.block + o.io_timeout) {
+      if (n > 0 && !read_replies()) continue;
+      if (!connected) continue;
+      if (xread_out && now - xread_sent > xread_deadline()) {
         // The deadline may have passed while this process did not run (it
         // was stopped, or descheduled, and ppoll came back with EINTR or 0):
-        // a reply that arrived meanwhile is read first, and the link is not
-        // taken for dead (test_relay, ARelayPausedPastTheStaleBoundCatchesUpByReplay).
+        // a reply that arrived meanwhile is read first, once, and the link
+        // is not taken for dead (test_relay, ARelayPausedPastTheStaleBoundCatchesUpByReplay).
+        // Bytes that do not make a whole reply by the deadline (a trickle,
+        // a reply cut short) do not keep it alive: test_attack_relay_liveness.
         pollfd again{sub.fd(), POLLIN, 0};
-        if (::poll(&again, 1, 0) > 0) continue;
-        drop("no reply to XREAD BLOCK within " + std::to_string((o.block + o.io_timeout).count()) +
-             " ms (half-open connection?)");
-        continue;
+        if (n <= 0 && ::poll(&again, 1, 0) > 0 && !read_replies()) continue;
+        if (!connected) continue;
+        if (xread_out) {
+          drop("no whole reply to XREAD within " + std::to_string(xread_deadline().count()) +
+               " ms (half-open connection?)");
+          continue;
+        }
       }
       if (now - last_state_check >= o.block) {
         last_state_check = now;
