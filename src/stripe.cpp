@@ -265,6 +265,11 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   // Forked (from a signal handler) as the lock was taken, or just after:
   // the acquisition, and any repair it calls for, are the parent's.
   if (a.forked || (a.acquired && forked())) throw forked_error(segment, "while its thread took a stripe lock");
+  if (a.moved) {
+    throw Error(Errc::incompatible, "segment '" + segment.name() +
+                                        "': this process moved to another pid or time namespace since its thread "
+                                        "first locked; it cannot take stripe locks");
+  }
   if (!a.acquired) {
     throw Error(Errc::busy, "segment '" + segment.name() + "' stripe " + std::to_string(index) +
                                 ": locked by live thread " + std::to_string(a.holder_tid) + " for more than " +
@@ -403,7 +408,9 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
       return finish(f, r, out);
     }
   } catch (const Error& e) {
-    if (e.code() != Errc::busy) throw;
+    // Busy, or no lock to be had in this thread now (io_error: its start
+    // time could not be read, or the fork page mapped): a miss for a get.
+    if (e.code() != Errc::busy && e.code() != Errc::io_error) throw;
     log::get().warn("get: {}; answered as a miss", e.what());
     return Lookup::miss;
   }

@@ -159,14 +159,26 @@ const Identity& self() {
     const std::uint64_t mine = fresh_generation();
     gen = std::atomic_ref<std::uint64_t>(page->generation).compare_exchange_strong(zero, mine) ? mine : zero;
   }
-  if (t_self.generation != gen) {
+  // A word of 0 is an identity whose start time could not be read: tried
+  // again on every call until it can.
+  if (t_self.generation != gen || t_self.word == 0) {
     const auto tid = std::uint32_t(::syscall(SYS_gettid));
     std::uint32_t birth = 0;
     char path[64];
     std::snprintf(path, sizeof path, "/proc/self/task/%u/stat", tid);
     TaskStat st;
-    if (read_task_stat(path, st)) birth = std::uint32_t(st.start_time);
-    t_self.word = (std::uint64_t(birth) << 32) | (tid & 0x7fffffffu);
+    t_self.no_birth = 0;
+    if (read_task_stat(path, st)) {
+      birth = std::uint32_t(st.start_time);
+    } else if (proc_mounted()) {
+      // (EMFILE, most often: a worker whose descriptor table is full.) A
+      // word without its start time could never be told from a stranger
+      // that reused the id after this thread died holding a lock: the
+      // stripe would stay busy for as long as that stranger lives
+      // (test_attack_lock2, AThreadThatCannotReadItsStartTimeTakesNoLock).
+      t_self.no_birth = errno != 0 ? errno : EIO;
+    }
+    t_self.word = t_self.no_birth != 0 ? 0 : (std::uint64_t(birth) << 32) | (tid & 0x7fffffffu);
     t_self.pid = std::uint32_t(::getpid());
     t_self.pidns = ns_inode("/proc/self/ns/pid");
     t_self.timens = ns_inode("/proc/self/ns/time");
@@ -174,6 +186,13 @@ const Identity& self() {
     t_self.generation = gen;
   }
   return t_self;
+}
+
+// Whether this process is in another pid or time namespace than when `me`
+// was computed (read afresh: only waits that judge an owner ask).
+bool moved_since(const Identity& me) {
+  const std::uint64_t pidns = ns_inode("/proc/self/ns/pid"), timens = ns_inode("/proc/self/ns/time");
+  return (me.pidns != 0 && pidns != me.pidns) || (me.timens != 0 && timens != me.timens);
 }
 
 // What lock returns in a child forked (from a signal handler) while its
@@ -235,19 +254,27 @@ Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_poi
     }
     const std::uint64_t owner = v & ~kWaiters;
     const steady::time_point now = steady::now();
-    if (owner == me.word) {
-      // We hold no stripe lock while locking one: our identity here was
-      // scribbled (or copied by a writer of the segment). Nobody else can be
-      // inside under it: take it.
-      if (w.compare_exchange_strong(v, me.word | kWaiters, std::memory_order_acquire, std::memory_order_relaxed)) {
-        return took_over(s, me, v);
-      }
-      continue;
-    }
+    // Our own word is judged like any other, and it reads alive: it may be
+    // worn by someone inside (a thread that reused a dead holder's id within
+    // its start time's tick, while another locker's judgement of that dead
+    // holder is still pending: taking it over "as scribbled" let both in;
+    // or a child of clone(CLONE_VM), which shares this thread's memory and
+    // with it this identity). Scribbled by a writer, it costs a timeout, as
+    // any live thread's word does (test_attack_lock2).
     if (owner != watched) {
       watched = owner;
       since = now;
     } else if (now - since >= kPoll) {
+      // A process that moved to another pid or time namespace since its
+      // identity was computed (setns(CLONE_NEWTIME) moves the caller) reads
+      // every other thread's start time shifted: it would judge live owners
+      // dead. It judges nobody (test_attack_lock2, ProcessThatSetnsInto...).
+      if (moved_since(me)) {
+        Acquired a;
+        a.holder_tid = tid_of(owner);
+        a.moved = true;
+        return a;
+      }
       if (owner_life(owner) == Life::dead) {
         if (forked_since(me)) return forked_out();  // forked while /proc was read
         // Exactly one of the lockers that judged this word wins the CAS; a
@@ -299,10 +326,12 @@ Life owner_life(std::uint64_t word) {
   std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
   TaskStat st;
   if (!read_task_stat(path, st)) {
-    if (errno != ENOENT && errno != ESRCH) return Life::alive;
-    // Gone from /proc, or hidden from us (hidepid=2, a process that is not
-    // dumpable): only the kernel's answer to a signal 0 tells them apart. A
-    // hidden live thread is alive; its birth cannot be checked.
+    // Gone from /proc, hidden from us (hidepid=2, a process that is not
+    // dumpable), or unreadable here (EMFILE: this process's descriptor table
+    // is full; before, such a waiter never took a dead owner over:
+    // test_attack_lock2, WaiterWithAFullDescriptorTableStillTakesOverADeadOwner):
+    // only the kernel's answer to a signal 0 tells dead from alive then. A
+    // live thread is alive; its birth cannot be checked (a reused id looks alive).
     return ::kill(pid_t(tid), 0) != 0 && errno == ESRCH ? Life::dead : Life::alive;
   }
   if (st.state == 'Z' || st.state == 'X' || st.state == 'x') return Life::dead;  // exited, not yet reaped
@@ -320,14 +349,23 @@ bool try_free(layout::StripeHeader& s, const Identity& me) {
 }
 }  // namespace
 
+// No lock without a birth stamp (see self()).
+void require_word(const Identity& me) {
+  if (me.word != 0) return;
+  throw Error(Errc::io_error, std::string("cannot read this thread's start time from /proc (") +
+                                  std::strerror(me.no_birth) + "); no stripe lock is taken without it");
+}
+
 Acquired lock(layout::StripeHeader& s, steady::time_point deadline) {
   const Identity& me = self();
+  require_word(me);
   return try_free(s, me) ? took(s, me) : lock_slow(s, me, deadline);
 }
 
 Acquired lock(layout::StripeHeader& s, std::chrono::milliseconds timeout) { return lock(s, self(), timeout); }
 
 Acquired lock(layout::StripeHeader& s, const Identity& me, std::chrono::milliseconds timeout) {
+  require_word(me);
   return try_free(s, me) ? took(s, me) : lock_slow(s, me, steady::now() + timeout);
 }
 

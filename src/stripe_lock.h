@@ -18,14 +18,18 @@
 // that judged the same dead owner, exactly one succeeds; the others see a new
 // word (a live owner: the rebuilder) and wait for it. A word equal to the one
 // judged can only still be the dead owner's, since a thread's identity is
-// never reused. There is no second object to reinitialize and no guard to
-// give back, so no two processes can ever hold the lock at once.
+// not reused, except within one tick of the start time (10 ms: a thread that
+// got the dead holder's id within the tick it was born in wears its very
+// word; that takes control of pid allocation, and leaves a window only while
+// a locker's judgement is pending: README, known limits). There is no
+// second object to reinitialize and no guard to give back.
 //
 // Scope: liveness is judged with thread ids and start times, so every
 // process locking a segment must share one pid namespace and one time
 // namespace: segment.cpp refuses a read-write attach from another, and
 // stripe.cpp refuses to lock from a process that moved to another after
-// attaching (a child forked into a new namespace). Known limit: a holder
+// attaching (a child forked into a new namespace), and a waiter whose
+// process moved since (setns) judges no owner. Known limit: a holder
 // killed because another thread of its process called execve() leaves the
 // new program with its thread id and start time; the lock then looks held
 // by a live owner, and lockers get Errc::busy after lock_timeout until that
@@ -33,8 +37,10 @@
 // kill(tid, 0) alone (a reused id looks alive: busy, never two holders).
 //
 // Thread-safety: any number of threads and processes call lock/unlock on the
-// same word. Not reentrant: a thread that finds its own identity in the word
-// while it holds no stripe lock treats the word as scribbled and takes over.
+// same word. Not reentrant. A thread that finds its own identity in the word
+// judges it like any other owner's, alive: it never takes it over (the word
+// may be worn by a child of clone(CLONE_VM), which shares its memory, or by a
+// thread that reused a dead holder's id within its start time's tick).
 #pragma once
 
 #include <chrono>
@@ -61,6 +67,7 @@ struct Acquired {
   std::uint32_t dead_pid = 0;   // its process, when it recorded itself (diagnostics)
   std::uint32_t holder_tid = 0; // when !acquired: the live owner
   bool forked = false;          // when !acquired: this process was forked as it took the lock (its parent's)
+  bool moved = false;           // when !acquired: this process moved to another pid or time namespace
 };
 
 // This thread's identity as a lock owner (its word: thread id and start
@@ -73,7 +80,8 @@ struct Identity {
   // The fork epoch's word (the MADV_WIPEONFORK page's), valid for the
   // process's life: a caller that checks it often loads it inline.
   const std::uint64_t* fork_word = nullptr;
-  std::uint64_t word = 0;
+  std::uint64_t word = 0;       // 0: the start time could not be read (no_birth: why); lock refuses
+  int no_birth = 0;
   std::uint32_t pid = 0;
   std::uint64_t pidns = 0, timens = 0;
 };
@@ -88,7 +96,10 @@ const Identity& identity();
 // alone: they are its parent's.
 inline bool forked_since(const Identity& me) { return words::load(*me.fork_word) != me.generation; }
 
-// Takes the stripe's lock, waiting until `deadline` at most.
+// Takes the stripe's lock, waiting until `deadline` at most. Throws
+// Error(io_error) if this thread's start time could not be read from /proc
+// (tried again on the next call): a lock word without it could not be
+// judged once its thread died and its id was reused.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::steady_clock::time_point deadline);
 // The same, waiting `timeout` at most from the first failed attempt.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::milliseconds timeout);
