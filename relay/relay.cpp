@@ -6,6 +6,7 @@
 
 #include <hiredis/hiredis.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -112,6 +113,21 @@ timeval to_tv(std::chrono::microseconds d) {
 
 using Clock = std::chrono::steady_clock;
 
+// SIGCONTs this process received: a relay resumed from SIGSTOP (or a
+// debugger) restarts the grace of an overdue proof, whatever call it was
+// stopped in. Installed by run() only where SIGCONT has no handler yet.
+std::atomic<std::uint64_t> g_continued{0};
+void on_sigcont(int) { g_continued.fetch_add(1, std::memory_order_relaxed); }
+void watch_sigcont() {
+  struct sigaction old {};
+  if (::sigaction(SIGCONT, nullptr, &old) != 0 || (old.sa_flags & SA_SIGINFO) != 0 || old.sa_handler != SIG_DFL) return;
+  struct sigaction sa {};
+  sa.sa_handler = on_sigcont;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ::sigaction(SIGCONT, &sa, nullptr);
+}
+
 class Conn {
  public:
   ~Conn() { close(); }
@@ -166,7 +182,14 @@ class Conn {
       }
       pollfd p{c_->fd, POLLIN, 0};
       const int n = ::poll(&p, 1, int(left.count()));
-      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EINTR) {
+        // SIGTERM: the relay stops now, not once the timeout is spent.
+        if (stop_ != nullptr && stop_->load(std::memory_order_relaxed)) {
+          fail("interrupted: stopping");
+          return nullptr;
+        }
+        continue;
+      }
       if (n == 0) continue;  // the deadline, checked above
       if (n < 0) {
         fail(std::string("poll: ") + std::strerror(errno));
@@ -201,6 +224,7 @@ class Conn {
     return true;
   }
   std::string error() const { return c_ ? std::string(c_->errstr) : std::string("not connected"); }
+  void set_stop(const std::atomic<bool>* stop) { stop_ = stop; }
 
  private:
   void fail(const std::string& why) {
@@ -209,6 +233,7 @@ class Conn {
   }
   redisContext* c_ = nullptr;
   std::chrono::milliseconds timeout_{2000};
+  const std::atomic<bool>* stop_ = nullptr;
 };
 
 std::string str_of(const redisReply* r) {
@@ -334,8 +359,11 @@ struct Relay::State {
   // XREAD that proved it was sent (a reply may have waited in the socket while
   // this process did not run), or the resync that brought it up to date.
   Clock::time_point xread_sent{}, last_contact{}, last_state_check{}, last_save{}, next_attempt{};
-  // Connected, with that proof older than the bound: since when.
+  // The proof older than soft_bound(): since when (or since the process ran
+  // again after a pause, whichever is later).
   std::optional<Clock::time_point> overdue_since;
+  Clock::time_point resumed_at{};
+  std::uint64_t continued_seen = 0;
   std::chrono::milliseconds backoff{0};
   std::uint64_t pending_seq = ~std::uint64_t(0);
   Clock::time_point pending_since{};
@@ -399,6 +427,7 @@ struct Relay::State {
 
   bool load_scripts() {
     Reply a = pub.command({"SCRIPT", "LOAD", kPublishLua});
+    if (o.stale_bound.count() != 0) staleness(Clock::now());  // between two commands that may each take a timeout
     Reply b = pub.command({"SCRIPT", "LOAD", kStateLua});
     if (!a || !b || a->type != REDIS_REPLY_STRING || b->type != REDIS_REPLY_STRING) return false;
     sha_publish = str_of(a.get());
@@ -509,7 +538,11 @@ struct Relay::State {
 
   bool connect() {
     std::string err;
-    if (!pub.open(o, err) || !sub.open(o, err) || !load_scripts()) {
+    const auto step = [&](bool ok) {
+      if (o.stale_bound.count() != 0) staleness(Clock::now());
+      return ok;
+    };
+    if (!step(pub.open(o, err)) || !step(sub.open(o, err)) || !step(load_scripts())) {
       if (err.empty()) err = pub.error();
       if (failed_attempts++ % 20 == 0) {
         say(1, "cannot reach redis " + o.redis_host + ":" + std::to_string(o.redis_port) + ": " + err);
@@ -518,7 +551,7 @@ struct Relay::State {
       sub.close();
       return false;
     }
-    if (!resync()) {
+    if (!step(resync())) {
       if (failed_attempts++ % 20 == 0) say(1, "resync failed: " + pub.error());
       pub.close();
       sub.close();
@@ -555,39 +588,63 @@ struct Relay::State {
     save();
   }
 
-  void stale_tick(Clock::time_point now) {
-    const auto bound = o.stale_bound.count() == 0 ? std::chrono::milliseconds(1000) : o.stale_bound;
-    if (now - last_contact >= bound) stale_clear(now);
+  void stale_tick(Clock::time_point now) {  // --stale-bound 0, disconnected: once a second while down
+    if (now - last_contact >= std::chrono::milliseconds(1000)) stale_clear(now);
   }
 
-  // How old the proof may get while connected before a fresh one is asked
-  // for: the bound (with --stale-bound 0, where a drop clears, a healthy
-  // link's proof is up to one heartbeat old: one heartbeat and a timeout).
-  std::chrono::milliseconds connected_bound() const {
-    return o.stale_bound.count() == 0 ? o.block + o.io_timeout : o.stale_bound;
-  }
+  // The age the proof may reach before the relay insists on a fresh one: the
+  // bound, but never less than a healthy link's proof reaches (a heartbeat's
+  // is dated at its send: on a link slow but within the timeout, up to two
+  // heartbeats and three timeouts old, a state check in between). Below
+  // that, a paused or slightly slow relay cleared with Redis fine
+  // (test_attack_relay_liveness2, OddBound, SlowRedis).
+  std::chrono::milliseconds soft_bound() const { return std::max(o.stale_bound, 2 * o.block + 3 * o.io_timeout); }
+  // How long an overdue proof has to come: the XREAD in flight, a command
+  // ahead of the next one, and that one.
+  std::chrono::milliseconds grace() const { return o.block + 2 * o.io_timeout; }
 
   void prove(Clock::time_point as_of) {
     last_contact = std::max(last_contact, as_of);
-    if (Clock::now() - last_contact < connected_bound()) overdue_since.reset();
+    if (Clock::now() - last_contact < soft_bound()) overdue_since.reset();
   }
 
-  // Connected, but the last proof is older than the bound: the link
-  // trickles a reply that never completes, the relay was stopped, or each
-  // reconnect only replays. The next XREAD asks for an answer at once
-  // (no BLOCK); if no proof comes within one heartbeat and one timeout (the
-  // XREAD in flight may be a blocking one), the local cache is cleared.
-  // After a pause with Redis fine that answer comes at once: no clear.
-  void overdue_tick(Clock::time_point now) {
-    if (now - last_contact < connected_bound()) {
+  // Once the last proof is older than soft_bound() the relay is overdue:
+  // connected, its next XREAD asks for an answer at once (no BLOCK);
+  // disconnected, it reconnects at once (no backoff). If no proof comes
+  // within grace() of becoming overdue (or of resuming, after a pause), it
+  // clears the local cache. Called every loop and between a reconnect's commands (a
+  // reconnect of slow commands stretched the bound: test_attack_relay_liveness2).
+  void staleness(Clock::time_point now) {
+    if (const std::uint64_t c = g_continued.load(std::memory_order_relaxed); c != continued_seen) {
+      continued_seen = c;
+      resumed_at = now;
+      if (overdue_since) overdue_since = now;
+    }
+    if (now - last_contact < soft_bound()) {
       overdue_since.reset();
       return;
     }
     if (!overdue_since) {
-      overdue_since = now;
-    } else if (now - *overdue_since >= o.block + o.io_timeout) {
+      // Counted from when it became overdue, not from when this was noticed
+      // (between the commands of a slow reconnect: seconds later).
+      overdue_since = std::max(last_contact + soft_bound(), resumed_at);
+      next_attempt = std::min(next_attempt, now);
+    }
+    if (now - *overdue_since >= grace()) {
       stale_clear(now);
     }
+  }
+
+  // A wait that took far longer than asked: this process did not run (it
+  // was stopped, or starved). The grace of an overdue proof could not be
+  // used meanwhile, and starts again: a relay resumed past the bound with
+  // Redis fine reads what waited, reconnects if its links were closed, and
+  // catches up without clearing (test_attack_relay_liveness2).
+  void after_wait(Clock::time_point before, std::chrono::microseconds asked) {
+    const Clock::time_point now = Clock::now();
+    if (now - before <= asked + std::chrono::milliseconds(100)) return;
+    resumed_at = now;
+    if (overdue_since) overdue_since = now;
   }
 
   bool publish_pending(Clock::time_point now) {
@@ -758,30 +815,45 @@ struct Relay::State {
   }
 
   int run(const std::atomic<bool>& stop) {
+    pub.set_stop(&stop);
+    sub.set_stop(&stop);
+    watch_sigcont();
+    continued_seen = g_continued.load(std::memory_order_relaxed);
+    // A relay ran on this segment before: its last heartbeat is the latest
+    // this host can have been proven current (a relay restarted after an
+    // outage longer than the bound is overdue at once:
+    // test_attack_relay_liveness2, ARelayRestartedPastTheBound...).
+    const std::int64_t since_heartbeat = st.pid != 0 && st.heartbeat_ms > 0 ? outbox::now_ms() - st.heartbeat_ms : 0;
     st.pid = std::uint32_t(::getpid());
     if (pos.zero() && st.cursor == 0) st.cursor = outbox::head(cache);  // fresh: history is not published
-    last_contact = Clock::now();
-    next_attempt = last_contact;
+    last_contact = Clock::now() - std::chrono::milliseconds(std::max<std::int64_t>(0, since_heartbeat));
+    next_attempt = Clock::now();
     connected = false;
     save();
     while (!stop.load(std::memory_order_relaxed)) {
       Clock::time_point now = Clock::now();
       if (!connected) {
-        stale_tick(now);
+        const auto tick = [&](Clock::time_point t) {
+          if (o.stale_bound.count() == 0) stale_tick(t);
+          else staleness(t);
+        };
+        tick(now);
         if (now >= next_attempt) {
           if (connect()) continue;
           backoff = std::clamp(backoff * 2, o.reconnect_min, o.reconnect_max);
           next_attempt = Clock::now() + backoff;
-          stale_tick(Clock::now());
+          tick(Clock::now());
         }
         const auto wait = std::clamp(std::chrono::duration_cast<std::chrono::microseconds>(next_attempt - Clock::now()),
                                      std::chrono::microseconds(1000), std::chrono::microseconds(50000));
         timespec ts{time_t(wait.count() / 1000000), long(wait.count() % 1000000) * 1000};
+        const Clock::time_point before = Clock::now();
         ::ppoll(nullptr, 0, &ts, nullptr);
+        after_wait(before, wait);
         if (Clock::now() - last_save > std::chrono::milliseconds(100)) save();
         continue;
       }
-      overdue_tick(now);
+      staleness(now);
       if (!publish_pending(now)) {
         drop("publish: " + pub.error());
         continue;
@@ -793,7 +865,9 @@ struct Relay::State {
       }
       pollfd pfd{sub.fd(), POLLIN, 0};
       timespec ts{time_t(o.poll_interval.count() / 1000000), long(o.poll_interval.count() % 1000000) * 1000};
+      const Clock::time_point before = Clock::now();
       const int n = ::ppoll(&pfd, 1, &ts, nullptr);
+      after_wait(before, o.poll_interval);
       now = Clock::now();
       if (n > 0 && !read_replies()) continue;
       if (!connected) continue;
@@ -804,8 +878,16 @@ struct Relay::State {
         // is not taken for dead (test_relay, ARelayPausedPastTheStaleBoundCatchesUpByReplay).
         // Bytes that do not make a whole reply by the deadline (a trickle,
         // a reply cut short) do not keep it alive: test_attack_relay_liveness.
+        // Everything readable is read (a reply of more than hiredis's 16 KiB
+        // read, waiting after a pause, was dropped half read:
+        // test_attack_relay_liveness2, ABigXreadReplyWaitingAfterAPause...),
+        // for one timeout at most: a peer streaming bytes without end does
+        // not keep it alive either.
+        const Clock::time_point until = Clock::now() + o.io_timeout;
         pollfd again{sub.fd(), POLLIN, 0};
-        if (n <= 0 && ::poll(&again, 1, 0) > 0 && !read_replies()) continue;
+        while (connected && xread_out && Clock::now() < until && ::poll(&again, 1, 0) > 0) {
+          if (!read_replies()) break;
+        }
         if (!connected) continue;
         if (xread_out) {
           drop("no whole reply to XREAD within " + std::to_string(xread_deadline().count()) +

@@ -22,9 +22,12 @@
 // otherwise replay from our last id. A fresh segment starts at the stream's
 // current id and the outbox's head, bumping nothing.
 //
-// Staleness: while Redis is unreachable for longer than Options::stale_bound
-// (since the last reply that proved this host current), the local cache is
-// cleared, once per bound.
+// Staleness: a whole XREAD reply (the heartbeat, or a batch shorter than
+// COUNT) proves this host current as of when that XREAD was sent. Once the
+// proof is older than max(stale_bound, 2 block + 3 io_timeout), the relay
+// asks for a fresh one (no BLOCK; disconnected: it reconnects at once) and,
+// if none comes within block + 2 io_timeout (counted again from a SIGCONT),
+// clears the local cache (docs/hostcache-relay.md, "Bounded staleness").
 //
 // Thread-safety: a Relay is driven by one thread (run()).
 #pragma once
