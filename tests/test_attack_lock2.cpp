@@ -34,6 +34,7 @@
 #include "segment.h"
 #include "stripe_lock.h"
 #include "test_support.h"
+#include <hostcache/memoize.h>
 
 namespace hostcache {
 namespace {
@@ -765,6 +766,112 @@ TEST(AttackLock2, ChildForkedInsideNeitherReleasesNorEntersItsParentsLock) {
   EXPECT_EQ(testing::finishes_within(p, 10000), 0)
       << "1: the child's unlock released its parent's lock; 2: the child got in while its parent was "
          "inside; 3: never got in after; 4: in with the parent; 5: took the live parent's lock 'over'";
+}
+
+// The third round (review of 857d1c8).
+// ============================================================================
+// 4. get_or_compute from a thread whose start time cannot be read (EMFILE on
+//    its first lock): the get is a miss (io_error swallowed), the compute
+//    runs. Before, the set then threw Error(io_error): the computed value was
+//    thrown away with an exception nobody documented for get_or_compute. It
+//    is returned now (not cached). And the flight is released: another
+//    process does not wait out the lease (5 s).
+// ============================================================================
+TEST(AttackLock2, GetOrComputeWithoutAStartTimeReturnsTheComputedValue) {
+  ScopedName name("atk3_memo");
+  Config config = testing::small_config(name.name, 1u << 20, 1);
+  config.lock_timeout = 300ms;
+  Cache cache = Cache::open(config);
+  auto* out = new (testing::shared_memory(4096)) char[4096];
+  const pid_t c = testing::spawn([&] {
+    fill_fd_table();  // before this child's first lock: its identity has word 0
+    int computes = 0;
+    std::string what;
+    int rc = 0;
+    try {
+      ComputeOptions o;
+      o.lease = 5000ms;
+      const std::string v = get_or_compute<std::string>(
+          cache, "memo", [&] {
+            ++computes;
+            return std::string("computed");
+          },
+          o);
+      rc = v == "computed" && computes == 1 ? 0 : 2;
+    } catch (const Error& e) {
+      what = std::string("get_or_compute threw Error(") + to_string(e.code()) + "): " + e.what();
+      rc = computes == 1 ? 1 : 3;
+    }
+    // The other mutators, for the report.
+    auto probe = [&](const char* op, auto&& f) {
+      try {
+        f();
+        what += std::string("; ") + op + ": no throw";
+      } catch (const Error& e) {
+        what += std::string("; ") + op + ": threw " + to_string(e.code());
+      }
+    };
+    probe("set", [&] { (void)cache.set("k2", "v"); });
+    probe("incr", [&] { std::int64_t r; (void)cache.incr("k2", 1, r); });
+    probe("erase", [&] { (void)cache.erase("k2"); });
+    std::snprintf(out, 4096, "%s", what.c_str());
+    return rc;
+  });
+  const int st = testing::finishes_within(c, 20000);
+  // Another process: the flight must not be left claimed.
+  const auto t0 = steady::now();
+  int computes = 0;
+  const std::string v = get_or_compute<std::string>(cache, "memo", [&] {
+    ++computes;
+    return std::string("second");
+  });
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t0).count();
+  EXPECT_EQ(st, 0) << "status " << st << " (1: compute ran, then the result was lost to an exception) -- " << out;
+  EXPECT_LT(ms, 2000) << "another process waited " << ms << " ms (the lease is 5000): the flight was left claimed";
+}
+
+// 5. Sanity of the kill() fallback for threads: a live non-leader thread of
+//    another process holds; a waiter with a full descriptor table must not
+//    take it over (kill(tid, 0) on a non-leader tid).
+TEST(AttackLock2, WaiterWithAFullDescriptorTableNeverTakesOverALiveThreadHolder) {
+  ScopedName name("atk3_thr");
+  Config config = testing::small_config(name.name, 1u << 20, 1);
+  config.lock_timeout = 300ms;
+  Cache cache = Cache::open(config);
+  layout::StripeHeader& h = header_of(cache, 0);
+  ASSERT_EQ(cache.set("k", "v"), Errc::ok);
+  auto* inside = new (testing::shared_memory(sizeof(std::atomic<int>))) std::atomic<int>(0);
+  Pipe holding, release;
+  const pid_t hp = testing::spawn([&] {
+    int rc = 0;
+    std::thread t([&] {
+      if (!stripe_lock::lock(h, steady::now() + 1s).acquired) {
+        rc = 12;
+        return;
+      }
+      inside->store(1);
+      holding.send();
+      release.recv();
+      inside->store(0);
+      stripe_lock::unlock(h);
+    });
+    t.join();
+    return rc;
+  });
+  holding.close_write();
+  ASSERT_TRUE(holding.recv());
+  const pid_t waiter = testing::spawn([&] {
+    (void)stripe_lock::self_word();
+    fill_fd_table();
+    const auto a = stripe_lock::lock(h, steady::now() + 500ms);
+    const int in = inside->load();
+    if (a.acquired) stripe_lock::unlock(h);
+    return a.acquired ? (in ? 1 : 2) : 0;
+  });
+  const int st = testing::finishes_within(waiter, 10000);
+  release.send();
+  EXPECT_EQ(testing::wait_for(hp), 0);
+  EXPECT_EQ(st, 0) << "status " << st << " (1: two holders: the EMFILE waiter took over a live non-leader thread)";
 }
 
 }  // namespace
