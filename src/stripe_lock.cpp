@@ -170,13 +170,16 @@ const Identity& self() {
     t_self.no_birth = 0;
     if (read_task_stat(path, st)) {
       birth = std::uint32_t(st.start_time);
-    } else if (proc_mounted()) {
-      // (EMFILE, most often: a worker whose descriptor table is full.) A
-      // word without its start time could never be told from a stranger
-      // that reused the id after this thread died holding a lock: the
-      // stripe would stay busy for as long as that stranger lives
+    } else if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) {
+      // Out of descriptors or memory for now (a worker whose descriptor
+      // table is full). A word without its start time could never be told
+      // from a stranger that reused the id after this thread died holding a
+      // lock: the stripe would stay busy for as long as that stranger lives
       // (test_attack_lock2, AThreadThatCannotReadItsStartTimeTakesNoLock).
-      t_self.no_birth = errno != 0 ? errno : EIO;
+      // Tried again on the next call. (A /proc that does not show this
+      // thread at all, one mounted for another pid namespace, keeps birth 0:
+      // judged by the id alone, as without /proc.)
+      t_self.no_birth = errno;
     }
     t_self.word = t_self.no_birth != 0 ? 0 : (std::uint64_t(birth) << 32) | (tid & 0x7fffffffu);
     t_self.pid = std::uint32_t(::getpid());

@@ -80,7 +80,7 @@ struct Identity {
   // The fork epoch's word (the MADV_WIPEONFORK page's), valid for the
   // process's life: a caller that checks it often loads it inline.
   const std::uint64_t* fork_word = nullptr;
-  std::uint64_t word = 0;       // 0: the start time could not be read (no_birth: why); lock refuses
+  std::uint64_t word = 0;       // 0: no descriptor or memory to read the start time (no_birth: errno); lock refuses
   int no_birth = 0;
   std::uint32_t pid = 0;
   std::uint64_t pidns = 0, timens = 0;
@@ -98,8 +98,9 @@ inline bool forked_since(const Identity& me) { return words::load(*me.fork_word)
 
 // Takes the stripe's lock, waiting until `deadline` at most. Throws
 // Error(io_error) if this thread's start time could not be read from /proc
-// (tried again on the next call): a lock word without it could not be
-// judged once its thread died and its id was reused.
+// for want of descriptors or memory (tried again on the next call): a lock
+// word without it could not be judged once its thread died and its id was
+// reused.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::steady_clock::time_point deadline);
 // The same, waiting `timeout` at most from the first failed attempt.
 Acquired lock(layout::StripeHeader& stripe, std::chrono::milliseconds timeout);

@@ -116,17 +116,23 @@ TEST(Recovery, UnverifiableStripeIsResetAndCountedOthersUntouched) {
   EXPECT_EQ(f.cache.get("e5").value_or(""), "again");
 }
 
-TEST(Recovery, LockWordNamingOurOwnThreadIsTakenOver) {
+TEST(Recovery, LockWordNamingOurOwnThreadCostsATimeoutNotATakeover) {
   Fixture f;
   f.fill(100);
   const std::uint32_t s = f.stripe_of("e1");
-  // A writer of the segment copied our identity into the word: we hold no
-  // stripe lock, so nobody can be inside under it.
+  // A writer of the segment copied our identity into the word. Our own word
+  // is judged like any live thread's: it may be worn by someone inside (a
+  // clone(CLONE_VM) child, or a thread that reused a dead holder's id within
+  // its tick: test_attack_lock2), so it is never taken over. It costs this
+  // thread, like every other, a lock_timeout: busy, nothing changed.
   std::atomic_ref<std::uint64_t>(f.header(s).lock).store(stripe_lock::self_word());
-  ASSERT_EQ(f.cache.set("e1", "taken over"), Errc::ok);
-  EXPECT_EQ(f.cache.get("e1").value_or(""), "taken over");
-  f.expect_all(100, 1);
-  EXPECT_EQ(f.cache.stats().recoveries, 1u);
+  EXPECT_EQ(f.cache.set("e1", "not taken over"), Errc::busy);
+  EXPECT_EQ(f.cache.get("e1").value_or(""), "value1");  // readers never needed the lock
+  EXPECT_EQ(f.cache.stats().recoveries, 0u);
+  // Once the word is free again, writes go on, and nothing was lost.
+  std::atomic_ref<std::uint64_t>(f.header(s).lock).store(0);
+  ASSERT_EQ(f.cache.set("e1", "after"), Errc::ok);
+  EXPECT_EQ(f.cache.get("e1").value_or(""), "after");
 }
 
 TEST(Recovery, LockWordNamingNoLivingThreadIsTakenOver) {
