@@ -33,67 +33,22 @@
 #include "fork_probe.h"
 #include "segment.h"
 #include "stripe_lock.h"
+#include "lock_probe.h"
 #include "test_support.h"
 #include <hostcache/memoize.h>
 
 namespace hostcache {
 namespace {
 
+using testing::header_of;
+using testing::Pipe;
 using testing::ScopedName;
+using testing::boot_ticks_now;
+using testing::start_ticks;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-layout::StripeHeader& header_of(const Cache& cache, std::uint32_t i) {
-  return *reinterpret_cast<layout::StripeHeader*>(detail::Access::segment(cache).stripe_base(i));
-}
 std::atomic_ref<std::uint64_t> word_ref(layout::StripeHeader& h) { return std::atomic_ref<std::uint64_t>(h.lock); }
-
-// A one-byte message through a pipe.
-struct Pipe {
-  int fd[2] = {-1, -1};
-  Pipe() {
-    if (::pipe2(fd, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-  }
-  ~Pipe() {
-    for (int f : fd)
-      if (f >= 0) ::close(f);
-  }
-  void send() {
-    char c = 1;
-    if (::write(fd[1], &c, 1) != 1) ::_exit(97);
-  }
-  void close_write() {
-    if (fd[1] >= 0) ::close(fd[1]);
-    fd[1] = -1;
-  }
-  bool recv() {
-    char c;
-    ssize_t n;
-    while ((n = ::read(fd[0], &c, 1)) < 0 && errno == EINTR) {
-    }
-    return n == 1;
-  }
-};
-
-// Start time (clock ticks since boot, field 22) of a task, as this process sees it.
-std::uint64_t start_ticks(pid_t tid) {
-  std::ifstream f("/proc/" + std::to_string(tid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const auto p = s.rfind(')');
-  if (p == std::string::npos) return 0;
-  std::istringstream in(s.substr(p + 2));
-  std::string field;
-  for (int i = 3; i <= 22 && (in >> field); ++i) {
-    if (i == 22) return std::stoull(field);
-  }
-  return 0;
-}
-
-std::int64_t boot_ticks_now() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_BOOTTIME, &ts);
-  return std::int64_t(ts.tv_sec) * 100 + ts.tv_nsec / 10'000'000;
-}
 
 bool set_last_pid(pid_t last) {
   std::ofstream f("/proc/sys/kernel/ns_last_pid");

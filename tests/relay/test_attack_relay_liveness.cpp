@@ -31,6 +31,7 @@
 
 #include "relay.h"
 #include "relay_harness.h"
+#include "two_hosts.h"
 
 namespace hostcache::relay {
 namespace {
@@ -286,12 +287,7 @@ struct World {
   std::chrono::milliseconds slow{300};
 };
 
-struct Host {
-  std::string name;
-  std::optional<Cache> cache;
-  std::unique_ptr<RelayProcess> relay;
-  std::uint64_t global0 = 0;
-};
+using two_hosts::Host;
 
 class LivenessAttack : public ::testing::Test {
  protected:
@@ -362,42 +358,15 @@ class LivenessAttack : public ::testing::Test {
     if (a_.cache) v.push_back(&a_);
     return v;
   }
-  outbox::RelayStatus status(Host& h) { return outbox::relay_status(*h.cache); }
-  std::uint64_t clears(Host& h) { return h.cache->generations({}).global - h.global0; }
-  bool present(Host& h, const std::string& key) { return h.cache->get(key).has_value(); }
-  void set_on(Host& h, const std::string& key, const std::string& tag) {
-    SetOptions o;
-    o.tags = {tag};
-    ASSERT_EQ(h.cache->set(key, "v", o), Errc::ok);
-  }
   void set_everywhere(const std::string& key, const std::string& tag) {
     for (Host* h : hosts()) ASSERT_NO_FATAL_FAILURE(set_on(*h, key, tag));
   }
 
-  bool settled(std::chrono::milliseconds timeout = 10s) {
-    RedisClient rc(redis_->port());
-    return harness::await(
-        [&] {
-          const StreamId last = rc.last_generated(kStream);
-          if (last.zero()) return false;
-          for (Host* h : hosts()) {
-            const auto s = status(*h);
-            if (!s.connected || s.cursor != outbox::head(*h->cache) || StreamId{s.last_id_ms, s.last_id_seq} != last) {
-              return false;
-            }
-          }
-          return true;
-        },
-        timeout);
-  }
+  bool settled(std::chrono::milliseconds timeout = 10s) { return two_hosts::settled(redis_->port(), kStream, hosts(), timeout); }
 
   // What the contract allows from the moment an invalidation (or an outage) starts.
-  // The promise (docs/hostcache-relay.md): max(bound, 2 x block + 3 x
-  // timeout) + block + 2 x timeout, plus one timeout for a command in
-  // flight, plus slack.
   std::chrono::milliseconds allowed() const {
-    const std::chrono::milliseconds bound(std::int64_t(setup_.stale_bound_s * 1000));
-    return std::max(bound, 2 * kBlock + 3 * kIo) + (kBlock + 2 * kIo) + kIo + kSlack;
+    return two_hosts::allowed(std::chrono::milliseconds(std::int64_t(setup_.stale_bound_s * 1000)), kBlock, kIo, kSlack);
   }
 
   std::string describe(Host& h) {
@@ -410,14 +379,6 @@ class LivenessAttack : public ::testing::Test {
     return o.str();
   }
 
-  static std::size_t count(const std::string& hay, const std::string& needle) {
-    std::size_t n = 0;
-    for (std::size_t p = hay.find(needle); p != std::string::npos; p = hay.find(needle, p + 1)) ++n;
-    return n;
-  }
-  std::size_t count_in_log(Host& h, const std::string& needle) {
-    return count(harness::read_file(h.relay->log()), needle);
-  }
 
   // Host A invalidates `tag`; returns how long (ms) B kept serving `key`
   // afterwards, waiting at most `most`; -1 if it still served it then.

@@ -33,6 +33,7 @@
 
 #include "relay.h"
 #include "relay_harness.h"
+#include "two_hosts.h"
 
 namespace hostcache::relay {
 namespace {
@@ -256,12 +257,7 @@ struct World {
   std::vector<std::string> b_extra;
 };
 
-struct Host {
-  std::string name;
-  std::optional<Cache> cache;
-  std::unique_ptr<RelayProcess> relay;
-  std::uint64_t global0 = 0;
-};
+using two_hosts::Host;
 
 class LivenessAttack2 : public ::testing::Test {
  protected:
@@ -338,52 +334,17 @@ class LivenessAttack2 : public ::testing::Test {
     if (a_.cache) v.push_back(&a_);
     return v;
   }
-  outbox::RelayStatus status(Host& h) { return outbox::relay_status(*h.cache); }
-  std::uint64_t clears(Host& h) { return h.cache->generations({}).global - h.global0; }
-  bool present(Host& h, const std::string& key) { return h.cache->get(key).has_value(); }
-  void set_on(Host& h, const std::string& key, const std::string& tag) {
-    SetOptions o;
-    o.tags = {tag};
-    ASSERT_EQ(h.cache->set(key, "v", o), Errc::ok);
-  }
   void set_everywhere(const std::string& key, const std::string& tag) {
     for (Host* h : hosts()) ASSERT_NO_FATAL_FAILURE(set_on(*h, key, tag));
   }
 
-  bool settled(std::chrono::milliseconds timeout = 10s) {
-    RedisClient rc(redis_->port());
-    return harness::await(
-        [&] {
-          const StreamId last = rc.last_generated(kStream);
-          if (last.zero()) return false;
-          for (Host* h : hosts()) {
-            const auto s = status(*h);
-            if (!s.connected || s.cursor != outbox::head(*h->cache) || StreamId{s.last_id_ms, s.last_id_seq} != last) {
-              return false;
-            }
-          }
-          return true;
-        },
-        timeout);
-  }
+  bool settled(std::chrono::milliseconds timeout = 10s) { return two_hosts::settled(redis_->port(), kStream, hosts(), timeout); }
 
-  // The promise (docs/hostcache-relay.md): max(bound, 2 x block + 3 x
-  // timeout) + block + 2 x timeout, plus one timeout for a command in flight
-  // when it passes, plus scheduling slack.
   std::chrono::milliseconds allowed() const {
-    const std::chrono::milliseconds bound(std::int64_t(setup_.stale_bound_s * 1000));
-    const std::chrono::milliseconds b(setup_.block_ms), io(setup_.io_ms);
-    return std::max(bound, 2 * b + 3 * io) + (b + 2 * io) + io + kSlack;
+    return two_hosts::allowed(std::chrono::milliseconds(std::int64_t(setup_.stale_bound_s * 1000)),
+                              std::chrono::milliseconds(setup_.block_ms), std::chrono::milliseconds(setup_.io_ms), kSlack);
   }
 
-  static std::size_t count(const std::string& hay, const std::string& needle) {
-    std::size_t n = 0;
-    for (std::size_t p = hay.find(needle); p != std::string::npos; p = hay.find(needle, p + 1)) ++n;
-    return n;
-  }
-  std::size_t count_in_log(Host& h, const std::string& needle) {
-    return h.relay ? count(harness::read_file(h.relay->log()), needle) : 0;
-  }
   // The distinct "connection lost: ..." reasons in the log (first 3).
   std::string lost_reasons(Host& h) {
     const std::string log = h.relay ? harness::read_file(h.relay->log()) : "";
