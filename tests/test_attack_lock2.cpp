@@ -68,6 +68,22 @@ void fill_fd_table() {
   }
 }
 
+// Moves this process itself (setns, unlike unshare, moves the caller) into
+// a new time namespace whose boot clock is 1000 s ahead. False if refused.
+bool move_to_a_new_time_namespace() {
+  if (::unshare(CLONE_NEWTIME) != 0) return false;
+  {
+    std::ofstream off("/proc/self/timens_offsets");
+    off << "boottime 1000 0\n";
+    off.flush();
+    if (!off) return false;
+  }
+  const int fd = ::open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::setns(fd, CLONE_NEWTIME) != 0) return false;
+  ::close(fd);
+  return true;
+}
+
 // What holders report, in shared memory: who is inside (0: nobody).
 struct Inside {
   std::atomic<std::uint32_t> who{0};
@@ -95,16 +111,7 @@ TEST(AttackLock2, ProcessThatSetnsIntoAnotherTimeNamespaceNeverTakesOverALiveHol
   // The mover: uses the cache (its identity is cached), then moves.
   const pid_t mover = testing::spawn([&] {
     if (cache.set("k", "v1") != Errc::ok) return 20;
-    if (::unshare(CLONE_NEWTIME) != 0) return 10;
-    {
-      std::ofstream off("/proc/self/timens_offsets");
-      off << "boottime 1000 0\n";
-      off.flush();
-      if (!off) return 10;
-    }
-    const int fd = ::open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || ::setns(fd, CLONE_NEWTIME) != 0) return 10;
-    ::close(fd);
+    if (!move_to_a_new_time_namespace()) return 10;
     moved.send();
     holding.close_write();
     if (!holding.recv()) return 21;
@@ -157,16 +164,7 @@ TEST(AttackLock2, ThreadStartedAfterASetnsIntoAnotherTimeNamespaceIsRefused) {
   ASSERT_EQ(cache.set("k", "v"), Errc::ok);
   const pid_t mover = testing::spawn([&] {
     if (cache.set("k", "v1") != Errc::ok) return 20;
-    if (::unshare(CLONE_NEWTIME) != 0) return 10;
-    {
-      std::ofstream off("/proc/self/timens_offsets");
-      off << "boottime 1000 0\n";
-      off.flush();
-      if (!off) return 10;
-    }
-    const int fd = ::open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || ::setns(fd, CLONE_NEWTIME) != 0) return 10;
-    ::close(fd);
+    if (!move_to_a_new_time_namespace()) return 10;
     int rc = 1;
     std::thread t([&] {
       try {
