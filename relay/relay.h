@@ -109,7 +109,10 @@ class Relay {
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
 
-  // Runs until `stop` becomes true. Returns 0.
+  // Runs until `stop` becomes true (a command in flight is cut short when a
+  // signal interrupts it with `stop` set). Returns 0. Installs a SIGCONT
+  // handler if the process has none (SIG_DFL), to tell a resume from a
+  // stop (the staleness grace starts again).
   int run(const std::atomic<bool>& stop);
 
   // Log sink (default: stderr through spdlog); tests may silence it.
