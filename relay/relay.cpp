@@ -177,6 +177,14 @@ class Conn {
       if (r) return r;
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
       if (left.count() <= 0) {
+        // What arrived while this process did not run (a pause inside the
+        // command) is read before the deadline counts: for one more timeout
+        // at most, so that a trickle cannot stretch it.
+        pollfd ready{c_->fd, POLLIN, 0};
+        if (Clock::now() - deadline < timeout_ && ::poll(&ready, 1, 0) > 0) {
+          if (!read_available()) return nullptr;
+          continue;
+        }
         fail("no whole reply within " + std::to_string(timeout_.count()) + " ms");
         return nullptr;
       }
@@ -215,7 +223,18 @@ class Conn {
   }
   int fd() const { return c_ ? c_->fd : -1; }
   // Only after poll() said the socket is readable (it is a blocking socket).
-  bool read_available() { return ok() && redisBufferRead(c_) == REDIS_OK; }
+  // More than any reply the relay asks for (COUNT entries of a few hundred
+  // bytes each): a peer streaming one endless string made hiredis buffer
+  // 749 MiB of it (test_attack_relay_liveness3).
+  static constexpr std::size_t kMaxBuffered = 64u << 20;
+  bool read_available() {
+    if (!ok() || redisBufferRead(c_) != REDIS_OK) return false;
+    if (c_->reader != nullptr && c_->reader->len > kMaxBuffered) {
+      fail("a reply of more than 64 MiB");
+      return false;
+    }
+    return true;
+  }
   // A complete reply already read (null if none yet); false on a protocol error.
   bool take(Reply& out) {
     void* r = nullptr;
@@ -364,6 +383,10 @@ struct Relay::State {
   std::optional<Clock::time_point> overdue_since;
   Clock::time_point resumed_at{};
   std::uint64_t continued_seen = 0;
+  // The proof (last_contact) for which a resume already restarted the grace:
+  // once per proof, or a SIGCONT every G, or a relay stopped and run in
+  // turn, held the clear off for ever with Redis down (test_attack_relay_liveness3).
+  std::optional<Clock::time_point> extended_for;
   std::chrono::milliseconds backoff{0};
   std::uint64_t pending_seq = ~std::uint64_t(0);
   Clock::time_point pending_since{};
@@ -390,6 +413,7 @@ struct Relay::State {
 
   void save() {
     st.heartbeat_ms = outbox::now_ms();
+    st.proven_ms = st.heartbeat_ms - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_contact).count();
     st.connected = connected;
     st.last_id_ms = pos.ms;
     st.last_id_seq = pos.seq;
@@ -617,8 +641,7 @@ struct Relay::State {
   void staleness(Clock::time_point now) {
     if (const std::uint64_t c = g_continued.load(std::memory_order_relaxed); c != continued_seen) {
       continued_seen = c;
-      resumed_at = now;
-      if (overdue_since) overdue_since = now;
+      resumed(now);
     }
     if (now - last_contact < soft_bound()) {
       overdue_since.reset();
@@ -642,7 +665,13 @@ struct Relay::State {
   // catches up without clearing (test_attack_relay_liveness2).
   void after_wait(Clock::time_point before, std::chrono::microseconds asked) {
     const Clock::time_point now = Clock::now();
-    if (now - before <= asked + std::chrono::milliseconds(100)) return;
+    if (now - before > asked + std::chrono::milliseconds(100)) resumed(now);
+  }
+
+  // This process ran again after a stop: the grace starts again, once per proof.
+  void resumed(Clock::time_point now) {
+    if (extended_for == last_contact) return;
+    extended_for = last_contact;
     resumed_at = now;
     if (overdue_since) overdue_since = now;
   }
@@ -819,15 +848,24 @@ struct Relay::State {
     sub.set_stop(&stop);
     watch_sigcont();
     continued_seen = g_continued.load(std::memory_order_relaxed);
-    // A relay ran on this segment before: its last heartbeat is the latest
-    // this host can have been proven current (a relay restarted after an
-    // outage longer than the bound is overdue at once:
-    // test_attack_relay_liveness2, ARelayRestartedPastTheBound...).
-    const std::int64_t since_heartbeat = st.pid != 0 && st.heartbeat_ms > 0 ? outbox::now_ms() - st.heartbeat_ms : 0;
+    // A relay ran on this segment before: the proof it saved is where this
+    // one counts from, so that restarts (a crash loop under systemd) cannot
+    // wipe a missing proof; unknown, or not in the past (garbage, or another
+    // time namespace's clock), it is overdue at once. (Its heartbeat was
+    // used before: a disconnected relay keeps saving one, and every restart
+    // gave itself a fresh bound: test_attack_relay_liveness3.)
+    const Clock::time_point start = Clock::now();
+    const std::int64_t now_ms = outbox::now_ms();
+    if (st.pid == 0) {
+      last_contact = start;  // the first relay of this segment
+    } else if (st.proven_ms > 0 && st.proven_ms <= now_ms) {
+      last_contact = start - std::chrono::milliseconds(now_ms - st.proven_ms);
+    } else {
+      last_contact = start - soft_bound();
+    }
     st.pid = std::uint32_t(::getpid());
     if (pos.zero() && st.cursor == 0) st.cursor = outbox::head(cache);  // fresh: history is not published
-    last_contact = Clock::now() - std::chrono::milliseconds(std::max<std::int64_t>(0, since_heartbeat));
-    next_attempt = Clock::now();
+    next_attempt = start;
     connected = false;
     save();
     while (!stop.load(std::memory_order_relaxed)) {

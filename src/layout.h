@@ -172,7 +172,7 @@ struct alignas(kCacheLine) RelayState {
   std::uint64_t resync_replay;   //   ordinary replay from last_id
   std::uint64_t overflow_clears; // outbox laps (or stuck slots) published as one global clear
   std::uint64_t stale_clears;    // local clears because Redis was unreachable past the stale bound
-  std::uint64_t pad[1];
+  std::int64_t proven_ms;        // clock::now_ms() as of which this host was last proven current (0: unknown)
 };
 
 struct OutboxSlot {

@@ -148,6 +148,7 @@ RelayStatus relay_status(const Cache& cache) {
   s.resync_replay = words::load(r.resync_replay);
   s.overflow_clears = words::load(r.overflow_clears);
   s.stale_clears = words::load(r.stale_clears);
+  s.proven_ms = words::load(r.proven_ms);
   return s;
 }
 
@@ -168,6 +169,7 @@ void set_relay_status(Cache& cache, const RelayStatus& s) {
   words::store(r.resync_replay, s.resync_replay);
   words::store(r.overflow_clears, s.overflow_clears);
   words::store(r.stale_clears, s.stale_clears);
+  words::store(r.proven_ms, s.proven_ms);
 }
 
 std::int64_t now_ms() { return clock::now_ms(); }

@@ -69,6 +69,9 @@ struct RelayStatus {
   std::int64_t lag_ms = 0;
   std::uint64_t resync_lost = 0, resync_trimmed = 0, resync_replay = 0;
   std::uint64_t overflow_clears = 0, stale_clears = 0;
+  // now_ms() as of which this host was last proven current (an XREAD's send,
+  // a resync, a stale clear); 0: unknown. A restarted relay counts from it.
+  std::int64_t proven_ms = 0;
 };
 RelayStatus relay_status(const Cache& cache);
 void set_relay_status(Cache& cache, const RelayStatus& status);

@@ -31,6 +31,7 @@
 
 #include "relay.h"
 #include "relay_harness.h"
+#include "hostile_proxy.h"
 #include "two_hosts.h"
 
 namespace hostcache::relay {
@@ -54,227 +55,8 @@ double ms_since(Clock::time_point t) {
 
 // ---- a hostile proxy in a child process --------------------------------------------
 
-enum class Mode : char {
-  pass = 'p',
-  sub_trickle = 't',  // stream connection: Redis's replies dropped; "$100000000\r\n" then one byte per drip
-  sub_partial = 'q',  // stream connection: Redis's replies dropped; "$10\r\nab", then silence
-  sub_close = 'f',    // stream connection closed (FIN) now, and whenever one sends XREAD
-  sub_reset = 'r',    // the same with RST
-  pub_slow = 's',     // command connection: Redis's replies released one byte per slow_ms
-  swallow = 'w',      // every connection, old and new: accepted, read, never answered
-};
-
-class HostileProxy {
- public:
-  HostileProxy(int upstream, std::chrono::microseconds drip, std::chrono::milliseconds slow)
-      : upstream_(upstream), drip_(drip), slow_(slow) {
-    listen_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    ::setsockopt(listen_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(listen_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listen_, 128) != 0) {
-      throw std::runtime_error("proxy: bind/listen");
-    }
-    socklen_t len = sizeof a;
-    ::getsockname(listen_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    int ctl[2], ack[2];
-    if (::pipe(ctl) != 0 || ::pipe(ack) != 0) throw std::runtime_error("pipe");
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork");
-    if (pid_ == 0) {
-      ::close(ctl[1]);
-      ::close(ack[0]);
-      child(ctl[0], ack[1]);
-      ::_exit(0);
-    }
-    ::close(ctl[0]);
-    ::close(ack[1]);
-    ::close(listen_);
-    ctl_ = ctl[1];
-    ack_ = ack[0];
-  }
-  ~HostileProxy() {
-    ::close(ctl_);  // EOF: the child exits
-    ::close(ack_);
-    harness::reap(pid_, 3s);
-  }
-  int port() const { return port_; }
-  // Returns once the child has switched (and applied the switch's immediate effects).
-  void set_mode(Mode m) {
-    const char c = char(m);
-    if (::write(ctl_, &c, 1) != 1) throw std::runtime_error("proxy: write ctl");
-    pollfd p{ack_, POLLIN, 0};
-    if (::poll(&p, 1, 5000) != 1) throw std::runtime_error("proxy: no ack within 5 s");
-    char r = 0;
-    if (::read(ack_, &r, 1) != 1 || r != c) throw std::runtime_error("proxy: bad ack");
-  }
-
- private:
-  struct Conn {
-    int c = -1, u = -1;
-    int kind = 0;  // 0 unknown, 1 command ("pub"), 2 stream ("sub": its first command is XREAD)
-    std::string c2u, u2c;
-    bool injected = false;
-    Clock::time_point next_drip{};
-    bool dead = false;
-  };
-
-  static void nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
-  static void kill_conn(Conn& k, bool rst) {
-    if (rst) {
-      linger l{1, 0};
-      ::setsockopt(k.c, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-    }
-    ::close(k.c);
-    ::close(k.u);
-    k.dead = true;
-  }
-  static bool flush(int fd, std::string& buf, std::size_t most) {
-    while (!buf.empty() && most > 0) {
-      const ssize_t w = ::send(fd, buf.data(), std::min(buf.size(), most), MSG_NOSIGNAL);
-      if (w < 0) return errno == EAGAIN || errno == EINTR;
-      buf.erase(0, std::size_t(w));
-      most -= std::size_t(w);
-    }
-    return true;
-  }
-
-  void child(int ctl, int ack) {
-    ::signal(SIGPIPE, SIG_IGN);
-    nonblock(listen_);
-    Mode mode = Mode::pass;
-    std::vector<Conn> conns;
-    Clock::time_point next_slow{};
-    for (;;) {
-      const bool dripping = mode == Mode::sub_trickle || mode == Mode::pub_slow;
-      std::vector<pollfd> fds{{ctl, POLLIN, 0}, {listen_, POLLIN, 0}};
-      for (auto& k : conns) {
-        fds.push_back({k.c, short(POLLIN), 0});
-        fds.push_back({k.u, short(POLLIN | (k.c2u.empty() ? 0 : POLLOUT)), 0});
-      }
-      const long wait_ns = dripping ? 100000 : 5000000;
-      timespec ts{0, wait_ns};
-      ::ppoll(fds.data(), fds.size(), &ts, nullptr);
-      const auto now = Clock::now();
-      if (fds[0].revents) {
-        char c = 0;
-        if (::read(ctl, &c, 1) != 1) break;  // the test is done
-        mode = Mode(c);
-        for (auto& k : conns) {
-          k.injected = false;
-          if ((mode == Mode::sub_close || mode == Mode::sub_reset) && k.kind == 2) kill_conn(k, mode == Mode::sub_reset);
-        }
-        next_slow = now;
-        (void)!::write(ack, &c, 1);
-      }
-      if (fds[1].revents & POLLIN) {
-        for (;;) {
-          const int c = ::accept(listen_, nullptr, nullptr);
-          if (c < 0) break;
-          const int u = ::socket(AF_INET, SOCK_STREAM, 0);
-          sockaddr_in a{};
-          a.sin_family = AF_INET;
-          a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-          a.sin_port = htons(std::uint16_t(upstream_));
-          if (::connect(u, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-            ::close(u);
-            ::close(c);
-            continue;
-          }
-          int one = 1;
-          ::setsockopt(u, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-          ::setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-          nonblock(c);
-          nonblock(u);
-          Conn k;
-          k.c = c;
-          k.u = u;
-          conns.push_back(std::move(k));
-        }
-      }
-      const std::size_t polled = (fds.size() - 2) / 2;
-      for (std::size_t i = 0; i < conns.size(); ++i) {
-        Conn& k = conns[i];
-        if (k.dead) continue;
-        char buf[16384];
-        const short rc = i < polled ? fds[2 + 2 * i].revents : 0;
-        const short ru = i < polled ? fds[3 + 2 * i].revents : 0;
-        if (rc & (POLLIN | POLLHUP | POLLERR)) {
-          const ssize_t n = ::read(k.c, buf, sizeof buf);
-          if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            kill_conn(k, false);
-            continue;
-          }
-          if (n > 0) {
-            const std::string_view got(buf, std::size_t(n));
-            if (k.kind == 0) k.kind = got.find("XREAD") != std::string_view::npos ? 2 : 1;
-            if ((mode == Mode::sub_close || mode == Mode::sub_reset) && k.kind == 2) {
-              kill_conn(k, mode == Mode::sub_reset);
-              continue;
-            }
-            if (mode != Mode::swallow) k.c2u.append(got);
-          }
-        }
-        if (ru & (POLLIN | POLLHUP | POLLERR)) {
-          const ssize_t n = ::read(k.u, buf, sizeof buf);
-          if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            kill_conn(k, false);
-            continue;
-          }
-          const bool drop = mode == Mode::swallow ||
-                            ((mode == Mode::sub_trickle || mode == Mode::sub_partial) && k.kind == 2);
-          if (n > 0 && !drop) k.u2c.append(buf, std::size_t(n));
-        }
-        if (!flush(k.u, k.c2u, ~std::size_t(0))) {
-          kill_conn(k, false);
-          continue;
-        }
-        bool ok = true;
-        if (mode == Mode::pub_slow && k.kind == 1) {
-          if (now >= next_slow && !k.u2c.empty()) {
-            ok = flush(k.c, k.u2c, 1);
-            next_slow = now + slow_;
-          }
-        } else {
-          ok = flush(k.c, k.u2c, ~std::size_t(0));
-        }
-        if (mode == Mode::sub_trickle && k.kind == 2) {
-          std::string inject;
-          if (!k.injected) {
-            inject = "$100000000\r\n";
-            k.injected = true;
-            k.next_drip = now;
-          }
-          if (now >= k.next_drip) {
-            inject += "x";
-            k.next_drip = now + drip_;
-          }
-          ok = ok && flush(k.c, inject, ~std::size_t(0));
-        }
-        if (mode == Mode::sub_partial && k.kind == 2 && !k.injected) {
-          std::string inject = "$10\r\nab";
-          k.injected = true;
-          ok = ok && flush(k.c, inject, ~std::size_t(0));
-        }
-        if (!ok) kill_conn(k, false);
-      }
-      std::erase_if(conns, [](const Conn& k) { return k.dead; });
-    }
-    for (auto& k : conns) {
-      ::close(k.c);
-      ::close(k.u);
-    }
-  }
-
-  int upstream_;
-  std::chrono::microseconds drip_;
-  std::chrono::milliseconds slow_;
-  int listen_ = -1, port_ = 0, ctl_ = -1, ack_ = -1;
-  pid_t pid_ = -1;
-};
+using two_hosts::HostileProxy;
+using two_hosts::Mode;
 
 // ---- two hosts: A straight to Redis, B through the proxy (or straight) ---------------
 
@@ -339,7 +121,7 @@ class LivenessAttack : public ::testing::Test {
     setup_ = s;
     redis_ = std::make_unique<RedisServer>(dir_.path(), harness::free_port());
     redis_->start();
-    if (s.b_via_proxy) proxy_ = std::make_unique<HostileProxy>(redis_->port(), s.drip, s.slow);
+    if (s.b_via_proxy) proxy_ = std::make_unique<HostileProxy>(redis_->port(), two_hosts::ProxyTimes{.drip = s.drip, .slow = s.slow});
     open_host(b_, "B");
     b_.relay = std::make_unique<RelayProcess>(
         relay_args(b_, s.b_via_proxy ? proxy_->port() : redis_->port(), s.b_extra), dir_.path() + "/relay-B.log");
