@@ -34,6 +34,7 @@
 #include "segment.h"
 #include "stripe_lock.h"
 #include "lock_probe.h"
+#include "log.h"
 #include "test_support.h"
 #include <hostcache/memoize.h>
 
@@ -737,6 +738,10 @@ TEST(AttackLock2, GetOrComputeWithoutAStartTimeReturnsTheComputedValue) {
   Cache cache = Cache::open(config);
   auto* out = new (testing::shared_memory(4096)) char[4096];
   const pid_t c = testing::spawn([&] {
+    // UBSan's vptr check of fmt's buffer needs a descriptor of its own (it
+    // probes memory through a pipe): with the table full it reports a false
+    // "invalid vptr" and exits. The warning it checks is not what this tests.
+    log::get().set_level(spdlog::level::off);
     fill_fd_table();  // before this child's first lock: its identity has word 0
     int computes = 0;
     std::string what;
