@@ -171,6 +171,7 @@ class Conn {
   Reply command(const std::vector<std::string>& args) {
     if (!send(args)) return nullptr;
     const Clock::time_point deadline = Clock::now() + timeout_;
+    std::optional<Clock::time_point> late;  // when the deadline was first found passed
     for (;;) {
       Reply r;
       if (!take(r)) return nullptr;
@@ -181,7 +182,8 @@ class Conn {
         // command) is read before the deadline counts: for one more timeout
         // at most, so that a trickle cannot stretch it.
         pollfd ready{c_->fd, POLLIN, 0};
-        if (Clock::now() - deadline < timeout_ && ::poll(&ready, 1, 0) > 0) {
+        if (!late) late = Clock::now();
+        if (Clock::now() - *late < timeout_ && ::poll(&ready, 1, 0) > 0) {
           if (!read_available()) return nullptr;
           continue;
         }
@@ -223,14 +225,15 @@ class Conn {
   }
   int fd() const { return c_ ? c_->fd : -1; }
   // Only after poll() said the socket is readable (it is a blocking socket).
-  // More than any reply the relay asks for (COUNT entries of a few hundred
-  // bytes each): a peer streaming one endless string made hiredis buffer
-  // 749 MiB of it (test_attack_relay_liveness3).
-  static constexpr std::size_t kMaxBuffered = 64u << 20;
+  // The most a reply may buffer: a peer streaming one endless string made
+  // hiredis buffer 749 MiB of it (test_attack_relay_liveness2, AStreamConnectionFlooded...).
+  // The stream connection's replies are COUNT entries of a few hundred bytes;
+  // the command connection's largest, the epochs hash, has a field per tag.
+  void set_max_reply(std::size_t bytes) { max_reply_ = bytes; }
   bool read_available() {
     if (!ok() || redisBufferRead(c_) != REDIS_OK) return false;
-    if (c_->reader != nullptr && c_->reader->len > kMaxBuffered) {
-      fail("a reply of more than 64 MiB");
+    if (c_->reader != nullptr && c_->reader->len > max_reply_) {
+      fail("a reply of more than " + std::to_string(max_reply_ >> 20) + " MiB");
       return false;
     }
     return true;
@@ -253,6 +256,7 @@ class Conn {
   redisContext* c_ = nullptr;
   std::chrono::milliseconds timeout_{2000};
   const std::atomic<bool>* stop_ = nullptr;
+  std::size_t max_reply_ = std::size_t(256) << 20;
 };
 
 std::string str_of(const redisReply* r) {
@@ -846,6 +850,7 @@ struct Relay::State {
   int run(const std::atomic<bool>& stop) {
     pub.set_stop(&stop);
     sub.set_stop(&stop);
+    sub.set_max_reply(std::max<std::size_t>(std::size_t(16) << 20, o.read_count * 4096));
     watch_sigcont();
     continued_seen = g_continued.load(std::memory_order_relaxed);
     // A relay ran on this segment before: the proof it saved is where this

@@ -827,8 +827,16 @@ TEST_F(LivenessAttack2, AStreamConnectionFloodedWithBytesKeepsTheBoundAndMemory)
   EXPECT_TRUE(gone && after <= double(allowed().count()))
       << "flooded stream connection: B served an invalidated entry for " << after << " ms (gone=" << gone
       << "; allowed " << allowed().count() << " ms); B: " << describe(b_);
-  EXPECT_LT(hwm, 256 * 1024) << "B's relay peaked at " << hwm / 1024 << " MiB under the flood (from " << hwm0 / 1024
-                             << " MiB)";
+  // The stream connection's replies are capped at 16 MiB: 22 MiB at the peak
+  // here (749 MiB before). Under AddressSanitizer the freed buffers wait in
+  // its quarantine (256 MiB at most) and the peak is about 340 MiB.
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr long kLimitKib = 448 * 1024;
+#else
+  constexpr long kLimitKib = 64 * 1024;
+#endif
+  EXPECT_LT(hwm, kLimitKib) << "B's relay peaked at " << hwm / 1024 << " MiB under the flood (from " << hwm0 / 1024
+                            << " MiB)";
 }
 
 // ---- 5. needless clears on a fine link ----------------------------------------------------------
