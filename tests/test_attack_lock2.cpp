@@ -502,28 +502,33 @@ TEST(AttackLock2, StopAndKillStormKeepsTheCounterExact) {
     std::atomic<int> stop{0};
   };
   auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
+  // One section: lock, check that nobody else holds it, increment the
+  // counter non-atomically after up to max_spins pauses, unlock.
+  auto section = [&](std::minstd_rand& rng, unsigned max_spins) {
+    const auto a = stripe_lock::lock(h, steady::now() + 5s);
+    if (!a.acquired) {
+      x->timeouts.fetch_add(1);
+      return;
+    }
+    const std::uint64_t me = (std::uint64_t(::getpid()) << 32) | std::uint64_t(::syscall(SYS_gettid));
+    const std::uint64_t prev = x->holder.exchange(me);
+    if (a.owner_died) x->takeovers.fetch_add(1);
+    if (prev != 0 && !a.owner_died) x->overlaps.fetch_add(1);
+    if (prev != 0 && a.owner_died && std::int32_t(prev >> 32) == x->stopped_pid.load()) {
+      x->stolen_from_stopped.fetch_add(1);
+    }
+    const std::uint64_t c = x->counter;
+    for (unsigned i = 0, n = max_spins == 0 ? 0 : unsigned(rng() % max_spins); i < n; ++i) words::cpu_relax();
+    x->counter = c + 1;
+    std::uint64_t e = me;
+    if (!x->holder.compare_exchange_strong(e, 0)) x->overlaps.fetch_add(1);
+    x->done.fetch_add(1);
+    stripe_lock::unlock(h);
+  };
   auto body = [&](unsigned seed) {
     std::minstd_rand rng(seed);
     while (x->stop.load() == 0) {
-      const auto a = stripe_lock::lock(h, steady::now() + 5s);
-      if (!a.acquired) {
-        x->timeouts.fetch_add(1);
-        continue;
-      }
-      const std::uint64_t me = (std::uint64_t(::getpid()) << 32) | std::uint64_t(::syscall(SYS_gettid));
-      const std::uint64_t prev = x->holder.exchange(me);
-      if (a.owner_died) x->takeovers.fetch_add(1);
-      if (prev != 0 && !a.owner_died) x->overlaps.fetch_add(1);
-      if (prev != 0 && a.owner_died && std::int32_t(prev >> 32) == x->stopped_pid.load()) {
-        x->stolen_from_stopped.fetch_add(1);
-      }
-      const std::uint64_t c = x->counter;
-      for (unsigned i = 0, n = rng() % 200; i < n; ++i) words::cpu_relax();
-      x->counter = c + 1;
-      std::uint64_t e = me;
-      if (!x->holder.compare_exchange_strong(e, 0)) x->overlaps.fetch_add(1);
-      x->done.fetch_add(1);
-      stripe_lock::unlock(h);
+      section(rng, 200);
       if (rng() % 4 == 0) sched_yield();
     }
   };
@@ -533,26 +538,8 @@ TEST(AttackLock2, StopAndKillStormKeepsTheCounterExact) {
     while (x->stop.load() == 0) {
       // A short-lived thread: a few sections, then it exits (its tid is freed).
       std::thread t([&] {
-        for (int i = 0; i < 20 && x->stop.load() == 0; ++i) {
-          const auto a = stripe_lock::lock(h, steady::now() + 5s);
-          if (!a.acquired) {
-            x->timeouts.fetch_add(1);
-            continue;
-          }
-          const std::uint64_t me = (std::uint64_t(::getpid()) << 32) | std::uint64_t(::syscall(SYS_gettid));
-          const std::uint64_t prev = x->holder.exchange(me);
-          if (a.owner_died) x->takeovers.fetch_add(1);
-          if (prev != 0 && !a.owner_died) x->overlaps.fetch_add(1);
-          if (prev != 0 && a.owner_died && std::int32_t(prev >> 32) == x->stopped_pid.load()) {
-            x->stolen_from_stopped.fetch_add(1);
-          }
-          const std::uint64_t c = x->counter;
-          x->counter = c + 1;
-          std::uint64_t e = me;
-          if (!x->holder.compare_exchange_strong(e, 0)) x->overlaps.fetch_add(1);
-          x->done.fetch_add(1);
-          stripe_lock::unlock(h);
-        }
+        std::minstd_rand trng(unsigned(::syscall(SYS_gettid)));
+        for (int i = 0; i < 20 && x->stop.load() == 0; ++i) section(trng, 0);
       });
       t.join();
       if (rng() % 8 == 0) sched_yield();
