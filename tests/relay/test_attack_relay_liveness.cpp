@@ -80,20 +80,7 @@ class LivenessAttack : public ::testing::Test {
   }
   void TearDown() override {
     if (redis_ && redis_->pid() > 0) ::kill(redis_->pid(), SIGCONT);  // a test stopped it
-    for (Host* h : {&a_, &b_}) {
-      if (h->relay) h->relay->terminate();
-    }
-    if (HasFailure() || std::getenv("HCRELAY_TEST_LOGS")) {
-      for (Host* h : {&a_, &b_}) {
-        if (h->relay) {
-          std::string log = harness::read_file(h->relay->log());
-          if (log.size() > 6000) log = "[...]\n" + log.substr(log.size() - 6000);
-          std::cerr << "---- relay " << (h == &a_ ? "A" : "B") << " log (tail):\n" << log;
-        }
-      }
-    }
-    a_.relay.reset();
-    b_.relay.reset();
+    two_hosts::stop_and_report(a_, b_, HasFailure(), 6000);
     proxy_.reset();
     redis_.reset();
     for (const auto& n : names_) Cache::remove(n);

@@ -84,20 +84,7 @@ class LivenessAttack2 : public ::testing::Test {
       harness::reap(p, 1s);
     }
     if (redis_ && redis_->pid() > 0) ::kill(redis_->pid(), SIGCONT);
-    for (Host* h : {&a_, &b_}) {
-      if (h->relay) h->relay->terminate();
-    }
-    if (HasFailure() || std::getenv("HCRELAY_TEST_LOGS")) {
-      for (Host* h : {&a_, &b_}) {
-        if (h->relay) {
-          std::string log = harness::read_file(h->relay->log());
-          if (log.size() > 5000) log = "[...]\n" + log.substr(log.size() - 5000);
-          std::cerr << "---- relay " << (h == &a_ ? "A" : "B") << " log (tail):\n" << log;
-        }
-      }
-    }
-    a_.relay.reset();
-    b_.relay.reset();
+    two_hosts::stop_and_report(a_, b_, HasFailure());
     proxy_.reset();
     redis_.reset();
     for (const auto& n : names_) Cache::remove(n);

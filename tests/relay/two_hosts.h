@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -61,6 +63,25 @@ inline bool settled(int redis_port, const std::string& stream, const std::vector
         return true;
       },
       timeout);
+}
+
+// A fixture's TearDown, the common part: terminates both hosts' relays and,
+// when the test failed (or HCRELAY_TEST_LOGS is set), prints the tail of
+// each relay's log; then drops the relays.
+inline void stop_and_report(Host& a, Host& b, bool failed, std::size_t tail = 5000) {
+  for (Host* h : {&a, &b}) {
+    if (h->relay) h->relay->terminate();
+  }
+  if (failed || std::getenv("HCRELAY_TEST_LOGS")) {
+    for (Host* h : {&a, &b}) {
+      if (!h->relay) continue;
+      std::string log = harness::read_file(h->relay->log());
+      if (log.size() > tail) log = "[...]\n" + log.substr(log.size() - tail);
+      std::cerr << "---- relay " << (h == &a ? "A" : "B") << " log (tail):\n" << log;
+    }
+  }
+  a.relay.reset();
+  b.relay.reset();
 }
 
 // The promise (docs/hostcache-relay.md): max(bound, 2 x block + 3 x timeout)
