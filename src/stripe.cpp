@@ -409,8 +409,11 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
     }
   } catch (const Error& e) {
     // Busy, or no lock to be had in this thread now (io_error: its start
-    // time could not be read, or the fork page mapped): a miss for a get.
-    if (e.code() != Errc::busy && e.code() != Errc::io_error) throw;
+    // time could not be read, or the fork page mapped; incompatible: this
+    // process moved to another pid or time namespace since its thread first
+    // locked, test_attack_lock3): a miss for a get, which never throws for
+    // want of a lock.
+    if (e.code() != Errc::busy && e.code() != Errc::io_error && e.code() != Errc::incompatible) throw;
     log::get().warn("get: {}; answered as a miss", e.what());
     return Lookup::miss;
   }

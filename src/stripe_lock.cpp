@@ -49,6 +49,7 @@ void futex_wake_one(std::uint32_t* addr) { syscall(SYS_futex, addr, FUTEX_WAKE, 
 // ---- /proc ------------------------------------------------------------------
 
 struct TaskStat {
+  std::uint64_t id = 0;          // field 1: the thread's id in this /proc's pid namespace
   char state = 0;
   std::uint64_t start_time = 0;  // clock ticks since boot
 };
@@ -67,6 +68,7 @@ bool read_task_stat(const char* path, TaskStat& out) {
     return false;
   }
   buf[n] = '\0';
+  out.id = std::strtoull(buf, nullptr, 10);
   // "tid (comm) S f4 f5 ... f22=starttime": comm may hold spaces and ')'.
   const char* p = std::strrchr(buf, ')');
   if (p == nullptr || p[1] != ' ' || p[2] == '\0') {
@@ -85,11 +87,6 @@ bool read_task_stat(const char* path, TaskStat& out) {
   }
   out.start_time = std::strtoull(p, nullptr, 10);
   return true;
-}
-
-bool proc_mounted() {
-  static const bool mounted = ::access("/proc/self/stat", R_OK) == 0;
-  return mounted;
 }
 
 // ---- this thread's identity --------------------------------------------------
@@ -278,7 +275,7 @@ Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_poi
         a.moved = true;
         return a;
       }
-      if (owner_life(owner) == Life::dead) {
+      if (owner_life(owner, me) == Life::dead) {
         if (forked_since(me)) return forked_out();  // forked while /proc was read
         // Exactly one of the lockers that judged this word wins the CAS; a
         // dead owner can never write the word again, so equal means still his.
@@ -317,14 +314,50 @@ bool same_namespaces(const Identity& me, std::uint64_t pidns, std::uint64_t time
   return (pidns == 0 || me.pidns == 0 || pidns == me.pidns) && (timens == 0 || me.timens == 0 || timens == me.timens);
 }
 
-Life owner_life(std::uint64_t word) {
+namespace {
+// The owner's life as the kernel tells it without a descriptor (no /proc to
+// be read, or none that can be trusted): kill(tid, 0) finds the thread, but
+// finds a zombie too (a process killed and not yet reaped by its parent:
+// before, a waiter with a full descriptor table waited its whole timeout on
+// one, test_attack_lock3); move_pages of no pages (a probe that reads and
+// changes nothing, and is allowed where reading the thread's /proc is) then
+// fails with EINVAL for a thread that has no memory any more: it exited.
+// Any other answer (ENOSYS without NUMA, EPERM under a seccomp filter or for
+// a thread we may not inspect) leaves kill's "alive". A reused id looks alive.
+Life life_by_kernel(std::uint32_t tid) {
+  if (::kill(pid_t(tid), 0) != 0 && errno == ESRCH) return Life::dead;
+  if (::syscall(SYS_move_pages, pid_t(tid), 0ul, nullptr, nullptr, nullptr, 0) != 0 && errno == EINVAL) {
+    return Life::dead;
+  }
+  return Life::alive;
+}
+
+// Whether /proc, as this thread sees it now, is its own pid namespace's: it
+// shows this thread under the id it has (and, when its identity has a start
+// time, with that start time). A /proc of another pid namespace (a worker
+// whose mount namespace has one: a sandbox) numbers threads otherwise, and
+// /proc/TID there is somebody else: a live holder's id named another
+// process with another start time, "dead", and two processes held one
+// stripe (test_attack_lock3, WaiterSeeingAForeignProc...). Asked at every
+// judgement, not once per process: the mount namespace may change (setns)
+// after the first. The residue: a /proc of an ancestor pid namespace in
+// which this thread happens to have the same number.
+bool proc_shows(const Identity& me) {
+  TaskStat st;
+  if (!read_task_stat("/proc/thread-self/stat", st)) return false;
+  const auto birth = std::uint32_t(me.word >> 32);
+  return st.id == std::uint64_t(tid_of(me.word)) && (birth == 0 || std::uint32_t(st.start_time) == birth);
+}
+}  // namespace
+
+Life owner_life(std::uint64_t word) { return owner_life(word, self()); }
+
+Life owner_life(std::uint64_t word, const Identity& me) {
   const std::uint32_t tid = tid_of(word);
   const auto birth = std::uint32_t(word >> 32);
   if (tid == 0) return Life::dead;  // nobody has thread id 0: scribbled
-  if (!proc_mounted()) {
-    // No /proc: the thread id alone (a reused id looks alive).
-    return ::kill(pid_t(tid), 0) != 0 && errno == ESRCH ? Life::dead : Life::alive;
-  }
+  // No /proc, or one that is not ours: the thread id alone.
+  if (!proc_shows(me)) return life_by_kernel(tid);
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
   TaskStat st;
@@ -333,9 +366,9 @@ Life owner_life(std::uint64_t word) {
     // dumpable), or unreadable here (EMFILE: this process's descriptor table
     // is full; before, such a waiter never took a dead owner over:
     // test_attack_lock2, WaiterWithAFullDescriptorTableStillTakesOverADeadOwner):
-    // only the kernel's answer to a signal 0 tells dead from alive then. A
-    // live thread is alive; its birth cannot be checked (a reused id looks alive).
-    return ::kill(pid_t(tid), 0) != 0 && errno == ESRCH ? Life::dead : Life::alive;
+    // only the kernel's answers tell dead from alive then. A live thread is
+    // alive; its birth cannot be checked (a reused id looks alive).
+    return life_by_kernel(tid);
   }
   if (st.state == 'Z' || st.state == 'X' || st.state == 'x') return Life::dead;  // exited, not yet reaped
   if (birth != 0 && std::uint32_t(st.start_time) != birth) return Life::dead;   // the id was reused

@@ -119,7 +119,10 @@ std::uint64_t self_word();
 
 // Liveness of the owner named by a lock word (tests, tools).
 enum class Life { alive, dead };
+// Judged by /proc when it is this thread's own pid namespace's (it shows
+// this thread under its own id), else by the kernel's answers alone.
 Life owner_life(std::uint64_t word);
+Life owner_life(std::uint64_t word, const Identity& me);
 
 // True unless this process's pid or time namespace (inodes of
 // /proc/self/ns/pid and /proc/self/ns/time; 0: unknown) differs from the

@@ -137,7 +137,13 @@ class Cache {
   // Errc::ok, or key_too_large / value_too_large / invalid_ttl /
   // too_many_tags / tag_too_large / invalid_namespace, in which case nothing
   // changed, or busy (a live process held the stripe's lock past
-  // Config::lock_timeout). A value of at least Config::compress_min_bytes is
+  // Config::lock_timeout). Like every write (add, set_many, incr, decr,
+  // touch, erase), it throws Error(io_error) when this thread can take no
+  // stripe lock now (its start time cannot be read from /proc for want of
+  // descriptors or memory: tried again on the next call), and
+  // Error(incompatible) when it must wait for a lock after this process
+  // moved to another pid or time namespace; a get answers a miss in both
+  // cases. A value of at least Config::compress_min_bytes is
   // stored zstd-compressed when that saves space.
   // Cost: O(1) amortized; locks one stripe; may evict within that stripe.
   Errc set(std::string_view key, std::string_view value, const SetOptions& options = {});
