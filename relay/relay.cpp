@@ -300,7 +300,10 @@ return ids
 // KEYS: stream, epochs, nonce. ARGV: maxlen, host, random, rotate_from ('':
 // no), position for the lag count ('': none), '1' to return the epochs.
 // Creates the nonce when it is missing (or equals rotate_from), with a "boot"
-// entry in the stream so that its last id is never 0-0 afterwards.
+// entry in the stream so that its last id is never 0-0 afterwards, and
+// writes it into the epochs hash too (field "nonce"): a hash without it was
+// lost (evicted, deleted) since the boot, and with it the epochs a trimmed
+// host needs.
 constexpr const char* kStateLua = R"lua(
 local nonce = redis.call('GET', KEYS[3])
 local created = 0
@@ -308,6 +311,7 @@ if (not nonce) or (ARGV[4] ~= '' and nonce == ARGV[4]) then
   local t = redis.call('TIME')
   nonce = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)) .. '-' .. ARGV[3]
   redis.call('SET', KEYS[3], nonce)
+  redis.call('HSET', KEYS[2], 'nonce', nonce)
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'host', ARGV[2], 'kind', 'boot', 'name', '')
   created = 1
 end
@@ -394,6 +398,11 @@ struct Relay::State {
   std::chrono::milliseconds backoff{0};
   std::uint64_t pending_seq = ~std::uint64_t(0);
   Clock::time_point pending_since{};
+  // A publish Redis refused (OOM under maxmemory, an ACL): retried from
+  // here, with a backoff, on a link kept open (its reads still prove).
+  Clock::time_point publish_retry_at{};
+  std::chrono::milliseconds publish_backoff{0};
+  std::uint64_t publish_refusals = 0;
   std::uint64_t failed_attempts = 0;
 
   State(Cache& c, Options opt) : cache(c), o(std::move(opt)) {
@@ -482,7 +491,9 @@ struct Relay::State {
     const redisReply* ep = r->element[6];
     if (ep->type == REDIS_REPLY_ARRAY) {
       for (std::size_t i = 0; i + 1 < ep->elements; i += 2) {
-        if (auto id = StreamId::parse(str_of(ep->element[i + 1]))) {
+        if (str_of(ep->element[i]) == "nonce") {
+          s.epochs_nonce = str_of(ep->element[i + 1]);
+        } else if (auto id = StreamId::parse(str_of(ep->element[i + 1]))) {
           s.epochs.emplace_back(str_of(ep->element[i]), *id);
         }
       }
@@ -508,6 +519,15 @@ struct Relay::State {
       s = state_call("", true, false);
       if (!s) return false;
       k = resync_kind(pos, published, known_nonce, *s);
+      // The epochs are whole only in a hash of this boot. Without its mark,
+      // the hash was lost with the stream (an allkeys eviction, a DEL): a
+      // trimmed host bumped what the new hash held and missed the rest,
+      // silently (test_attack_relay_liveness3, KeysEvicted). Rotated: every
+      // host clears once, as when Redis loses everything.
+      if (k == Resync::trimmed && s->epochs_nonce != s->nonce) {
+        say(1, "resync: the epochs hash is gone or not of this stream's boot; every host clears once");
+        k = Resync::rolled_back;
+      }
     }
     const StreamId before = pos;
     switch (k) {
@@ -689,6 +709,7 @@ struct Relay::State {
   }
 
   bool publish_pending(Clock::time_point now) {
+    if (now < publish_retry_at) return true;  // refused: not yet again
     const outbox::Polled p = outbox::poll(cache, st.cursor, 256);
     std::vector<std::pair<const char*, std::string>> batch;
     std::uint64_t next = p.next, overflows = 0;
@@ -719,9 +740,20 @@ struct Relay::State {
     if (r->type == REDIS_REPLY_ERROR) {
       const std::string e = str_of(r.get());
       if (e.find("NONCE") != std::string::npos) return resync();  // publish again on the next round
-      say(2, "publish refused: " + e);
-      return false;
+      // Refused, not lost: the events stay in the outbox (its cursor is not
+      // moved) and go once Redis takes writes again. The link stays: it
+      // still reads, and a reconnect per refusal (every 50 ms) kept this host
+      // from reading at all, so that it cleared itself every S + G with its
+      // reads fine (test_attack_relay_liveness3, PublishRefused).
+      if (publish_refusals++ % 20 == 0) {
+        say(2, "publish refused (" + std::to_string(publish_refusals) + " so far; the events wait in the outbox): " + e);
+      }
+      publish_backoff = std::clamp(publish_backoff * 2, o.reconnect_min, o.reconnect_max);
+      publish_retry_at = now + publish_backoff;
+      return true;
     }
+    publish_backoff = std::chrono::milliseconds(0);
+    publish_retry_at = {};
     if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
       if (auto id = StreamId::parse(str_of(r->element[r->elements - 1]))) published = *id;
     }

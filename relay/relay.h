@@ -86,6 +86,7 @@ struct StreamState {
   std::uint64_t length = 0;
   std::uint64_t lag = 0;         // entries after the position given (at most 1000 counted)
   std::vector<std::pair<std::string, StreamId>> epochs;  // when asked for
+  std::string epochs_nonce;      // the epochs hash's mark (field "nonce"): the boot it was written in
 };
 
 // The created_ms part of a nonce (0 if it has none).

@@ -332,21 +332,50 @@ Life life_by_kernel(std::uint32_t tid) {
   return Life::alive;
 }
 
+// How many pid namespaces the NSpid line of a /proc/.../status file lists
+// (from that /proc's namespace down to the thread's own): 1 when the /proc is
+// the thread's own namespace's. 0 if the file has no such line (Linux before
+// 4.1), -1 if it cannot be read.
+int nspid_levels(const char* path) {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[8192];
+  std::size_t n = 0;
+  for (ssize_t r; n < sizeof buf - 1 && (r = ::read(fd, buf + n, sizeof buf - 1 - n)) > 0;) n += std::size_t(r);
+  ::close(fd);
+  buf[n] = '\0';
+  const char* line = std::strstr(buf, "\nNSpid:");
+  if (line == nullptr) return 0;
+  int levels = 0;
+  for (const char* p = line + 7; *p != '\0' && *p != '\n';) {
+    while (*p == ' ' || *p == '\t') ++p;
+    if (*p < '0' || *p > '9') break;
+    ++levels;
+    while (*p >= '0' && *p <= '9') ++p;
+  }
+  return levels;
+}
+
 // Whether /proc, as this thread sees it now, is its own pid namespace's: it
 // shows this thread under the id it has (and, when its identity has a start
-// time, with that start time). A /proc of another pid namespace (a worker
-// whose mount namespace has one: a sandbox) numbers threads otherwise, and
-// /proc/TID there is somebody else: a live holder's id named another
-// process with another start time, "dead", and two processes held one
-// stripe (test_attack_lock3, WaiterSeeingAForeignProc...). Asked at every
-// judgement, not once per process: the mount namespace may change (setns)
-// after the first. The residue: a /proc of an ancestor pid namespace in
-// which this thread happens to have the same number.
+// time, with that start time), and its NSpid line names one namespace. A
+// /proc of another pid namespace (a worker whose mount namespace has one: a
+// sandbox) numbers threads otherwise, and /proc/TID there is somebody else:
+// a live holder's id named another process with another start time, "dead",
+// and two processes held one stripe (test_attack_lock3,
+// WaiterSeeingAForeignProc...). A /proc of an ancestor namespace (unshare
+// --pid without --mount-proc) shows this thread, and under its own id when
+// the two numbers coincide: NSpid lists two levels there
+// (test_attack_lock4). Asked at every judgement, not once per process: the
+// mount namespace may change (setns) after the first. On a kernel without
+// NSpid (before 4.1) the id and start time alone decide.
 bool proc_shows(const Identity& me) {
   TaskStat st;
   if (!read_task_stat("/proc/thread-self/stat", st)) return false;
   const auto birth = std::uint32_t(me.word >> 32);
-  return st.id == std::uint64_t(tid_of(me.word)) && (birth == 0 || std::uint32_t(st.start_time) == birth);
+  if (st.id != std::uint64_t(tid_of(me.word)) || (birth != 0 && std::uint32_t(st.start_time) != birth)) return false;
+  const int levels = nspid_levels("/proc/thread-self/status");
+  return levels == 0 || levels == 1;
 }
 }  // namespace
 
