@@ -1,12 +1,15 @@
 // lock_probe.h — what the stripe lock's adversarial tests share
-// (test_attack_core, test_attack_lock2): a stripe's header, a one-byte pipe,
-// and a task's start time as /proc shows it.
+// (test_attack_core, test_attack_lock2..4): a stripe's header and its lock
+// word, a one-byte pipe, a task's start time as /proc shows it, and a full
+// descriptor table.
 #pragma once
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <atomic>
 #include <cstdint>
 #include <ctime>
 #include <fstream>
@@ -72,6 +75,23 @@ inline std::int64_t boot_ticks_now() {
   timespec ts{};
   ::clock_gettime(CLOCK_BOOTTIME, &ts);
   return std::int64_t(ts.tv_sec) * 100 + ts.tv_nsec / 10'000'000;
+}
+
+// The stripe's lock word, for tests that forge or read it.
+inline std::atomic_ref<std::uint64_t> word_ref(layout::StripeHeader& h) { return std::atomic_ref<std::uint64_t>(h.lock); }
+
+// Fills this process's descriptor table (soft RLIMIT_NOFILE lowered to 64),
+// as a worker leaking descriptors, or one under load, has it. Returns the
+// first descriptor it took, so that the table can be emptied again.
+inline int fill_fd_table() {
+  rlimit r{};
+  ::getrlimit(RLIMIT_NOFILE, &r);
+  r.rlim_cur = 64;
+  ::setrlimit(RLIMIT_NOFILE, &r);
+  const int first = ::dup(2);
+  for (int i = 0; i < 100000 && ::dup(2) >= 0; ++i) {
+  }
+  return first;
 }
 
 }  // namespace hostcache::testing

@@ -49,7 +49,7 @@ using testing::start_ticks;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-std::atomic_ref<std::uint64_t> word_ref(layout::StripeHeader& h) { return std::atomic_ref<std::uint64_t>(h.lock); }
+using testing::word_ref;
 
 bool set_last_pid(pid_t last) {
   std::ofstream f("/proc/sys/kernel/ns_last_pid");
@@ -58,16 +58,7 @@ bool set_last_pid(pid_t last) {
   return bool(f);
 }
 
-// Fills this process's descriptor table (soft RLIMIT_NOFILE lowered to 64),
-// as a worker leaking descriptors, or one under load, has it.
-void fill_fd_table() {
-  rlimit r{};
-  ::getrlimit(RLIMIT_NOFILE, &r);
-  r.rlim_cur = 64;
-  ::setrlimit(RLIMIT_NOFILE, &r);
-  for (int i = 0; i < 100000 && ::dup(2) >= 0; ++i) {
-  }
-}
+using testing::fill_fd_table;
 
 // Moves this process itself (setns, unlike unshare, moves the caller) into
 // a new time namespace whose boot clock is 1000 s ahead. False if refused.

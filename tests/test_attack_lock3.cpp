@@ -53,22 +53,10 @@ using testing::ScopedName;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-std::atomic_ref<std::uint64_t> word_ref(layout::StripeHeader& h) { return std::atomic_ref<std::uint64_t>(h.lock); }
+using testing::word_ref;
 std::uint64_t seq_of(layout::StripeHeader& h) { return std::atomic_ref<std::uint64_t>(h.seq).load(); }
 
-// Fills this process's descriptor table (soft RLIMIT_NOFILE lowered to 64),
-// as a worker leaking descriptors has it. Returns the first descriptor it
-// took, so that the table can be emptied again.
-int fill_fd_table() {
-  rlimit r{};
-  ::getrlimit(RLIMIT_NOFILE, &r);
-  r.rlim_cur = 64;
-  ::setrlimit(RLIMIT_NOFILE, &r);
-  const int first = ::dup(2);
-  for (int i = 0; i < 100000 && ::dup(2) >= 0; ++i) {
-  }
-  return first;
-}
+using testing::fill_fd_table;
 
 // The word of a thread that existed and is gone (a reaped child's).
 std::uint64_t dead_word() {

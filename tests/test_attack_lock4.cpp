@@ -47,18 +47,9 @@ using testing::ScopedName;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-std::atomic_ref<std::uint64_t> word_ref(layout::StripeHeader& h) { return std::atomic_ref<std::uint64_t>(h.lock); }
+using testing::word_ref;
 
-int fill_fd_table() {
-  rlimit r{};
-  ::getrlimit(RLIMIT_NOFILE, &r);
-  r.rlim_cur = 64;
-  ::setrlimit(RLIMIT_NOFILE, &r);
-  const int first = ::dup(2);
-  for (int i = 0; i < 100000 && ::dup(2) >= 0; ++i) {
-  }
-  return first;
-}
+using testing::fill_fd_table;
 
 // fork() through clone3, with the child's pid chosen at each pid namespace
 // level (set_tid[0]: the innermost). -1 with errno on failure.
