@@ -140,6 +140,7 @@ class Conn {
       close();
       return false;
     }
+    count_objects();
     // Socket timeouts bound every command; keepalive finds a peer that
     // vanished while we were idle (half-open).
     if (redisSetTimeout(c_, to_tv(o.io_timeout)) != REDIS_OK || redisEnableKeepAlive(c_) != REDIS_OK) {
@@ -230,6 +231,13 @@ class Conn {
   // The stream connection's replies are COUNT entries of a few hundred bytes;
   // the command connection's largest, the epochs hash, has a field per tag.
   void set_max_reply(std::size_t bytes) { max_reply_ = bytes; }
+  // The most objects (elements, at any depth) one reply may make. The byte
+  // cap counts what waits unparsed; hiredis 0.14 (no maxelements before 1.0)
+  // makes an object of every element as it parses, and a pointer table of
+  // the size an array declares: a peer declaring an endless array of small
+  // integers grew the relay to 2 GiB in seconds under a 16 MiB byte cap
+  // (test_attack_relay_liveness3, AnEndlessArray...).
+  void set_max_objects(std::size_t n) { max_objects_ = n; }
   bool read_available() {
     if (!ok() || redisBufferRead(c_) != REDIS_OK) return false;
     if (c_->reader != nullptr && c_->reader->len > max_reply_) {
@@ -241,8 +249,12 @@ class Conn {
   // A complete reply already read (null if none yet); false on a protocol error.
   bool take(Reply& out) {
     void* r = nullptr;
-    if (redisGetReplyFromReader(c_, &r) != REDIS_OK) return false;
+    if (redisGetReplyFromReader(c_, &r) != REDIS_OK) {
+      if (objects_ > max_objects_) fail("a reply of more than " + std::to_string(max_objects_) + " elements");
+      return false;
+    }
     out.reset(static_cast<redisReply*>(r));
+    if (r != nullptr) objects_ = 0;  // the next reply counts afresh
     return true;
   }
   std::string error() const { return c_ ? std::string(c_->errstr) : std::string("not connected"); }
@@ -253,6 +265,42 @@ class Conn {
     c_->err = REDIS_ERR_IO;
     std::snprintf(c_->errstr, sizeof c_->errstr, "%s", why.c_str());
   }
+  // hiredis's own object functions, wrapped to count a reply's objects: an
+  // over-long reply is refused (its create function answers null, which
+  // hiredis reports as an error) before its objects or its table are made.
+  void count_objects() {
+    base_fn_ = c_->reader->fn;
+    counted_fn_ = *base_fn_;
+    counted_fn_.createString = [](const redisReadTask* t, char* str, std::size_t len) -> void* {
+      Conn* c = of(t);
+      return c->admit(1) ? c->base_fn_->createString(t, str, len) : nullptr;
+    };
+    counted_fn_.createArray = [](const redisReadTask* t, int elements) -> void* {
+      Conn* c = of(t);
+      return c->admit(1 + std::size_t(std::max(elements, 0))) ? c->base_fn_->createArray(t, elements) : nullptr;
+    };
+    counted_fn_.createInteger = [](const redisReadTask* t, long long v) -> void* {
+      Conn* c = of(t);
+      return c->admit(1) ? c->base_fn_->createInteger(t, v) : nullptr;
+    };
+    counted_fn_.createNil = [](const redisReadTask* t) -> void* {
+      Conn* c = of(t);
+      return c->admit(1) ? c->base_fn_->createNil(t) : nullptr;
+    };
+    c_->reader->fn = &counted_fn_;
+    c_->reader->privdata = this;
+    objects_ = 0;
+  }
+  static Conn* of(const redisReadTask* t) { return static_cast<Conn*>(t->privdata); }
+  // An array counts its declared elements when it is made (its table is
+  // allocated then); its elements count again as they come: at most twice.
+  bool admit(std::size_t n) {
+    objects_ += n;
+    return objects_ <= max_objects_;
+  }
+  redisReplyObjectFunctions counted_fn_{};
+  const redisReplyObjectFunctions* base_fn_ = nullptr;
+  std::size_t objects_ = 0, max_objects_ = std::size_t(1) << 22;
   redisContext* c_ = nullptr;
   std::chrono::milliseconds timeout_{2000};
   const std::atomic<bool>* stop_ = nullptr;
@@ -297,14 +345,23 @@ end
 return ids
 )lua";
 
-// KEYS: stream, epochs, nonce. ARGV: maxlen, host, random, rotate_from ('':
-// no), position for the lag count ('': none), '1' to return the epochs.
+// KEYS: stream, epochs, nonce, alive. ARGV: maxlen, host, random,
+// rotate_from ('': no), position for the lag count ('': none), '1' to return
+// the epochs.
+// First it writes: one XADD to the alive stream (its one entry replaced).
+// A Redis that refuses it (maxmemory under noeviction, an ACL, a read-only
+// replica) cannot carry any host's invalidations either: the script fails,
+// and the relay has no proof, as with Redis gone. Before, such a Redis read
+// fine, every host stayed "current", and another host's refused publishes
+// were served stale for as long as it lasted (test_attack_relay_liveness3,
+// PublishRefused).
 // Creates the nonce when it is missing (or equals rotate_from), with a "boot"
 // entry in the stream so that its last id is never 0-0 afterwards, and
 // writes it into the epochs hash too (field "nonce"): a hash without it was
 // lost (evicted, deleted) since the boot, and with it the epochs a trimmed
 // host needs.
 constexpr const char* kStateLua = R"lua(
+redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'host', ARGV[2])
 local nonce = redis.call('GET', KEYS[3])
 local created = 0
 if (not nonce) or (ARGV[4] ~= '' and nonce == ARGV[4]) then
@@ -372,7 +429,7 @@ struct Relay::State {
   Options o;
   LogFn log;
   std::string host;
-  std::string k_stream, k_epochs, k_nonce;
+  std::string k_stream, k_epochs, k_nonce, k_alive;
   outbox::RelayStatus st;
   Conn pub, sub;
   bool connected = false;
@@ -395,6 +452,8 @@ struct Relay::State {
   // once per proof, or a SIGCONT every G, or a relay stopped and run in
   // turn, held the clear off for ever with Redis down (test_attack_relay_liveness3).
   std::optional<Clock::time_point> extended_for;
+  // The proof a start (this one or an earlier relay's) was given a grace for.
+  std::optional<Clock::time_point> start_grace_for;
   std::chrono::milliseconds backoff{0};
   std::uint64_t pending_seq = ~std::uint64_t(0);
   Clock::time_point pending_since{};
@@ -402,7 +461,7 @@ struct Relay::State {
   // here, with a backoff, on a link kept open (its reads still prove).
   Clock::time_point publish_retry_at{};
   std::chrono::milliseconds publish_backoff{0};
-  std::uint64_t publish_refusals = 0;
+  std::uint64_t publish_refusals = 0, state_refusals = 0;
   std::uint64_t failed_attempts = 0;
 
   State(Cache& c, Options opt) : cache(c), o(std::move(opt)) {
@@ -410,6 +469,7 @@ struct Relay::State {
     k_stream = o.stream;
     k_epochs = o.stream + ":epochs";
     k_nonce = o.stream + ":nonce";
+    k_alive = o.stream + ":alive";
     st = outbox::relay_status(cache);
     pos = StreamId{st.last_id_ms, st.last_id_seq};
   }
@@ -427,6 +487,8 @@ struct Relay::State {
   void save() {
     st.heartbeat_ms = outbox::now_ms();
     st.proven_ms = st.heartbeat_ms - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_contact).count();
+    // Its parity says whether a restart was given its grace for this proof.
+    st.proven_ms = (st.proven_ms & ~std::int64_t{1}) | (start_grace_for == last_contact ? 1 : 0);
     st.connected = connected;
     st.last_id_ms = pos.ms;
     st.last_id_seq = pos.seq;
@@ -474,9 +536,16 @@ struct Relay::State {
 
   std::optional<StreamState> state_call(const std::string& rotate_from, bool want_epochs, bool want_lag) {
     Reply r = eval(sha_state, kStateLua,
-                   {"3", k_stream, k_epochs, k_nonce, std::to_string(o.maxlen), host, random_hex(), rotate_from,
+                   {"4", k_stream, k_epochs, k_nonce, k_alive, std::to_string(o.maxlen), host, random_hex(), rotate_from,
                     want_lag ? pos.str() : std::string(), want_epochs ? "1" : "0"});
     if (!r) return std::nullopt;
+    if (r->type == REDIS_REPLY_ERROR) {
+      if (state_refusals++ % 20 == 0) {
+        say(2, "state script refused (" + std::to_string(state_refusals) +
+                   " so far; a Redis that takes no writes proves nothing): " + str_of(r.get()));
+      }
+      return std::nullopt;
+    }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 7) {
       say(2, "state script: unexpected reply " + str_of(r.get()));
       return std::nullopt;
@@ -891,6 +960,9 @@ struct Relay::State {
     pub.set_stop(&stop);
     sub.set_stop(&stop);
     sub.set_max_reply(std::max<std::size_t>(std::size_t(16) << 20, o.read_count * 4096));
+    // An entry of an XREAD reply is 9 objects (entry, id, fields, 3 pairs):
+    // twice that per entry, counted twice (see admit), with room to spare.
+    sub.set_max_objects(std::max<std::size_t>(std::size_t(1) << 16, o.read_count * 64));
     watch_sigcont();
     continued_seen = g_continued.load(std::memory_order_relaxed);
     // A relay ran on this segment before: the proof it saved is where this
@@ -905,6 +977,21 @@ struct Relay::State {
       last_contact = start;  // the first relay of this segment
     } else if (st.proven_ms > 0 && st.proven_ms <= now_ms) {
       last_contact = start - std::chrono::milliseconds(now_ms - st.proven_ms);
+      // Down past the bound (an upgrade, a crash and the supervisor's delay):
+      // one grace G from this start, in which a replay catches the host up
+      // without a clear (before, it cleared before it connected:
+      // test_attack_relay_liveness3, RestartWithRedisFine). Once per proof,
+      // as a resume's: the proof's odd millisecond, saved, tells every later
+      // start that it was given, so that a crash loop cannot hold the clear
+      // off (test_attack_relay_liveness2, RestartLoop).
+      if ((st.proven_ms & 1) != 0) {
+        start_grace_for = last_contact;
+        extended_for = last_contact;
+      } else if (start - last_contact >= soft_bound()) {
+        start_grace_for = last_contact;
+        extended_for = last_contact;
+        resumed_at = start;
+      }
     } else {
       last_contact = start - soft_bound();
     }
