@@ -126,11 +126,12 @@ class ArrayFloodProxy {
         fds.push_back({k.u, short(k.u >= 0 ? POLLIN | (k.c2u.empty() ? 0 : POLLOUT) : 0), 0});
       }
       ::poll(fds.data(), fds.size(), 100);
+      const std::size_t polled = cs.size();  // a connection accepted now has no pollfd yet
       if (fds[0].revents & POLLIN) {
         const int c = ::accept(listen_, nullptr, nullptr);
         if (c >= 0) cs.push_back(C{.c = c});
       }
-      for (std::size_t i = 0; i < cs.size(); ++i) {
+      for (std::size_t i = 0; i < polled; ++i) {
         C& k = cs[i];
         bool dead = false;
         const short rc = fds[1 + 2 * i].revents, ru = fds[2 + 2 * i].revents;
