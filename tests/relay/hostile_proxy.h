@@ -54,18 +54,7 @@ class HostileProxy {
   using Clock = std::chrono::steady_clock;
 
   HostileProxy(int upstream, ProxyTimes times) : upstream_(upstream), t_(times) {
-    listen_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    ::setsockopt(listen_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(listen_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listen_, 128) != 0) {
-      throw std::runtime_error("proxy: bind/listen");
-    }
-    socklen_t len = sizeof a;
-    ::getsockname(listen_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    listen_ = harness::listen_loopback(port_, 128, "proxy");
     int ctl[2], ack[2];
     if (::pipe(ctl) != 0 || ::pipe(ack) != 0) throw std::runtime_error("pipe");
     pid_ = ::fork();

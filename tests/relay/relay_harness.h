@@ -33,6 +33,9 @@ class TempDir {
 
 // A TCP port on 127.0.0.1 that was free a moment ago.
 int free_port();
+// A listening TCP socket on 127.0.0.1, on a port the kernel picks (its
+// number in `port`). Throws std::runtime_error naming `who` on failure.
+int listen_loopback(int& port, int backlog, const char* who);
 
 // A unique segment name.
 std::string unique_segment(const std::string& stem);

@@ -71,18 +71,7 @@ long proc_kib(pid_t pid, const char* field) {
 class ArrayFloodProxy {
  public:
   explicit ArrayFloodProxy(int upstream) {
-    listen_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    ::setsockopt(listen_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(listen_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listen_, 64) != 0) {
-      throw std::runtime_error("bind/listen");
-    }
-    socklen_t len = sizeof a;
-    ::getsockname(listen_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    listen_ = harness::listen_loopback(port_, 64, "flood proxy");
     pid_ = ::fork();
     if (pid_ == 0) {
       child(upstream);
