@@ -330,9 +330,17 @@ std::uint64_t int_of(const redisReply* r) {
 // KEYS: stream, epochs, nonce. ARGV: maxlen, host, nonce we resynced against,
 // then kind, name pairs. Refuses (NONCE) if Redis is not the data set we
 // resynced against: the caller resyncs first and publishes again.
+// A script is not rolled back when a command in it fails: one HSET comes
+// first (a field nobody reads; never the boot's mark, whose absence tells a
+// lost hash), so that a Redis refusing HSET (an ACL) refuses before the
+// first XADD. Before, every retry XADDed the batch again and a lapped
+// outbox's global clear cleared the other hosts every 200 ms
+// (test_attack_relay_liveness4, HsetRefused). Under maxmemory, Redis
+// refuses a script at its first write, never halfway.
 constexpr const char* kPublishLua = R"lua(
 local n = redis.call('GET', KEYS[3])
 if n ~= ARGV[3] then return {err = 'NONCE changed'} end
+redis.call('HSET', KEYS[2], 'probe', '')
 local ids = {}
 for i = 4, #ARGV, 2 do
   local kind, name = ARGV[i], ARGV[i + 1]
@@ -347,9 +355,15 @@ return ids
 
 // KEYS: stream, epochs, nonce, alive. ARGV: maxlen, host, random,
 // rotate_from ('': no), position for the lag count ('': none), '1' to return
-// the epochs.
-// First it writes: one XADD to the alive stream (its one entry replaced).
-// A Redis that refuses it (maxmemory under noeviction, an ACL, a read-only
+// the epochs, the position they are wanted since.
+// Only the epochs newer than that position come back (and the boot's mark),
+// scanned in steps: a host trimmed past needs no more, and a hash of a field
+// per tag, millions of them, made a reply over the relay's caps, refused at
+// every reconnect (test_attack_relay_liveness4, BigEpochs). More than
+// 100,000 newer ones come back as one global epoch: a clear.
+// First it writes as a publish does: one XADD to the alive stream (its one
+// entry replaced) and one HSET (the publish script's probe field). A Redis
+// that refuses either (maxmemory under noeviction, an ACL, a read-only
 // replica) cannot carry any host's invalidations either: the script fails,
 // and the relay has no proof, as with Redis gone. Before, such a Redis read
 // fine, every host stayed "current", and another host's refused publishes
@@ -362,6 +376,7 @@ return ids
 // host needs.
 constexpr const char* kStateLua = R"lua(
 redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'host', ARGV[2])
+redis.call('HSET', KEYS[2], 'probe', '')
 local nonce = redis.call('GET', KEYS[3])
 local created = 0
 if (not nonce) or (ARGV[4] ~= '' and nonce == ARGV[4]) then
@@ -386,7 +401,34 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
 end
 local epochs = {}
-if ARGV[6] == '1' then epochs = redis.call('HGETALL', KEYS[2]) end
+if ARGV[6] == '1' then
+  local bms, bseq = string.match(ARGV[7], '^(%d+)-(%d+)$')
+  bms, bseq = tonumber(bms) or 0, tonumber(bseq) or 0
+  local mark, newer, cursor = nil, 0, '0'
+  repeat
+    local r = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', 1000)
+    cursor = r[1]
+    local kv = r[2]
+    for i = 1, #kv, 2 do
+      local f, v = kv[i], kv[i + 1]
+      local ms, seq = string.match(v, '^(%d+)-(%d+)$')
+      if f == 'nonce' then
+        mark = v
+      elseif ms and (tonumber(ms) > bms or (tonumber(ms) == bms and tonumber(seq) > bseq)) then
+        newer = newer + 1
+        if newer <= 100000 then
+          epochs[#epochs + 1] = f
+          epochs[#epochs + 1] = v
+        end
+      end
+    end
+  until cursor == '0'
+  if newer > 100000 then epochs = {'g', last} end
+  if mark then
+    epochs[#epochs + 1] = 'nonce'
+    epochs[#epochs + 1] = mark
+  end
+end
 return {nonce, created, last, first, len, lag, epochs}
 )lua";
 
@@ -452,7 +494,8 @@ struct Relay::State {
   // once per proof, or a SIGCONT every G, or a relay stopped and run in
   // turn, held the clear off for ever with Redis down (test_attack_relay_liveness3).
   std::optional<Clock::time_point> extended_for;
-  // The proof a start (this one or an earlier relay's) was given a grace for.
+  // The proof a start or a resume (of this relay or an earlier one) was
+  // given its one grace for.
   std::optional<Clock::time_point> start_grace_for;
   std::chrono::milliseconds backoff{0};
   std::uint64_t pending_seq = ~std::uint64_t(0);
@@ -537,7 +580,7 @@ struct Relay::State {
   std::optional<StreamState> state_call(const std::string& rotate_from, bool want_epochs, bool want_lag) {
     Reply r = eval(sha_state, kStateLua,
                    {"4", k_stream, k_epochs, k_nonce, k_alive, std::to_string(o.maxlen), host, random_hex(), rotate_from,
-                    want_lag ? pos.str() : std::string(), want_epochs ? "1" : "0"});
+                    want_lag ? pos.str() : std::string(), want_epochs ? "1" : "0", pos.str()});
     if (!r) return std::nullopt;
     if (r->type == REDIS_REPLY_ERROR) {
       if (state_refusals++ % 20 == 0) {
@@ -669,7 +712,10 @@ struct Relay::State {
       return false;
     }
     if (!step(resync())) {
-      if (failed_attempts++ % 20 == 0) say(1, "resync failed: " + pub.error());
+      if (failed_attempts++ % 20 == 0) {
+        const std::string why = pub.error();
+        say(1, "resync failed: " + (why.empty() ? std::string("Redis refused the state script (logged above)") : why));
+      }
       pub.close();
       sub.close();
       return false;
@@ -773,6 +819,10 @@ struct Relay::State {
   void resumed(Clock::time_point now) {
     if (extended_for == last_contact) return;
     extended_for = last_contact;
+    // Saved (the proof's odd millisecond), as a start's grace is: a relay
+    // resumed and then restarted got a second grace for one proof, S + 3G
+    // (test_attack_relay_liveness4, SigcontThenRestart).
+    start_grace_for = last_contact;
     resumed_at = now;
     if (overdue_since) overdue_since = now;
   }

@@ -248,7 +248,7 @@ TEST_F(RelayTest, AnInvalidationOnOneHostReachesTheOthersAndIsAppliedOnceEverywh
   RedisClient rc(redis_->port());
   Reply ep = rc.cmd({"HGETALL", kStream + ":epochs"});
   ASSERT_TRUE(ep && ep->type == REDIS_REPLY_ARRAY);
-  EXPECT_EQ(ep->elements, 8u) << "epochs: t:app.model, n:tenant1, g, and the boot's nonce";
+  EXPECT_EQ(ep->elements, 10u) << "epochs: t:app.model, n:tenant1, g, the boot's nonce and the write probe";
 }
 
 TEST_F(RelayTest, ARelayKilledAndRestartedReplaysWhatItMissed) {
