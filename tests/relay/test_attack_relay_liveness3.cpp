@@ -43,6 +43,7 @@ using harness::RedisServer;
 using harness::RelayProcess;
 using harness::Reply;
 using two_hosts::clears;
+using two_hosts::ArrayFloodProxy;
 using two_hosts::Host;
 using two_hosts::HostileProxy;
 using two_hosts::Mode;
@@ -62,118 +63,6 @@ long proc_kib(pid_t pid, const char* field) {
   return p == std::string::npos ? -1 : std::atol(s.c_str() + p + std::strlen(field));
 }
 
-// ---- a proxy that answers every XREAD with an endless array ---------------------------
-//
-// Forked child. A connection whose first command is XREAD (the relay's stream
-// connection) is never forwarded: it gets an XREAD reply whose entry list is
-// an array of 50,000,000 elements, then ":1\r\n" elements as fast as the
-// socket takes them. Every other connection is forwarded to Redis as is.
-class ArrayFloodProxy {
- public:
-  explicit ArrayFloodProxy(int upstream) {
-    listen_ = harness::listen_loopback(port_, 64, "flood proxy");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      child(upstream);
-      ::_exit(0);
-    }
-    ::close(listen_);
-  }
-  ~ArrayFloodProxy() {
-    ::kill(pid_, SIGKILL);
-    harness::reap(pid_, 1s);
-  }
-  int port() const { return port_; }
-
- private:
-  struct C {
-    int c = -1, u = -1;
-    int kind = 0;  // 0 unknown, 1 forwarded, 2 flooded
-    std::string c2u, u2c, flood;
-  };
-  static bool flush(int fd, std::string& buf) {
-    while (!buf.empty()) {
-      const ssize_t n = ::send(fd, buf.data(), buf.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (n > 0) {
-        buf.erase(0, std::size_t(n));
-        continue;
-      }
-      return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-    }
-    return true;
-  }
-  void child(int upstream) {
-    ::alarm(120);
-    std::vector<C> cs;
-    std::string chunk;
-    for (int i = 0; i < (1 << 18); ++i) chunk += ":1\r\n";  // 1 MiB of integer elements
-    char buf[65536];
-    for (;;) {
-      std::vector<pollfd> fds{{listen_, POLLIN, 0}};
-      for (auto& k : cs) {
-        fds.push_back({k.c, short(POLLIN | (k.kind == 2 || !k.u2c.empty() ? POLLOUT : 0)), 0});
-        fds.push_back({k.u, short(k.u >= 0 ? POLLIN | (k.c2u.empty() ? 0 : POLLOUT) : 0), 0});
-      }
-      ::poll(fds.data(), fds.size(), 100);
-      const std::size_t polled = cs.size();  // a connection accepted now has no pollfd yet
-      if (fds[0].revents & POLLIN) {
-        const int c = ::accept(listen_, nullptr, nullptr);
-        if (c >= 0) cs.push_back(C{.c = c});
-      }
-      for (std::size_t i = 0; i < polled; ++i) {
-        C& k = cs[i];
-        bool dead = false;
-        const short rc = fds[1 + 2 * i].revents, ru = fds[2 + 2 * i].revents;
-        if (rc & (POLLIN | POLLHUP | POLLERR)) {
-          const ssize_t n = ::read(k.c, buf, sizeof buf);
-          if (n <= 0) dead = true;
-          else {
-            const std::string_view got(buf, std::size_t(n));
-            if (k.kind == 0) {
-              if (got.find("XREAD") != std::string_view::npos) {
-                k.kind = 2;
-                k.flood = "*1\r\n*2\r\n$8\r\nhc:live3\r\n*50000000\r\n";  // the stream name is not checked
-              } else {
-                k.kind = 1;
-                sockaddr_in a{};
-                a.sin_family = AF_INET;
-                a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-                a.sin_port = htons(std::uint16_t(upstream));
-                k.u = ::socket(AF_INET, SOCK_STREAM, 0);
-                if (::connect(k.u, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) dead = true;
-              }
-            }
-            if (k.kind == 1) k.c2u.append(got);
-          }
-        }
-        if (!dead && k.u >= 0 && (ru & (POLLIN | POLLHUP | POLLERR))) {
-          const ssize_t n = ::read(k.u, buf, sizeof buf);
-          if (n <= 0) dead = true;
-          else k.u2c.append(buf, std::size_t(n));
-        }
-        if (!dead && k.kind == 2) {
-          for (int r = 0; r < 16 && !dead; ++r) {
-            if (k.flood.empty()) k.flood = chunk;
-            const std::size_t before = k.flood.size();
-            if (!flush(k.c, k.flood)) dead = true;
-            if (k.flood.size() == before) break;
-          }
-        }
-        if (!dead && k.u >= 0 && !flush(k.u, k.c2u)) dead = true;
-        if (!dead && !flush(k.c, k.u2c)) dead = true;
-        if (dead) {
-          ::close(k.c);
-          if (k.u >= 0) ::close(k.u);
-          k.c = -1;
-        }
-      }
-      std::erase_if(cs, [](const C& k) { return k.c < 0; });
-    }
-  }
-  int listen_ = -1;
-  int port_ = 0;
-  pid_t pid_ = -1;
-};
 
 // ---- two hosts: A straight to Redis, B straight, through the hostile proxy, or the flood proxy ----
 
@@ -283,18 +172,7 @@ class LivenessAttack3 : public ::testing::Test {
                               std::chrono::milliseconds(setup_.block_ms), std::chrono::milliseconds(setup_.io_ms),
                               kSlack);
   }
-  std::string describe(Host& h) {
-    if (!h.cache) return "(none)";
-    const auto s = status(h);
-    std::ostringstream o;
-    o << "connected=" << s.connected << " stale_clears=" << s.stale_clears << " clears=" << clears(h)
-      << " published=" << s.published << " cursor=" << s.cursor << " head=" << outbox::head(*h.cache)
-      << " applied=" << s.applied << " resync_replay=" << s.resync_replay << " resync_lost=" << s.resync_lost
-      << " proof_age_ms=" << (outbox::now_ms() - s.proven_ms)
-      << " 'connection lost'=" << two_hosts::count_in_log(h, "connection lost")
-      << " 'publish refused'=" << two_hosts::count_in_log(h, "publish refused");
-    return o.str();
-  }
+  std::string describe(Host& h) { return two_hosts::describe(h); }
 
   World setup_;
   harness::TempDir dir_;

@@ -13,6 +13,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,20 @@ inline bool settled(int redis_port, const std::string& stream, const std::vector
         return true;
       },
       timeout);
+}
+
+// A host's relay status and log counts, for failure messages.
+inline std::string describe(Host& h) {
+  if (!h.cache) return "(none)";
+  const auto s = status(h);
+  std::ostringstream o;
+  o << "connected=" << s.connected << " stale_clears=" << s.stale_clears << " clears=" << clears(h)
+    << " published=" << s.published << " cursor=" << s.cursor << " head=" << outbox::head(*h.cache)
+    << " applied=" << s.applied << " resync_replay=" << s.resync_replay << " resync_lost=" << s.resync_lost
+    << " proof_age_ms=" << (outbox::now_ms() - s.proven_ms)
+    << " 'connection lost'=" << two_hosts::count_in_log(h, "connection lost")
+    << " 'publish refused'=" << two_hosts::count_in_log(h, "publish refused");
+  return o.str();
 }
 
 // A fixture's TearDown, the common part: terminates both hosts' relays and,
