@@ -819,10 +819,15 @@ struct Relay::State {
   void resumed(Clock::time_point now) {
     if (extended_for == last_contact) return;
     extended_for = last_contact;
-    // Saved (the proof's odd millisecond), as a start's grace is: a relay
-    // resumed and then restarted got a second grace for one proof, S + 3G
-    // (test_attack_relay_liveness4, SigcontThenRestart).
-    start_grace_for = last_contact;
+    // Saved (the proof's odd millisecond), as a start's grace is, when it
+    // extends anything (the proof was overdue): a relay resumed and then
+    // restarted got a second grace for one proof, S + 3G
+    // (test_attack_relay_liveness4, SigcontThenRestart). A resume before
+    // that (the SIGCONT a supervisor sends with SIGTERM) gives nothing and
+    // marks nothing: marked, the next start got no grace and cleared
+    // (test_attack_relay_liveness3, RestartWithRedisFine/Sigterm3000ms in
+    // CI's AddressSanitizer run).
+    if (now - last_contact >= soft_bound()) start_grace_for = last_contact;
     resumed_at = now;
     if (overdue_since) overdue_since = now;
   }
