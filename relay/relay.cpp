@@ -1039,13 +1039,10 @@ struct Relay::State {
       // as a resume's: the proof's odd millisecond, saved, tells every later
       // start that it was given, so that a crash loop cannot hold the clear
       // off (test_attack_relay_liveness2, RestartLoop).
-      if ((st.proven_ms & 1) != 0) {
-        start_grace_for = last_contact;
-        extended_for = last_contact;
-      } else if (start - last_contact >= soft_bound()) {
-        start_grace_for = last_contact;
-        extended_for = last_contact;
-        resumed_at = start;
+      const bool given = (st.proven_ms & 1) != 0;
+      if (given || start - last_contact >= soft_bound()) {
+        start_grace_for = extended_for = last_contact;
+        if (!given) resumed_at = start;
       }
     } else {
       last_contact = start - soft_bound();

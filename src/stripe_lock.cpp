@@ -54,20 +54,30 @@ struct TaskStat {
   std::uint64_t start_time = 0;  // clock ticks since boot
 };
 
-// Reads state and start time from a /proc/.../stat file. False if it cannot
-// be opened (errno tells why) or parsed.
-bool read_task_stat(const char* path, TaskStat& out) {
+// Reads a small /proc file into buf (up to cap - 1 bytes, NUL-terminated).
+// False if it cannot be opened or read, or is empty (errno tells why: ESRCH
+// for an empty one, a task that is gone).
+bool read_proc_file(const char* path, char* buf, std::size_t cap) {
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  char buf[1024];
-  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  std::size_t n = 0;
+  ssize_t r = 0;
+  while (n < cap - 1 && (r = ::read(fd, buf + n, cap - 1 - n)) > 0) n += std::size_t(r);
   const int e = errno;
   ::close(fd);
-  if (n <= 0) {
-    errno = n == 0 ? ESRCH : e;
+  if (n == 0) {
+    errno = r == 0 ? ESRCH : e;
     return false;
   }
   buf[n] = '\0';
+  return true;
+}
+
+// Reads state and start time from a /proc/.../stat file. False if it cannot
+// be opened (errno tells why) or parsed.
+bool read_task_stat(const char* path, TaskStat& out) {
+  char buf[1024];
+  if (!read_proc_file(path, buf, sizeof buf)) return false;
   out.id = std::strtoull(buf, nullptr, 10);
   // "tid (comm) S f4 f5 ... f22=starttime": comm may hold spaces and ')'.
   const char* p = std::strrchr(buf, ')');
@@ -337,13 +347,8 @@ Life life_by_kernel(std::uint32_t tid) {
 // the thread's own namespace's. 0 if the file has no such line (Linux before
 // 4.1), -1 if it cannot be read.
 int nspid_levels(const char* path) {
-  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
   char buf[8192];
-  std::size_t n = 0;
-  for (ssize_t r; n < sizeof buf - 1 && (r = ::read(fd, buf + n, sizeof buf - 1 - n)) > 0;) n += std::size_t(r);
-  ::close(fd);
-  buf[n] = '\0';
+  if (!read_proc_file(path, buf, sizeof buf)) return -1;
   const char* line = std::strstr(buf, "\nNSpid:");
   if (line == nullptr) return 0;
   int levels = 0;
