@@ -360,7 +360,12 @@ return ids
 // scanned in steps: a host trimmed past needs no more, and a hash of a field
 // per tag, millions of them, made a reply over the relay's caps, refused at
 // every reconnect (test_attack_relay_liveness4, BigEpochs). More than
-// 100,000 newer ones come back as one global epoch: a clear.
+// 100,000 newer ones come back as one global epoch: a clear; so does a hash
+// of more than 100,000 fields, unscanned (HLEN is O(1)): a scan of F fields
+// inside the script holds Redis for everyone, 4 s for 2.5 M, past the
+// relay's timeout, and the trimmed host never resynced while its scans made
+// the others drop their links (test_attack_relay_liveness5, ATrimmedResync
+// AgainstMillionsOfTags...). A scan is at most 100,000 fields, ~0.2 s.
 // First it writes as a publish does: one XADD to the alive stream (its one
 // entry replaced) and one HSET (the publish script's probe field). A Redis
 // that refuses either (maxmemory under noeviction, an ACL, a read-only
@@ -404,17 +409,16 @@ local epochs = {}
 if ARGV[6] == '1' then
   local bms, bseq = string.match(ARGV[7], '^(%d+)-(%d+)$')
   bms, bseq = tonumber(bms) or 0, tonumber(bseq) or 0
-  local mark, newer, cursor = nil, 0, '0'
-  repeat
+  local mark, newer, cursor = redis.call('HGET', KEYS[2], 'nonce'), 0, '0'
+  if redis.call('HLEN', KEYS[2]) > 100002 then cursor = nil; newer = 100001 end
+  while cursor do
     local r = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', 1000)
     cursor = r[1]
     local kv = r[2]
     for i = 1, #kv, 2 do
       local f, v = kv[i], kv[i + 1]
       local ms, seq = string.match(v, '^(%d+)-(%d+)$')
-      if f == 'nonce' then
-        mark = v
-      elseif ms and (tonumber(ms) > bms or (tonumber(ms) == bms and tonumber(seq) > bseq)) then
+      if f ~= 'nonce' and ms and (tonumber(ms) > bms or (tonumber(ms) == bms and tonumber(seq) > bseq)) then
         newer = newer + 1
         if newer <= 100000 then
           epochs[#epochs + 1] = f
@@ -422,7 +426,8 @@ if ARGV[6] == '1' then
         end
       end
     end
-  until cursor == '0'
+    if cursor == '0' then cursor = nil end
+  end
   if newer > 100000 then epochs = {'g', last} end
   if mark then
     epochs[#epochs + 1] = 'nonce'
@@ -497,6 +502,9 @@ struct Relay::State {
   // The proof a start or a resume (of this relay or an earlier one) was
   // given its one grace for.
   std::optional<Clock::time_point> start_grace_for;
+  // When this process's resume marked the grace as given (start_grace_for),
+  // for the exit to take an unspent one back.
+  std::optional<Clock::time_point> resume_marked_at;
   std::chrono::milliseconds backoff{0};
   std::uint64_t pending_seq = ~std::uint64_t(0);
   Clock::time_point pending_since{};
@@ -816,20 +824,33 @@ struct Relay::State {
   }
 
   // This process ran again after a stop: the grace starts again, once per proof.
+  // A resume before the proof is overdue (a stray SIGCONT, the one a
+  // supervisor sends with SIGTERM, a wait 100 ms late) extends nothing and
+  // spends nothing: before, it took the proof's one grace, and a stop past
+  // the bound soon after cleared on its resume, Redis fine
+  // (test_attack_relay_liveness5, HiccupThenPause). One that extends the
+  // proof is saved (the proof's odd millisecond), as a start's grace is: a
+  // relay resumed and then restarted got a second grace for one proof,
+  // S + 3G (test_attack_relay_liveness4, SigcontThenRestart).
   void resumed(Clock::time_point now) {
-    if (extended_for == last_contact) return;
+    if (extended_for == last_contact || now - last_contact < soft_bound()) return;
     extended_for = last_contact;
-    // Saved (the proof's odd millisecond), as a start's grace is, when it
-    // extends anything (the proof was overdue): a relay resumed and then
-    // restarted got a second grace for one proof, S + 3G
-    // (test_attack_relay_liveness4, SigcontThenRestart). A resume before
-    // that (the SIGCONT a supervisor sends with SIGTERM) gives nothing and
-    // marks nothing: marked, the next start got no grace and cleared
-    // (test_attack_relay_liveness3, RestartWithRedisFine/Sigterm3000ms in
-    // CI's AddressSanitizer run).
-    if (now - last_contact >= soft_bound()) start_grace_for = last_contact;
+    start_grace_for = last_contact;
+    resume_marked_at = now;
     resumed_at = now;
     if (overdue_since) overdue_since = now;
+  }
+
+  // At exit: a grace this process's resume marked and did not spend (the
+  // SIGCONT sent with SIGTERM to a relay stopped past the bound) is taken
+  // back, for the next start to give it: marked, that start cleared before
+  // its replay, Redis fine (test_attack_relay_liveness5,
+  // StoppedThenRestarted/Sigterm). Not run, the rest of it: the bound stays
+  // S + 2G of a relay's running time, as for any restart.
+  void unmark_unspent_grace(Clock::time_point now) {
+    if (resume_marked_at && start_grace_for == last_contact && now - *resume_marked_at < grace()) {
+      start_grace_for.reset();
+    }
   }
 
   bool publish_pending(Clock::time_point now) {
@@ -1129,6 +1150,7 @@ struct Relay::State {
     connected = false;
     pub.close();
     sub.close();
+    unmark_unspent_grace(Clock::now());
     save();
     return 0;
   }

@@ -5,8 +5,9 @@
 // drain of readable data bounded by io_timeout), and the publish path, which
 // was untested. Real processes: a real redis-server, hostcache-relay
 // processes, SIGSTOP/SIGCONT, kill -9, the hostile proxy of hostile_proxy.h,
-// and (for one attack) a small proxy of this file's own that floods the
-// stream connection with an endless array.
+// and (for one attack) the flood proxy of hostile_proxy.h, which answers
+// the stream connection with an endless array. The fixture is
+// liveness_world.h's.
 //
 // The promise (docs/hostcache-relay.md, "Bounded staleness"): no host serves
 // an entry another host invalidated more than S + G (+ one timeout) ago; a
@@ -32,6 +33,7 @@
 #include "hostile_proxy.h"
 #include "relay.h"
 #include "relay_harness.h"
+#include "liveness_world.h"
 #include "two_hosts.h"
 
 namespace hostcache::relay {
@@ -42,146 +44,27 @@ using harness::RedisClient;
 using harness::RedisServer;
 using harness::RelayProcess;
 using harness::Reply;
-using two_hosts::clears;
 using two_hosts::ArrayFloodProxy;
+using two_hosts::clears;
 using two_hosts::Host;
 using two_hosts::HostileProxy;
 using two_hosts::Mode;
 using two_hosts::present;
 using two_hosts::set_on;
 using two_hosts::status;
+using two_hosts::LivenessWorld;
+using two_hosts::World;
+using two_hosts::ms_since;
+using two_hosts::proc_kib;
+using two_hosts::sleep_until_wall;
+using two_hosts::wall_now;
 using Clock = std::chrono::steady_clock;
 
 const std::string kStream = "hc:live3";
-constexpr auto kSlack = 1000ms;
 
-double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
-
-long proc_kib(pid_t pid, const char* field) {
-  const std::string s = harness::read_file("/proc/" + std::to_string(pid) + "/status");
-  const std::size_t p = s.find(field);
-  return p == std::string::npos ? -1 : std::atol(s.c_str() + p + std::strlen(field));
-}
-
-
-// ---- two hosts: A straight to Redis, B straight, through the hostile proxy, or the flood proxy ----
-
-struct World {
-  double stale_bound_s = 1;
-  int block_ms = 200;
-  int io_ms = 400;
-  bool with_a = true;
-  enum class Via { direct, hostile, flood } b_via = Via::direct;
-  std::chrono::milliseconds delay{0};
-};
-
-class LivenessAttack3 : public ::testing::Test {
+class LivenessAttack3 : public LivenessWorld {
  protected:
-  void SetUp() override {
-    if (std::string(HOSTCACHE_REDIS_SERVER).empty() || ::access(HOSTCACHE_REDIS_SERVER, X_OK) != 0) {
-      GTEST_SKIP() << "redis-server not found";
-    }
-  }
-  void TearDown() override {
-    if (redis_ && redis_->pid() > 0) ::kill(redis_->pid(), SIGCONT);
-    for (auto& x : extra_) x->terminate();
-    for (Host* h : {&a_, &b_}) {
-      if (h->relay) {
-        ::kill(h->relay->pid(), SIGCONT);
-        h->relay->terminate();
-      }
-    }
-    if (HasFailure() || std::getenv("HCRELAY_TEST_LOGS")) {
-      for (Host* h : {&a_, &b_}) {
-        if (h->relay) {
-          std::string log = harness::read_file(h->relay->log());
-          if (log.size() > 4000) log = "[...]\n" + log.substr(log.size() - 4000);
-          std::cerr << "---- relay " << (h == &a_ ? "A" : "B") << " log (tail):\n" << log;
-        }
-      }
-    }
-    extra_.clear();
-    a_.relay.reset();
-    b_.relay.reset();
-    proxy_.reset();
-    flood_.reset();
-    redis_.reset();
-    for (const auto& n : names_) Cache::remove(n);
-  }
-
-  std::vector<std::string> relay_args(const Host& h, int port) {
-    std::ostringstream bound;
-    bound << setup_.stale_bound_s;
-    return {h.name, "--redis", "127.0.0.1:" + std::to_string(port), "--stream", kStream, "--stale-bound", bound.str(),
-            "--block-ms", std::to_string(setup_.block_ms), "--timeout-ms", std::to_string(setup_.io_ms),
-            "--reconnect-max-ms", "200"};
-  }
-  void open_host(Host& h, const std::string& label) {
-    h.name = harness::unique_segment("live3" + label);
-    names_.push_back(h.name);
-    Config c;
-    c.name = h.name;
-    c.capacity_bytes = 8u << 20;
-    h.cache.emplace(Cache::open(c));
-  }
-  int b_port() const {
-    switch (setup_.b_via) {
-      case World::Via::hostile: return proxy_->port();
-      case World::Via::flood: return flood_->port();
-      default: return redis_->port();
-    }
-  }
-  void start_b(const std::string& log_suffix = "") {
-    b_.relay = std::make_unique<RelayProcess>(relay_args(b_, b_port()), dir_.path() + "/relay-B" + log_suffix + ".log");
-    b_.relay->start();
-  }
-  void start(const World& s, bool settle = true) {
-    setup_ = s;
-    redis_ = std::make_unique<RedisServer>(dir_.path(), harness::free_port());
-    redis_->start();
-    if (s.b_via == World::Via::hostile) {
-      proxy_ = std::make_unique<HostileProxy>(redis_->port(), two_hosts::ProxyTimes{.delay = s.delay});
-    }
-    if (s.b_via == World::Via::flood) flood_ = std::make_unique<ArrayFloodProxy>(redis_->port());
-    open_host(b_, "B");
-    if (s.b_via != World::Via::flood) start_b();
-    if (s.with_a) {
-      open_host(a_, "A");
-      a_.relay = std::make_unique<RelayProcess>(relay_args(a_, redis_->port()), dir_.path() + "/relay-A.log");
-      a_.relay->start();
-    }
-    if (settle) {
-      std::vector<Host*> hs;
-      for (Host* h : hosts()) {
-        if (h->relay) hs.push_back(h);
-      }
-      ASSERT_TRUE(two_hosts::settled(redis_->port(), kStream, hs, 10s)) << "not settled; B: " << describe(b_);
-    }
-    for (Host* h : hosts()) h->global0 = h->cache->generations({}).global;
-  }
-  std::vector<Host*> hosts() {
-    std::vector<Host*> v{&b_};
-    if (a_.cache) v.push_back(&a_);
-    return v;
-  }
-  bool settled(std::chrono::milliseconds timeout = 10s) {
-    return two_hosts::settled(redis_->port(), kStream, hosts(), timeout);
-  }
-  std::chrono::milliseconds allowed() const {
-    return two_hosts::allowed(std::chrono::milliseconds(std::int64_t(setup_.stale_bound_s * 1000)),
-                              std::chrono::milliseconds(setup_.block_ms), std::chrono::milliseconds(setup_.io_ms),
-                              kSlack);
-  }
-  std::string describe(Host& h) { return two_hosts::describe(h); }
-
-  World setup_;
-  harness::TempDir dir_;
-  std::unique_ptr<RedisServer> redis_;
-  std::unique_ptr<HostileProxy> proxy_;
-  std::unique_ptr<ArrayFloodProxy> flood_;
-  Host a_, b_;
-  std::vector<std::unique_ptr<RelayProcess>> extra_;
-  std::vector<std::string> names_;
+  LivenessAttack3() : LivenessWorld(kStream, "live3") {}
 };
 
 // ---- 1. Redis refuses every publish, reads work ---------------------------------------------

@@ -1,5 +1,5 @@
 // two_hosts.h — what the relay's liveness attacks share
-// (test_attack_relay_liveness, test_attack_relay_liveness2): a host (its
+// (test_attack_relay_liveness to liveness4): a host (its
 // segment and its relay process), what its status and log say, whether the
 // relays have settled, and the staleness the contract allows.
 #pragma once
