@@ -47,6 +47,24 @@ using testing::word_ref;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
+// A child that takes stripe h's lock, sets `inside`, says so on `holding`,
+// and unlocks once `release` is written to or closed.
+pid_t fork_holder(layout::StripeHeader& h, std::atomic<int>& inside, Pipe& holding, Pipe& release) {
+  const pid_t hp = ::fork();
+  if (hp == 0) {
+    if (!stripe_lock::lock(h, steady::now() + 2s).acquired) ::_exit(12);
+    inside = 1;
+    holding.send();
+    release.close_write();
+    release.recv();
+    inside = 0;
+    stripe_lock::unlock(h);
+    ::_exit(0);
+  }
+  holding.close_write();
+  return hp;
+}
+
 pid_t fork_at(const pid_t* tids, std::size_t levels) {
   clone_args args{};
   args.exit_signal = SIGCHLD;
@@ -330,18 +348,7 @@ void hidden_holder_scene(HolderFate fate) {
   };
   auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
   Pipe holding, release;
-  const pid_t hp = ::fork();
-  if (hp == 0) {
-    if (!stripe_lock::lock(h, steady::now() + 2s).acquired) ::_exit(12);
-    x->inside = 1;
-    holding.send();
-    release.close_write();
-    release.recv();
-    x->inside = 0;
-    stripe_lock::unlock(h);
-    ::_exit(0);
-  }
-  holding.close_write();
+  const pid_t hp = fork_holder(h, x->inside, holding, release);
   ASSERT_TRUE(holding.recv());
   if (fate != HolderFate::alive) {
     x->inside = 0;  // a dead holder is inside no more
@@ -417,18 +424,7 @@ void unreadable_status_scene(bool kill_holder) {
   };
   auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
   Pipe holding, release;
-  const pid_t hp = ::fork();
-  if (hp == 0) {
-    if (!stripe_lock::lock(h, steady::now() + 2s).acquired) ::_exit(12);
-    x->inside = 1;
-    holding.send();
-    release.close_write();
-    release.recv();
-    x->inside = 0;
-    stripe_lock::unlock(h);
-    ::_exit(0);
-  }
-  holding.close_write();
+  const pid_t hp = fork_holder(h, x->inside, holding, release);
   ASSERT_TRUE(holding.recv());
   if (kill_holder) {
     x->inside = 0;
