@@ -841,14 +841,15 @@ struct Relay::State {
     if (overdue_since) overdue_since = now;
   }
 
-  // At exit: a grace this process's resume marked and did not spend (the
-  // SIGCONT sent with SIGTERM to a relay stopped past the bound) is taken
-  // back, for the next start to give it: marked, that start cleared before
-  // its replay, Redis fine (test_attack_relay_liveness5,
-  // StoppedThenRestarted/Sigterm). Not run, the rest of it: the bound stays
-  // S + 2G of a relay's running time, as for any restart.
+  // At exit: a grace this process's resume marked just before (the SIGCONT
+  // sent with SIGTERM to a relay stopped past the bound) is taken back, for
+  // the next start to give it: marked, that start cleared before its
+  // replay, Redis fine (test_attack_relay_liveness5, StoppedThenRestarted/
+  // Sigterm). Only within one timeout of the resume (the exit may wait out
+  // a command): a resume's grace mostly run and then a restart gave one
+  // proof two graces, S + 3G (liveness4, SigcontThenRestart/Sigterm).
   void unmark_unspent_grace(Clock::time_point now) {
-    if (resume_marked_at && start_grace_for == last_contact && now - *resume_marked_at < grace()) {
+    if (resume_marked_at && start_grace_for == last_contact && now - *resume_marked_at < o.io_timeout) {
       start_grace_for.reset();
     }
   }

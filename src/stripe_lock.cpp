@@ -100,6 +100,8 @@ bool read_task_stat(const char* path, TaskStat& out) {
   return true;
 }
 
+}  // namespace
+
 // How many pid namespaces the NSpid line of a /proc/.../status file lists
 // (from that /proc's namespace down to the thread's own): 1 when the /proc is
 // the thread's own namespace's. 0 if the file has no such line (Linux before
@@ -116,8 +118,8 @@ int nspid_levels(const char* path) {
   std::size_t have = 0;   // bytes of a line not yet ended, at buf's start
   bool skipping = false;  // the line at buf's start began in an earlier, dropped chunk
   int levels = 0;
-  for (;;) {
-    const ssize_t r = ::read(fd, buf + have, sizeof buf - have);
+  for (bool eof = false; !eof;) {
+    ssize_t r = ::read(fd, buf + have, sizeof buf - have);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) {
       const int e = errno;
@@ -125,7 +127,12 @@ int nspid_levels(const char* path) {
       errno = e;
       return -1;
     }
-    if (r == 0) break;
+    if (r == 0) {  // a last line without its newline is a line too (have < sizeof buf here)
+      if (have == 0 || skipping) break;
+      buf[have] = '\n';
+      r = 1;
+      eof = true;
+    }
     const char* line = buf;
     const char* const end = buf + have + std::size_t(r);
     for (const char* nl; (nl = static_cast<const char*>(std::memchr(line, '\n', std::size_t(end - line)))) != nullptr;
@@ -156,6 +163,8 @@ int nspid_levels(const char* path) {
   ::close(fd);
   return 0;
 }
+
+namespace {
 
 // This thread's stat as /proc shows it now, if that /proc is this thread's
 // own pid namespace's: /proc/thread-self is this thread under its own id
@@ -254,13 +263,15 @@ const Identity& self() {
     std::uint32_t birth = 0;
     TaskStat st;
     t_self.no_birth = 0;
-    // The start time only from this namespace's own /proc: through an
-    // ancestor's, /proc/self/task/TID was another thread of this process
-    // (the one whose outer number is this thread's inner one), and a word
-    // with that thread's start time was judged "reused id, dead" by every
-    // waiter with a /proc of its own, while its owner lived: two holders
-    // (test_attack_lock5, HolderWhoseBirthWasReadThroughAnAncestorProc...).
-    if (own_thread_stat(tid, st)) {
+    // The start time from /proc/thread-self, which is this thread in any
+    // /proc that shows it at all (the kernel resolves it, not a number):
+    // through an ancestor's /proc, /proc/self/task/TID was another thread
+    // of this process (the one whose outer number is this thread's inner
+    // one), and a word with that thread's start time was judged "reused id,
+    // dead" by every waiter with a /proc of its own, while its owner lived:
+    // two holders (test_attack_lock5, HolderWhoseBirthWasReadThroughAn
+    // AncestorProc...).
+    if (read_task_stat("/proc/thread-self/stat", st)) {
       birth = std::uint32_t(st.start_time);
     } else if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) {
       // Out of descriptors or memory for now (a worker whose descriptor

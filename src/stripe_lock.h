@@ -128,6 +128,12 @@ Life owner_life(std::uint64_t word, const Identity& me);
 // /proc/self/ns/pid and /proc/self/ns/time; 0: unknown) differs from the
 // given ones: thread ids and start times mean nothing across them.
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens);
+
+// How many pid namespaces the NSpid line of a /proc/PID/status file names
+// (1: that /proc is the thread's own namespace's); 0 without such a line
+// (Linux before 4.1), -1 when the file cannot be read. For the judgement
+// above; declared here for its tests.
+int nspid_levels(const char* path);
 bool same_namespaces(const Identity& me, std::uint64_t pidns, std::uint64_t timens);
 
 // The owner's thread id in a lock word (0 when free).

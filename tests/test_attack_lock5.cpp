@@ -463,5 +463,58 @@ void unreadable_status_scene(bool kill_holder) {
 TEST(AttackLock5, WaiterWithAnUnreadableStatusIsBusyOnALiveHolder) { unreadable_status_scene(false); }
 TEST(AttackLock5, WaiterWithAnUnreadableStatusTakesOverAZombieHolder) { unreadable_status_scene(true); }
 
+// ============================================================================
+// 8. nspid_levels as a reader of status files (review of 568f6d0): the NSpid
+//    line is found wherever it is (after a Groups line of any length, after
+//    a line of exactly the reader's buffer, as a last line without its
+//    newline: "no NSpid" there trusted an ancestor's /proc), and a file
+//    without one, or none at all, says so. Files written here: a model of
+//    what /proc/PID/status may hold, not a replay of one kernel's.
+// ============================================================================
+std::string status_file(const std::string& text) {
+  char path[] = "/tmp/hc_nspid_XXXXXX";
+  const int fd = ::mkstemp(path);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(::write(fd, text.data(), text.size()), ssize_t(text.size()));
+  ::close(fd);
+  return path;
+}
+
+TEST(AttackLock5, NspidLevelsFindsTheLineWhereverTheFilePutsIt) {
+  const std::string head = "Name:\tw\nState:\tS (sleeping)\nTgid:\t7\nPid:\t7\n";
+  std::string groups = "Groups:\t";
+  for (int g = 0; g < 3000; ++g) groups += std::to_string(1000000 + g) + " ";
+  groups += "\n";
+  struct Case {
+    const char* what;
+    std::string text;
+    int levels;
+  };
+  const std::vector<Case> cases = {
+      {"one level", head + "NSpid:\t7\nNSpgid:\t7\n", 1},
+      {"two levels", head + "NSpid:\t4021\t7\nNSpgid:\t4021\t7\n", 2},
+      {"three levels, tabs and spaces", head + "NSpid:\t9 \t8\t7\n", 3},
+      {"after a Groups line of 24 KiB", head + groups + "NSpid:\t4021\t7\nNSpgid:\t1\n", 2},
+      {"a last line without its newline", head + "NSpid:\t4021\t7", 2},
+      {"after Groups, last, no newline", head + groups + "NSpid:\t4021\t7", 2},
+      {"after a line of exactly 1023 bytes and its newline", head + std::string(1023, 'x') + "\nNSpid:\t5\t6\n", 2},
+      {"after a line of exactly 1024 bytes and its newline", head + std::string(1024, 'x') + "\nNSpid:\t5\t6\n", 2},
+      {"after a line of 1025 bytes", head + std::string(1025, 'x') + "\nNSpid:\t5\t6\n", 2},
+      {"NSpid: inside another line is not the line", head + "Xx: NSpid:\t1\nNSpid:\t2\t3\n", 2},
+      {"no NSpid line (Linux before 4.1)", head + groups + "VmRSS:\t1 kB\n", 0},
+      {"an over-long line that is the file's end", head + std::string(5000, 'y'), 0},
+      {"an empty file", "", 0},
+  };
+  for (const Case& c : cases) {
+    const std::string path = status_file(c.text);
+    EXPECT_EQ(stripe_lock::nspid_levels(path.c_str()), c.levels) << c.what;
+    ::unlink(path.c_str());
+  }
+  EXPECT_EQ(stripe_lock::nspid_levels("/nonexistent/hc/status"), -1);
+  // This thread's own, as the kernel writes it: one level here, or more
+  // when the test runs inside a pid namespace with an ancestor's /proc.
+  EXPECT_GE(stripe_lock::nspid_levels("/proc/thread-self/status"), 1);
+}
+
 }  // namespace
 }  // namespace hostcache
