@@ -75,15 +75,9 @@ void split_stripe(Geometry& g) {
 
 }  // namespace
 
-std::uint64_t own_pidns() {
-  struct stat st;
-  return ::stat("/proc/self/ns/pid", &st) == 0 ? std::uint64_t(st.st_ino) : 0;
-}
+std::uint64_t own_pidns() { return stripe_lock::own_ns_inode("pid"); }
 
-std::uint64_t own_timens() {
-  struct stat st;
-  return ::stat("/proc/self/ns/time", &st) == 0 ? std::uint64_t(st.st_ino) : 0;
-}
+std::uint64_t own_timens() { return stripe_lock::own_ns_inode("time"); }
 
 namespace {
 
@@ -205,8 +199,26 @@ void sweep_dead_temporaries(std::string_view name) {
   ::closedir(dir);
 }
 
+// This process's pid namespace, which a creator records and a read-write
+// opener must share: stripe locks and flights name their owners by thread
+// id and pid. A process that cannot read it (no /proc, or another pid
+// namespace's /proc, which does not show it) is refused here, before it
+// creates a segment that records "unknown" (which once let any namespace
+// in: test_attack_lock6, SegmentCreatedWithoutProc...) or takes a lock.
+std::uint64_t required_pidns(std::string_view name) {
+  const std::uint64_t ns = own_pidns();
+  if (ns == 0) {
+    const int e = errno;
+    fail(Errc::io_error, name,
+         std::string("cannot read this thread's pid namespace (/proc/thread-self/ns/pid: ") + std::strerror(e) +
+             "): stripe locks name their holders by thread id, which means something only in a known pid "
+             "namespace; mount this pid namespace's /proc, or open the segment read-only");
+  }
+  return ns;
+}
+
 // The creator's random secret: 128 bits from the OS, never all zero.
-void fill_secret(Geometry& g) {
+void fill_secret(Geometry& g, std::string_view name) {
   std::random_device rd;
   do {
     g.key_secret[0] = (std::uint64_t(rd()) << 32) | rd();
@@ -214,7 +226,7 @@ void fill_secret(Geometry& g) {
   } while (g.key_secret[0] == 0 && g.key_secret[1] == 0);
   g.host_id[0] = (std::uint64_t(rd()) << 32) | rd();
   g.host_id[1] = (std::uint64_t(rd()) << 32) | rd();
-  g.pidns_ino = own_pidns();
+  g.pidns_ino = required_pidns(name);
   g.timens_ino = own_timens();
 }
 
@@ -436,16 +448,23 @@ std::unique_ptr<Segment> Segment::attach_fd(int raw_fd, const std::string& path,
     // Dead-owner detection judges thread ids: they mean nothing across pid
     // namespaces (a container sharing /dev/shm with its host), where a live
     // owner would look dead and be taken over. Read-only tools lock nothing.
+    // A namespace that could not be read, ours or the creator's, is never
+    // taken for the same (test_attack_lock6).
     const Geometry& g = seg->geo_;
-    const std::uint64_t pid_mine = own_pidns(), time_mine = own_timens();
-    if (g.pidns_ino != 0 && pid_mine != 0 && g.pidns_ino != pid_mine) {
+    const std::uint64_t pid_mine = required_pidns(name), time_mine = own_timens();
+    if (g.pidns_ino == 0) {
+      fail(Errc::incompatible, name,
+           "its creator could not read its pid namespace (ns inode 0): nobody can tell whose thread ids its "
+           "locks name; remove it and create it again from a process with /proc");
+    }
+    if (g.pidns_ino != pid_mine) {
       fail(Errc::incompatible, name,
            "created in another pid namespace (ns inode " + std::to_string(g.pidns_ino) + ", ours " +
                std::to_string(pid_mine) +
                "): processes sharing a segment must share a pid namespace; open the segment from "
                "that namespace (e.g. share the host's with --pid=host) or use another name");
     }
-    if (g.timens_ino != 0 && time_mine != 0 && g.timens_ino != time_mine) {
+    if (g.timens_ino != time_mine) {
       fail(Errc::incompatible, name,
            "created in another time namespace (ns inode " + std::to_string(g.timens_ino) + ", ours " +
                std::to_string(time_mine) + "): start times, which tell a live lock holder from a dead one, "
@@ -474,7 +493,7 @@ void initialize(std::uint8_t* base, const Config& c, const Geometry& g) {
 // Creates under a private temporary name, initializes, then publishes with
 // link(2). Returns nullptr if the name was taken meanwhile.
 std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, Geometry& g) {
-  fill_secret(g);
+  fill_secret(g, c.name);
   static thread_local std::mt19937_64 rng(std::random_device{}() ^ std::uint64_t(::getpid()));
   const std::string temp = std::string(kTempPrefix) + c.name + "~" + std::to_string(own_pidns()) + "~" +
                            std::to_string(::getpid()) + "~" + std::to_string(rng());
@@ -513,7 +532,7 @@ std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, Geometry
 std::unique_ptr<Segment> Segment::create_sealed(const Config& config) {
   validate_name(config.name);
   Geometry g = plan(config);
-  fill_secret(g);
+  fill_secret(g, config.name);
   Fd fd;
   fd.fd = ::memfd_create(object_of(config.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd.fd < 0) fail(Errc::io_error, config.name, std::string("memfd_create: ") + std::strerror(errno));

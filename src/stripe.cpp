@@ -255,6 +255,12 @@ Locked::Locked(Segment& segment, std::uint32_t index)
   // A process that moved to another pid or time namespace after attaching
   // (a child forked into a new one keeps the mapping) must not lock: its
   // thread ids and start times mean something else to the others.
+  if (me_.pidns == 0) {
+    throw Error(Errc::incompatible, "segment '" + segment.name() +
+                                        "': this thread cannot read its pid namespace (/proc/thread-self/ns/pid: " +
+                                        std::strerror(me_.no_pidns) +
+                                        "); it cannot take stripe locks (mount its pid namespace's /proc)");
+  }
   if (!stripe_lock::same_namespaces(me_, segment.geometry().pidns_ino, segment.geometry().timens_ino)) {
     throw Error(Errc::incompatible, "segment '" + segment.name() +
                                         "': this process is in another pid or time namespace than the segment's "

@@ -164,6 +164,25 @@ int nspid_levels(const char* path) {
   return 0;
 }
 
+// Read through /proc/thread-self: this thread in any /proc that shows it.
+// /proc/self/ns/time of a process whose first thread has exited is ENOENT
+// (its pid link still reads): a worker thread there recorded "time
+// namespace unknown", was let lock from a child time namespace, and its
+// shifted start time read "reused id, dead" to every waiter outside: two
+// holders (test_attack_lock6, HolderInAChildTimeNamespaceWhoseMainThread...).
+// /proc/self is the fallback for kernels before 3.17 (no thread-self).
+std::uint64_t own_ns_inode(const char* kind) {
+  char path[64];
+  struct stat st;
+  std::snprintf(path, sizeof path, "/proc/thread-self/ns/%s", kind);
+  if (::stat(path, &st) == 0) return std::uint64_t(st.st_ino);
+  const int e = errno;
+  std::snprintf(path, sizeof path, "/proc/self/ns/%s", kind);
+  if (::stat("/proc/thread-self", &st) != 0 && ::stat(path, &st) == 0) return std::uint64_t(st.st_ino);
+  errno = e;
+  return 0;
+}
+
 namespace {
 
 // This thread's stat as /proc shows it now, if that /proc is this thread's
@@ -232,10 +251,6 @@ std::uint64_t fresh_generation() {
   return g == 0 ? 1 : g;
 }
 
-std::uint64_t ns_inode(const char* path) {
-  struct stat st;
-  return ::stat(path, &st) == 0 ? std::uint64_t(st.st_ino) : 0;
-}
 
 // The default (general-dynamic) TLS model: initial-exec would save a
 // __tls_get_addr per lock, but a library loaded by dlopen then needs glibc's
@@ -286,8 +301,9 @@ const Identity& self() {
     }
     t_self.word = t_self.no_birth != 0 ? 0 : (std::uint64_t(birth) << 32) | (tid & 0x7fffffffu);
     t_self.pid = std::uint32_t(::getpid());
-    t_self.pidns = ns_inode("/proc/self/ns/pid");
-    t_self.timens = ns_inode("/proc/self/ns/time");
+    t_self.pidns = own_ns_inode("pid");
+    t_self.no_pidns = t_self.pidns == 0 ? errno : 0;
+    t_self.timens = own_ns_inode("time");  // 0 on a kernel without time namespaces (before 5.6)
     t_self.fork_word = &page->generation;
     t_self.generation = gen;
   }
@@ -297,8 +313,7 @@ const Identity& self() {
 // Whether this process is in another pid or time namespace than when `me`
 // was computed (read afresh: only waits that judge an owner ask).
 bool moved_since(const Identity& me) {
-  const std::uint64_t pidns = ns_inode("/proc/self/ns/pid"), timens = ns_inode("/proc/self/ns/time");
-  return (me.pidns != 0 && pidns != me.pidns) || (me.timens != 0 && timens != me.timens);
+  return own_ns_inode("pid") != me.pidns || own_ns_inode("time") != me.timens;
 }
 
 // What lock returns in a child forked (from a signal handler) while its
@@ -348,6 +363,7 @@ Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_poi
   }
   std::uint64_t watched = 0;  // the owner we are timing
   steady::time_point since{};
+  bool judged = false;  // `watched` was judged in this call
   for (;;) {
     std::uint64_t v = w.load(std::memory_order_relaxed);
     if (forked_since(me)) return forked_out();
@@ -370,7 +386,14 @@ Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_poi
     if (owner != watched) {
       watched = owner;
       since = now;
-    } else if (now - since >= kPoll) {
+      judged = false;
+    }
+    // Judged once watched for kPoll, and at the deadline at the latest: a
+    // lock_timeout under kPoll returned busy before any judgement, and a
+    // dead owner's stripe stayed busy to every such locker
+    // (test_attack_lock6, DeadHolderIsRecoveredEvenWithALockTimeout...).
+    if (now - since >= kPoll || (now >= deadline && !judged)) {
+      judged = true;
       // A process that moved to another pid or time namespace since its
       // identity was computed (setns(CLONE_NEWTIME) moves the caller) reads
       // every other thread's start time shifted: it would judge live owners
@@ -389,6 +412,7 @@ Acquired lock_slow(layout::StripeHeader& s, const Identity& me, steady::time_poi
                                       std::memory_order_relaxed)) {
           return took_over(s, me, v);
         }
+        judged = false;  // the word moved (a waiters bit, a new owner): judged again
         continue;
       }
       since = now;
@@ -416,8 +440,16 @@ const Identity& identity() { return self(); }
 
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) { return same_namespaces(self(), pidns, timens); }
 
+// A pid namespace that could not be read, the thread's (no /proc, or
+// another namespace's /proc that does not show it) or the segment's
+// creator's, is never the same: before, 0 meant "unknown, let it lock", and a
+// thread of a child pid namespace without /proc locked with a number that
+// named nobody outside ("dead" to every waiter there), or judged an outer
+// holder by kill() of an outer number (ESRCH in its namespace: "dead"):
+// two holders (test_attack_lock6). Time namespaces compare exactly: 0 on
+// both sides is a kernel without them.
 bool same_namespaces(const Identity& me, std::uint64_t pidns, std::uint64_t timens) {
-  return (pidns == 0 || me.pidns == 0 || pidns == me.pidns) && (timens == 0 || me.timens == 0 || timens == me.timens);
+  return me.pidns != 0 && pidns == me.pidns && timens == me.timens;
 }
 
 namespace {

@@ -83,7 +83,11 @@ struct Identity {
   std::uint64_t word = 0;       // 0: no descriptor or memory to read the start time (no_birth: errno); lock refuses
   int no_birth = 0;
   std::uint32_t pid = 0;
+  // Inodes of /proc/thread-self/ns/pid and .../time. pidns 0: this thread
+  // cannot read its pid namespace (no_pidns: errno) and takes no lock;
+  // timens 0: a kernel without time namespaces.
   std::uint64_t pidns = 0, timens = 0;
+  int no_pidns = 0;
 };
 // Throws Error(io_error) if the page that tells a forked child from its
 // parent cannot be mapped (tried again on the next call).
@@ -124,10 +128,17 @@ enum class Life { alive, dead };
 Life owner_life(std::uint64_t word);
 Life owner_life(std::uint64_t word, const Identity& me);
 
-// True unless this process's pid or time namespace (inodes of
-// /proc/self/ns/pid and /proc/self/ns/time; 0: unknown) differs from the
-// given ones: thread ids and start times mean nothing across them.
+// Whether this thread's pid and time namespaces (inodes of
+// /proc/thread-self/ns/pid and .../time) are the given ones, a segment
+// creator's: thread ids and start times mean nothing across them. False
+// when either pid namespace is unknown (0): a thread that cannot read its
+// own takes no lock.
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens);
+
+// The inode of this thread's namespace of `kind` ("pid", "time"), 0 with
+// errno when it cannot be read (no /proc, one that does not show this
+// thread, or, for "time", a kernel without time namespaces).
+std::uint64_t own_ns_inode(const char* kind);
 
 // How many pid namespaces the NSpid line of a /proc/PID/status file names
 // (1: that /proc is the thread's own namespace's); 0 without such a line

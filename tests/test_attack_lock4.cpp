@@ -33,6 +33,7 @@
 #include "cache_impl.h"
 #include "fork_probe.h"
 #include "lock_probe.h"
+#include "pidns_probe.h"
 #include "log.h"
 #include "segment.h"
 #include "stripe_lock.h"
@@ -50,16 +51,7 @@ using namespace std::chrono_literals;
 using testing::word_ref;
 
 using testing::fill_fd_table;
-
-// fork() through clone3, with the child's pid chosen at each pid namespace
-// level (set_tid[0]: the innermost). -1 with errno on failure.
-pid_t fork_at(const pid_t* tids, std::size_t levels) {
-  clone_args args{};
-  args.exit_signal = SIGCHLD;
-  args.set_tid = reinterpret_cast<std::uint64_t>(tids);
-  args.set_tid_size = levels;
-  return pid_t(::syscall(SYS_clone3, &args, sizeof args));
-}
+using testing::task_state;
 
 // fork() with no catch(...) around the child's body: pthread_exit in it
 // (a forced unwind) must not be swallowed (testing::spawn catches all).
@@ -68,13 +60,6 @@ pid_t fork_raw(F&& f) {
   const pid_t p = ::fork();
   if (p == 0) ::_exit(f());
   return p;
-}
-
-char task_state(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const auto p = s.rfind(')');
-  return p == std::string::npos || p + 2 >= s.size() ? 0 : s[p + 2];
 }
 
 // ============================================================================
@@ -98,103 +83,14 @@ void ancestor_proc_scene(bool coincide) {
   ScopedName name("atk4_anc");
   Config config = testing::small_config(name.name, 1u << 20, 1);
   config.lock_timeout = 300ms;
-
-  struct Shared {
-    std::atomic<int> stage{0};
-    std::atomic<int> w_pid{0}, w_outer{0};
-    std::atomic<int> w_acquired{0}, w_saw_inside{0}, w_busy{0}, w_takeovers{0};
-    std::atomic<int> inside{0};
-    int err = 0;
-  };
-  auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
-
-  // Z: a zombie in this (the parent) pid namespace.
-  const pid_t z = testing::spawn([] { return 0; });
-  siginfo_t info{};
-  ASSERT_EQ(::waitid(P_PID, id_t(z), &info, WEXITED | WNOWAIT), 0);
-  ASSERT_EQ(task_state(z), 'Z');
-  const int outer_last = [] {
-    std::ifstream f("/proc/sys/kernel/ns_last_pid");
-    int v = 0;
-    f >> v;
-    return v;
-  }();
-
-  const pid_t pp = testing::spawn([&] {
-    if (::unshare(CLONE_NEWPID) != 0) return 20;
-    const pid_t c = ::fork();
-    if (c < 0) return 21;
-    if (c == 0) {
-      // C: init of the new namespace; /proc is still the parent's.
-      log::get().set_level(spdlog::level::off);
-      Cache cache = Cache::open(config);
-      layout::StripeHeader& h = header_of(cache, 0);
-      if (cache.set("k", "v") != Errc::ok) ::_exit(30);
-      Pipe holding, release;
-      const pid_t hz[1] = {z};
-      const pid_t hp = fork_at(hz, 1);  // H: number z in this namespace
-      if (hp < 0) {
-        x->err = errno;
-        ::_exit(31);
-      }
-      if (hp == 0) {
-        if (!stripe_lock::lock(h, steady::now() + 2s).acquired) ::_exit(12);
-        x->inside = 1;
-        holding.send();
-        release.close_write();
-        release.recv();
-        x->inside = 0;
-        stripe_lock::unlock(h);
-        ::_exit(0);
-      }
-      holding.close_write();
-      if (!holding.recv()) ::_exit(32);
-      // W: the same number in both namespaces (coincide), or whatever fork gives.
-      pid_t wp = -1;
-      auto w_body = [&] {
-        char self[64] = {0};
-        if (::readlink("/proc/self", self, sizeof self - 1) < 0) ::_exit(40);
-        x->w_pid = ::getpid();
-        x->w_outer = std::atoi(self);
-        const std::uint64_t takeovers = h.takeovers;
-        const Errc e = cache.set("k", "from W");
-        x->w_acquired = e == Errc::ok;
-        x->w_busy = e == Errc::busy;
-        x->w_saw_inside = x->inside.load();
-        x->w_takeovers = int(h.takeovers - takeovers);
-        ::_exit(0);
-      };
-      if (coincide) {
-        for (pid_t cand = outer_last + 500; cand < outer_last + 5000; ++cand) {
-          const pid_t both[2] = {cand, cand};
-          wp = fork_at(both, 2);
-          if (wp == 0) w_body();
-          if (wp > 0 || errno != EEXIST) break;
-        }
-      } else {
-        wp = ::fork();
-        if (wp == 0) w_body();
-      }
-      if (wp < 0) {
-        x->err = errno;
-        release.send();
-        ::_exit(33);
-      }
-      const int ws = testing::finishes_within(wp, 10000);
-      release.send();
-      const int hs = testing::finishes_within(hp, 10000);
-      ::_exit(ws == 0 && hs == 0 ? 0 : 34);
-    }
-    int st = 0;
-    ::waitpid(c, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 35;
-  });
-  const int st = testing::finishes_within(pp, 20000);
-  testing::wait_for(z);
-  if (st == 20 || st == 31 || st == 33) {
-    GTEST_SKIP() << "no pid namespace / clone3 set_tid here (status " << st << ", errno " << x->err << ")";
+  auto* x = new (testing::shared_memory(sizeof(testing::AncestorScene))) testing::AncestorScene;
+  testing::run_ancestor_scene(config, coincide, x, [] {});
+  if (x->zombie > 0) testing::wait_for(x->zombie);
+  if (::testing::Test::HasFatalFailure()) return;
+  if (testing::scene_unsupported(*x)) {
+    GTEST_SKIP() << "no pid namespace / clone3 set_tid here (status " << x->status << ", errno " << x->err << ")";
   }
-  ASSERT_EQ(st, 0) << "scene failed";
+  ASSERT_EQ(x->status, 0) << "scene failed";
   if (coincide) {
     ASSERT_EQ(x->w_pid.load(), x->w_outer.load()) << "W's numbers do not coincide";
   } else {
@@ -203,7 +99,7 @@ void ancestor_proc_scene(bool coincide) {
   EXPECT_FALSE(x->w_acquired.load() && x->w_saw_inside.load())
       << "two holders: W (pid " << x->w_pid.load() << " in the inner namespace, " << x->w_outer.load()
       << " in the outer one, whose /proc it sees) took the stripe over (takeovers +" << x->w_takeovers.load()
-      << ") from holder H, alive and inside, whose inner pid " << z
+      << ") from holder H, alive and inside, whose inner pid " << x->zombie
       << " names a zombie in the outer /proc: proc_shows() accepted the outer /proc because "
          "/proc/thread-self showed W under its own number and start time";
   EXPECT_TRUE(x->w_busy.load()) << "W should have been answered busy (acquired=" << x->w_acquired.load() << ")";

@@ -32,6 +32,7 @@
 #include "cache_impl.h"
 #include "fork_probe.h"
 #include "lock_probe.h"
+#include "pidns_probe.h"
 #include "log.h"
 #include "segment.h"
 #include "stripe_lock.h"
@@ -47,42 +48,8 @@ using testing::word_ref;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-// A child that takes stripe h's lock, sets `inside`, says so on `holding`,
-// and unlocks once `release` is written to or closed.
-pid_t fork_holder(layout::StripeHeader& h, std::atomic<int>& inside, Pipe& holding, Pipe& release) {
-  const pid_t hp = ::fork();
-  if (hp == 0) {
-    if (!stripe_lock::lock(h, steady::now() + 2s).acquired) ::_exit(12);
-    inside = 1;
-    holding.send();
-    release.close_write();
-    release.recv();
-    inside = 0;
-    stripe_lock::unlock(h);
-    ::_exit(0);
-  }
-  holding.close_write();
-  return hp;
-}
-
-pid_t fork_at(const pid_t* tids, std::size_t levels) {
-  clone_args args{};
-  args.exit_signal = SIGCHLD;
-  args.set_tid = reinterpret_cast<std::uint64_t>(tids);
-  args.set_tid_size = levels;
-  return pid_t(::syscall(SYS_clone3, &args, sizeof args));
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
-char task_state(pid_t pid) {
-  const std::string s = slurp("/proc/" + std::to_string(pid) + "/stat");
-  const auto p = s.rfind(')');
-  return p == std::string::npos || p + 2 >= s.size() ? 0 : s[p + 2];
-}
+using testing::fork_holder;
+using testing::slurp;
 
 pid_t gettid_() { return pid_t(::syscall(SYS_gettid)); }
 
@@ -221,105 +188,36 @@ TEST(AttackLock5, WorkerWithManyGroupsWhoseNumberCoincidesInAnAncestorProcNeverT
   ScopedName name("atk5_grp");
   Config config = testing::small_config(name.name, 1u << 20, 1);
   config.lock_timeout = 300ms;
-
-  struct Shared {
-    std::atomic<int> w_pid{0}, w_outer{0}, w_status_len{0}, w_nspid_at{0}, no_groups{0};
-    std::atomic<int> w_acquired{0}, w_saw_inside{0}, w_busy{0}, w_takeovers{0};
-    std::atomic<int> inside{0};
-    int err = 0;
+  struct Extra {
+    std::atomic<int> w_status_len{0}, w_nspid_at{0}, no_groups{0};
   };
-  auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
-
-  const pid_t z = testing::spawn([] { return 0; });
-  siginfo_t info{};
-  ASSERT_EQ(::waitid(P_PID, id_t(z), &info, WEXITED | WNOWAIT), 0);
-  ASSERT_EQ(task_state(z), 'Z');
-  const int outer_last = std::atoi(slurp("/proc/sys/kernel/ns_last_pid").c_str());
-
-  const pid_t pp = testing::spawn([&] {
-    if (::unshare(CLONE_NEWPID) != 0) return 20;
-    const pid_t c = ::fork();
-    if (c < 0) return 21;
-    if (c == 0) {
-      log::get().set_level(spdlog::level::off);
-      Cache cache = Cache::open(config);
-      layout::StripeHeader& h = header_of(cache, 0);
-      if (cache.set("k", "v") != Errc::ok) ::_exit(30);
-      Pipe holding, release;
-      const pid_t hz[1] = {z};
-      const pid_t hp = fork_at(hz, 1);  // H: number z here, a zombie's number outside
-      if (hp < 0) {
-        x->err = errno;
-        ::_exit(31);
-      }
-      if (hp == 0) {
-        if (!stripe_lock::lock(h, steady::now() + 2s).acquired) ::_exit(12);
-        x->inside = 1;
-        holding.send();
-        release.close_write();
-        release.recv();
-        x->inside = 0;
-        stripe_lock::unlock(h);
-        ::_exit(0);
-      }
-      holding.close_write();
-      if (!holding.recv()) ::_exit(32);
-      auto w_body = [&] {
-        std::vector<gid_t> groups;
-        for (gid_t g = 0; g < 1400; ++g) groups.push_back(1000000 + g);
-        if (::setgroups(groups.size(), groups.data()) != 0) {
-          x->no_groups = 1;
-          ::_exit(0);
-        }
-        char self[64] = {0};
-        if (::readlink("/proc/self", self, sizeof self - 1) < 0) ::_exit(40);
-        x->w_pid = ::getpid();
-        x->w_outer = std::atoi(self);
-        const std::string status = slurp("/proc/thread-self/status");
-        x->w_status_len = int(status.size());
-        x->w_nspid_at = int(status.find("\nNSpid:"));
-        const std::uint64_t takeovers = h.takeovers;
-        const Errc e = cache.set("k", "from W");
-        x->w_acquired = e == Errc::ok;
-        x->w_busy = e == Errc::busy;
-        x->w_saw_inside = x->inside.load();
-        x->w_takeovers = int(h.takeovers - takeovers);
-        ::_exit(0);
-      };
-      pid_t wp = -1;
-      for (pid_t cand = outer_last + 500; cand < outer_last + 5000; ++cand) {
-        const pid_t both[2] = {cand, cand};
-        wp = fork_at(both, 2);
-        if (wp == 0) w_body();
-        if (wp > 0 || errno != EEXIST) break;
-      }
-      if (wp < 0) {
-        x->err = errno;
-        release.send();
-        ::_exit(33);
-      }
-      const int ws = testing::finishes_within(wp, 10000);
-      release.send();
-      const int hs = testing::finishes_within(hp, 10000);
-      ::_exit(ws == 0 && hs == 0 ? 0 : 34);
+  auto* y = new (testing::shared_memory(sizeof(Extra))) Extra;
+  auto* x = new (testing::shared_memory(sizeof(testing::AncestorScene))) testing::AncestorScene;
+  testing::run_ancestor_scene(config, true, x, [y] {
+    std::vector<gid_t> groups;
+    for (gid_t g = 0; g < 1400; ++g) groups.push_back(1000000 + g);
+    if (::setgroups(groups.size(), groups.data()) != 0) {
+      y->no_groups = 1;
+      ::_exit(0);
     }
-    int st = 0;
-    ::waitpid(c, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 35;
+    const std::string status = slurp("/proc/thread-self/status");
+    y->w_status_len = int(status.size());
+    y->w_nspid_at = int(status.find("\nNSpid:"));
   });
-  const int st = testing::finishes_within(pp, 20000);
-  testing::wait_for(z);
-  if (st == 20 || st == 31 || st == 33) {
-    GTEST_SKIP() << "no pid namespace / clone3 set_tid here (status " << st << ", errno " << x->err << ")";
+  if (x->zombie > 0) testing::wait_for(x->zombie);
+  if (::testing::Test::HasFatalFailure()) return;
+  if (testing::scene_unsupported(*x)) {
+    GTEST_SKIP() << "no pid namespace / clone3 set_tid here (status " << x->status << ", errno " << x->err << ")";
   }
-  ASSERT_EQ(st, 0) << "scene failed";
-  if (x->no_groups.load()) GTEST_SKIP() << "setgroups refused here";
+  ASSERT_EQ(x->status, 0) << "scene failed";
+  if (y->no_groups.load()) GTEST_SKIP() << "setgroups refused here";
   ASSERT_EQ(x->w_pid.load(), x->w_outer.load()) << "W's numbers do not coincide";
-  ASSERT_GT(x->w_nspid_at.load(), 8191) << "W's status is short: not this test's subject";
+  ASSERT_GT(y->w_nspid_at.load(), 8191) << "W's status is short: not this test's subject";
   EXPECT_FALSE(x->w_acquired.load() && x->w_saw_inside.load())
       << "two holders: W (pid " << x->w_pid.load() << " at both levels, 1400 groups, status "
-      << x->w_status_len.load() << " bytes, NSpid at byte " << x->w_nspid_at.load()
-      << ") took the stripe over (takeovers +" << x->w_takeovers.load() << ") from live holder H, whose pid " << z
+      << y->w_status_len.load() << " bytes, NSpid at byte " << y->w_nspid_at.load()
+      << ") took the stripe over (takeovers +" << x->w_takeovers.load() << ") from live holder H, whose pid "
+      << x->zombie
       << " names a zombie in the outer /proc: nspid_levels read 8191 bytes, found no NSpid line and said 0 "
          "(\"a kernel before 4.1\")";
   EXPECT_TRUE(x->w_busy.load()) << "W should have been answered busy (acquired=" << x->w_acquired.load() << ")";
@@ -335,6 +233,29 @@ TEST(AttackLock5, WorkerWithManyGroupsWhoseNumberCoincidesInAnAncestorProcNeverT
 //    design's bounded takeover (test_attack_lock3 takes a zombie over with a
 //    full descriptor table) - here only once the zombie is reaped.
 // ============================================================================
+// What a waiter facing fork_holder's holder saw.
+struct WaiterView {
+  std::atomic<int> inside{0}, acquired{0}, owner_died{0}, saw_inside{0};
+};
+
+// Kills holder hp (SIGKILL) and waits for its exit, leaving it a zombie
+// (unreaped) when asked.
+void kill_holder(pid_t hp, WaiterView* x, bool zombie) {
+  x->inside = 0;  // a dead holder is inside no more
+  ::kill(hp, SIGKILL);
+  siginfo_t info{};
+  ASSERT_EQ(::waitid(P_PID, id_t(hp), &info, WEXITED | (zombie ? WNOWAIT : 0)), 0);
+}
+
+// The waiter's attempt: stripe h's lock within 3 s, recorded in x.
+void wait_for_lock(layout::StripeHeader& h, WaiterView* x) {
+  const auto a = stripe_lock::lock(h, steady::now() + 3s);
+  x->acquired = a.acquired;
+  x->owner_died = a.owner_died;
+  x->saw_inside = x->inside.load();
+  if (a.acquired) stripe_lock::unlock(h);
+}
+
 enum class HolderFate { alive, reaped, zombie };
 
 void hidden_holder_scene(HolderFate fate) {
@@ -343,18 +264,13 @@ void hidden_holder_scene(HolderFate fate) {
   Cache cache = Cache::open(config);
   layout::StripeHeader& h = header_of(cache, 0);
   ASSERT_EQ(cache.set("k", "v"), Errc::ok);
-  struct Shared {
-    std::atomic<int> inside{0}, acquired{0}, owner_died{0}, saw_inside{0}, step{0};
-  };
-  auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
+  auto* x = new (testing::shared_memory(sizeof(WaiterView))) WaiterView;
   Pipe holding, release;
   const pid_t hp = fork_holder(h, x->inside, holding, release);
   ASSERT_TRUE(holding.recv());
   if (fate != HolderFate::alive) {
-    x->inside = 0;  // a dead holder is inside no more
-    ::kill(hp, SIGKILL);
-    siginfo_t info{};
-    ASSERT_EQ(::waitid(P_PID, id_t(hp), &info, WEXITED | (fate == HolderFate::zombie ? WNOWAIT : 0)), 0);
+    kill_holder(hp, x, fate == HolderFate::zombie);
+    if (::testing::Test::HasFatalFailure()) return;
   }
   const pid_t wp = ::fork();
   if (wp == 0) {
@@ -365,12 +281,7 @@ void hidden_holder_scene(HolderFate fate) {
     if (::setresuid(65534, 65534, 65534) != 0) ::_exit(51);
     // The holder is hidden from this /proc (the precondition).
     if (::access(("/proc/" + std::to_string(hp) + "/stat").c_str(), F_OK) == 0) ::_exit(52);
-    x->step = 1;
-    const auto a = stripe_lock::lock(h, steady::now() + 3s);
-    x->acquired = a.acquired;
-    x->owner_died = a.owner_died;
-    x->saw_inside = x->inside.load();
-    if (a.acquired) stripe_lock::unlock(h);
+    wait_for_lock(h, x);
     ::_exit(0);
   }
   const int ws = testing::finishes_within(wp, 15000);
@@ -413,24 +324,20 @@ TEST(AttackLock5, HiddenKilledUnreapedHolderOfAnotherUidIsTakenOverInBoundedTime
 //    its status: a live holder is busy, a killed unreaped one is taken over
 //    (move_pages EINVAL for a zombie of the same uid).
 // ============================================================================
-void unreadable_status_scene(bool kill_holder) {
+void unreadable_status_scene(bool killed) {
   ScopedName name("atk5_st");
   Config config = testing::small_config(name.name, 1u << 20, 1);
   Cache cache = Cache::open(config);
   layout::StripeHeader& h = header_of(cache, 0);
   ASSERT_EQ(cache.set("k", "v"), Errc::ok);
-  struct Shared {
-    std::atomic<int> inside{0}, acquired{0}, owner_died{0}, saw_inside{0}, levels_readable{0};
-  };
-  auto* x = new (testing::shared_memory(sizeof(Shared))) Shared;
+  auto* x = new (testing::shared_memory(sizeof(WaiterView))) WaiterView;
+  auto* levels_readable = new (testing::shared_memory(sizeof(std::atomic<int>))) std::atomic<int>(0);
   Pipe holding, release;
   const pid_t hp = fork_holder(h, x->inside, holding, release);
   ASSERT_TRUE(holding.recv());
-  if (kill_holder) {
-    x->inside = 0;
-    ::kill(hp, SIGKILL);
-    siginfo_t info{};
-    ASSERT_EQ(::waitid(P_PID, id_t(hp), &info, WEXITED | WNOWAIT), 0);
+  if (killed) {
+    kill_holder(hp, x, true);
+    if (::testing::Test::HasFatalFailure()) return;
   }
   const pid_t wp = ::fork();
   if (wp == 0) {
@@ -438,12 +345,8 @@ void unreadable_status_scene(bool kill_holder) {
     (void)stripe_lock::self_word();
     const std::string st = "/proc/" + std::to_string(::getpid()) + "/task/" + std::to_string(gettid_()) + "/status";
     if (::mount("/dev/null", st.c_str(), nullptr, MS_BIND, nullptr) != 0) ::_exit(53);
-    x->levels_readable = !slurp("/proc/thread-self/status").empty();
-    const auto a = stripe_lock::lock(h, steady::now() + 3s);
-    x->acquired = a.acquired;
-    x->owner_died = a.owner_died;
-    x->saw_inside = x->inside.load();
-    if (a.acquired) stripe_lock::unlock(h);
+    *levels_readable = !slurp("/proc/thread-self/status").empty();
+    wait_for_lock(h, x);
     ::_exit(0);
   }
   const int ws = testing::finishes_within(wp, 15000);
@@ -451,8 +354,8 @@ void unreadable_status_scene(bool kill_holder) {
   testing::wait_for(hp);
   if (ws == 50 || ws == 53) GTEST_SKIP() << "cannot bind over /proc here (status " << ws << ")";
   ASSERT_EQ(ws, 0);
-  ASSERT_FALSE(x->levels_readable.load()) << "the bind did not hide the status";
-  if (kill_holder) {
+  ASSERT_FALSE(levels_readable->load()) << "the bind did not hide the status";
+  if (killed) {
     EXPECT_TRUE(x->acquired.load() && x->owner_died.load()) << "a zombie holder was not taken over in 3 s";
   } else {
     EXPECT_FALSE(x->acquired.load() && x->saw_inside.load()) << "two holders";
