@@ -170,17 +170,12 @@ int nspid_levels(const char* path) {
 // namespace unknown", was let lock from a child time namespace, and its
 // shifted start time read "reused id, dead" to every waiter outside: two
 // holders (test_attack_lock6, HolderInAChildTimeNamespaceWhoseMainThread...).
-// /proc/self is the fallback for kernels before 3.17 (no thread-self).
+// (/proc/thread-self: Linux 3.17.)
 std::uint64_t own_ns_inode(const char* kind) {
   char path[64];
   struct stat st;
   std::snprintf(path, sizeof path, "/proc/thread-self/ns/%s", kind);
-  if (::stat(path, &st) == 0) return std::uint64_t(st.st_ino);
-  const int e = errno;
-  std::snprintf(path, sizeof path, "/proc/self/ns/%s", kind);
-  if (::stat("/proc/thread-self", &st) != 0 && ::stat(path, &st) == 0) return std::uint64_t(st.st_ino);
-  errno = e;
-  return 0;
+  return ::stat(path, &st) == 0 ? std::uint64_t(st.st_ino) : 0;
 }
 
 namespace {
