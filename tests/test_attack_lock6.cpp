@@ -138,6 +138,18 @@ void hold_through_locked(Cache& cache, Scene* x, Pipe& holding, Pipe& release) {
   }
 }
 
+// A child that holds stripe 0 through hold_through_locked until `release`.
+pid_t fork_locked_holder(Cache& cache, Scene* x, Pipe& holding, Pipe& release) {
+  const pid_t hp = ::fork();
+  if (hp == 0) {
+    release.close_write();
+    hold_through_locked(cache, x, holding, release);
+    ::_exit(0);
+  }
+  holding.close_write();
+  return hp;
+}
+
 // The waiter: one set() on the holder's stripe (lock_timeout bounds it).
 void wait_as(Cache& cache, Scene* x) {
   layout::StripeHeader& h = header_of(cache, 0);
@@ -299,13 +311,7 @@ TEST(AttackLock6, WaiterInAChildPidNamespaceWithoutProcNeverTakesOverALiveHolder
   ASSERT_EQ(cache.set("k", "v"), Errc::ok);
   Scene* x = new_scene();
   Pipe holding, release;
-  const pid_t hp = ::fork();
-  if (hp == 0) {
-    release.close_write();
-    hold_through_locked(cache, x, holding, release);
-    ::_exit(0);
-  }
-  holding.close_write();
+  const pid_t hp = fork_locked_holder(cache, x, holding, release);
   ASSERT_TRUE(holding.recv());
   ASSERT_TRUE(x->held.load());
   const pid_t q = ::fork();
@@ -515,13 +521,7 @@ TEST(AttackLock6, StoppedHolderIsNeverTakenOver) {
   ASSERT_EQ(cache.set("k", "v"), Errc::ok);
   Scene* x = new_scene();
   Pipe holding, release;
-  const pid_t hp = ::fork();
-  if (hp == 0) {
-    release.close_write();
-    hold_through_locked(cache, x, holding, release);
-    ::_exit(0);
-  }
-  holding.close_write();
+  const pid_t hp = fork_locked_holder(cache, x, holding, release);
   ASSERT_TRUE(holding.recv());
   ASSERT_TRUE(x->held.load());
   ::kill(hp, SIGSTOP);
@@ -642,13 +642,7 @@ TEST(AttackLock6, DISABLED_KnownLimit_ZombieHolderIsRecoveredByAWaiterOfAnotherU
   ASSERT_EQ(cache.set("k", "v"), Errc::ok);
   Scene* x = new_scene();
   Pipe holding, release;
-  const pid_t hp = ::fork();
-  if (hp == 0) {
-    release.close_write();
-    hold_through_locked(cache, x, holding, release);
-    ::_exit(0);
-  }
-  holding.close_write();
+  const pid_t hp = fork_locked_holder(cache, x, holding, release);
   ASSERT_TRUE(holding.recv());
   ASSERT_TRUE(x->held.load());
   x->inside = 0;  // it is killed now: inside no more
