@@ -87,6 +87,7 @@ struct StreamState {
   std::uint64_t lag = 0;         // entries after the position given (at most 1000 counted)
   std::vector<std::pair<std::string, StreamId>> epochs;  // when asked for
   std::string epochs_nonce;      // the epochs hash's mark (field "nonce"): the boot it was written in
+  bool holds_position = true;    // the stream holds an entry at the position given (false when it does not exist)
 };
 
 // The created_ms part of a nonce (0 if it has none).

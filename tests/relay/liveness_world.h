@@ -75,7 +75,7 @@ class LivenessWorld : public ::testing::Test {
     for (auto& x : extra_) x->terminate();
     for (Host* h : {&a_, &b_}) {
       if (h->relay) {
-        ::kill(h->relay->pid(), SIGCONT);
+        if (h->relay->pid() > 0) ::kill(h->relay->pid(), SIGCONT);  // pid() is -1 once it ended: kill(-1) signals every process
         h->relay->terminate();
       }
     }
