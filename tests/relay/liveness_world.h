@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -132,6 +133,20 @@ class LivenessWorld : public ::testing::Test {
                                                        dir_.path() + "/relay-B" + log_suffix + ".log");
     b_.relay->start();
   }
+  // A's relay, straight to Redis.
+  void start_a(const std::string& log_suffix = "") {
+    a_.relay = std::make_unique<harness::RelayProcess>(relay_args(a_, redis_->port()),
+                                                       dir_.path() + "/relay-A" + log_suffix + ".log");
+    a_.relay->start();
+  }
+  // The relay's bound S and grace G for this world (docs/hostcache-relay.md).
+  std::chrono::milliseconds S() const {
+    return std::max(std::chrono::milliseconds(std::int64_t(setup_.stale_bound_s * 1000)),
+                    2 * std::chrono::milliseconds(setup_.block_ms) + 3 * std::chrono::milliseconds(setup_.io_ms));
+  }
+  std::chrono::milliseconds G() const {
+    return std::chrono::milliseconds(setup_.block_ms) + 2 * std::chrono::milliseconds(setup_.io_ms);
+  }
   // Redis, B (but for a flood world, whose B the test starts), A when the
   // world has one, settled unless told not to; each host's global generation
   // noted, for clears().
@@ -145,8 +160,7 @@ class LivenessWorld : public ::testing::Test {
     if (s.b_via != World::Via::flood) start_b();
     if (s.with_a) {
       open_host(a_, "A");
-      a_.relay = std::make_unique<harness::RelayProcess>(relay_args(a_, redis_->port()), dir_.path() + "/relay-A.log");
-      a_.relay->start();
+      start_a();
     }
     if (settle) {
       std::vector<Host*> hs;

@@ -49,18 +49,6 @@ class LivenessAttack5 : public LivenessWorld {
  protected:
   LivenessAttack5() : LivenessWorld(kStream, "live5") {}
 
-  void start_a(const std::string& suffix = "") {
-    a_.relay = std::make_unique<RelayProcess>(relay_args(a_, redis_->port()), dir_.path() + "/relay-A" + suffix + ".log");
-    a_.relay->start();
-  }
-  // The relay's bound S and grace G for this world (docs/hostcache-relay.md).
-  std::chrono::milliseconds S() const {
-    return std::max(std::chrono::milliseconds(std::int64_t(setup_.stale_bound_s * 1000)),
-                    2 * std::chrono::milliseconds(setup_.block_ms) + 3 * std::chrono::milliseconds(setup_.io_ms));
-  }
-  std::chrono::milliseconds G() const {
-    return std::chrono::milliseconds(setup_.block_ms) + 2 * std::chrono::milliseconds(setup_.io_ms);
-  }
   // Waits until B saves a proof newer than the one it has now: a heartbeat just answered.
   bool fresh_proof(Host& h) {
     const std::int64_t p0 = status(h).proven_ms;

@@ -88,17 +88,6 @@ class LivenessAttack6 : public LivenessWorld {
  protected:
   LivenessAttack6() : LivenessWorld(kStream, "live6") {}
 
-  void start_a(const std::string& suffix = "") {
-    a_.relay = std::make_unique<RelayProcess>(relay_args(a_, redis_->port()), dir_.path() + "/relay-A" + suffix + ".log");
-    a_.relay->start();
-  }
-  std::chrono::milliseconds S() const {
-    return std::max(std::chrono::milliseconds(std::int64_t(setup_.stale_bound_s * 1000)),
-                    2 * std::chrono::milliseconds(setup_.block_ms) + 3 * std::chrono::milliseconds(setup_.io_ms));
-  }
-  std::chrono::milliseconds G() const {
-    return std::chrono::milliseconds(setup_.block_ms) + 2 * std::chrono::milliseconds(setup_.io_ms);
-  }
   // LivenessWorld::start with redis-server's own arguments (DEBUG enabled):
   // B and A straight to Redis.
   void start_with_redis_args(const World& s, std::vector<std::string> redis_extra) {
