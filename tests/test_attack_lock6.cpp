@@ -11,7 +11,8 @@
 //
 // On the code under review (568f6d0 / 5e0c23b), 1, 2, 3, 4 and 5b failed
 // (two holders in 2-5b; a dead holder never recovered in 1); 5, 6 and 7
-// passed; 8 fails still and is a documented limit (disabled).
+// passed; 8 failed too (a waiter of another uid with a full descriptor
+// table: no pidfd), until process_vm_readv told a zombie without one.
 //
 // The model every scene checks: the holder stays inside (its `inside` flag
 // set) until the waiter has answered, so a waiter whose set() returns ok
@@ -630,11 +631,7 @@ TEST(AttackLock6, ExitedHolderThreadWhoseIdASiblingThreadReusedIsRecovered) {
 //    "alive". The dead holder is never recovered by this waiter while the
 //    zombie stands (a master that does not reap: forever).
 // ============================================================================
-// A known limit (README, Reliability): a waiter that may neither signal the
-// zombie nor open a descriptor has no way left to tell it from a live
-// thread. It answers busy within lock_timeout; any other waiter (a free
-// descriptor, the same uid), or the master's reaping, frees the stripe.
-TEST(AttackLock6, DISABLED_KnownLimit_ZombieHolderIsRecoveredByAWaiterOfAnotherUidWithAFullDescriptorTable) {
+TEST(AttackLock6, ZombieHolderIsRecoveredByAWaiterOfAnotherUidWithAFullDescriptorTable) {
   ScopedName name("atk6_zfd");
   Config config = testing::small_config(name.name, 1u << 20, 1);
   config.lock_timeout = 3s;
