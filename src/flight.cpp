@@ -193,7 +193,14 @@ Flights::Flights(const Segment& segment, std::uint64_t key_hash, steady::time_po
   // for dead (its pid is not visible there), or leave a pid that names
   // another process here; it is refused, as by the stripe lock.
   const Geometry& g = segment.geometry();
-  if (!stripe_lock::same_namespaces(g.pidns_ino, g.timens_ino)) {
+  const stripe_lock::Identity& me = stripe_lock::identity();
+  if (me.pidns == 0) {
+    throw Error(Errc::incompatible, "segment '" + segment.name() +
+                                        "': this thread cannot read its pid namespace (/proc/thread-self/ns/pid: " +
+                                        std::strerror(me.no_pidns) +
+                                        "); it cannot take part in single flight (mount its pid namespace's /proc)");
+  }
+  if (!stripe_lock::same_namespaces(me, g.pidns_ino, g.timens_ino) || !stripe_lock::still_in_namespaces(me)) {
     throw Error(Errc::incompatible, "segment '" + segment.name() +
                                         "': this process is in another pid or time namespace than the segment's "
                                         "creator; it cannot take part in single flight");

@@ -261,7 +261,8 @@ Locked::Locked(Segment& segment, std::uint32_t index)
                                         std::strerror(me_.no_pidns) +
                                         "); it cannot take stripe locks (mount its pid namespace's /proc)");
   }
-  if (!stripe_lock::same_namespaces(me_, segment.geometry().pidns_ino, segment.geometry().timens_ino)) {
+  if (!stripe_lock::same_namespaces(me_, segment.geometry().pidns_ino, segment.geometry().timens_ino) ||
+      !stripe_lock::still_in_namespaces(me_)) {
     throw Error(Errc::incompatible, "segment '" + segment.name() +
                                         "': this process is in another pid or time namespace than the segment's "
                                         "creator; it cannot take stripe locks");

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <ctime>
 #include <mutex>
 #include <string>
@@ -267,9 +268,12 @@ const Identity& self() {
     const std::uint64_t mine = fresh_generation();
     gen = std::atomic_ref<std::uint64_t>(page->generation).compare_exchange_strong(zero, mine) ? mine : zero;
   }
-  // A word of 0 is an identity whose start time could not be read: tried
-  // again on every call until it can.
-  if (t_self.generation != gen || t_self.word == 0) {
+  // A word of 0 is an identity whose start time could not be read, a pidns
+  // of 0 one whose pid namespace could not: tried again on every call until
+  // they can (before, a thread refused for want of /proc stayed refused
+  // after /proc was mounted, until its process forked: test_attack_lock7,
+  // ThreadRefusedForWantOfProcLocksOnceProcIsMounted).
+  if (t_self.generation != gen || t_self.word == 0 || t_self.pidns == 0) {
     const auto tid = std::uint32_t(::syscall(SYS_gettid));
     std::uint32_t birth = 0;
     TaskStat st;
@@ -284,16 +288,17 @@ const Identity& self() {
     // AncestorProc...).
     if (read_task_stat("/proc/thread-self/stat", st)) {
       birth = std::uint32_t(st.start_time);
-    } else if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) {
+    } else {
       // Out of descriptors or memory for now (a worker whose descriptor
-      // table is full). A word without its start time could never be told
-      // from a stranger that reused the id after this thread died holding a
-      // lock: the stripe would stay busy for as long as that stranger lives
-      // (test_attack_lock2, AThreadThatCannotReadItsStartTimeTakesNoLock).
-      // Tried again on the next call. (A /proc that does not show this
-      // thread at all, one mounted for another pid namespace, keeps birth 0:
-      // judged by the id alone, as without /proc.)
-      t_self.no_birth = errno;
+      // table is full), or a stat file that does not read (a file bound
+      // over it, no /proc). A word without its start time could never be
+      // told from a stranger that reused the id after this thread died
+      // holding a lock: the stripe would stay busy for as long as that
+      // stranger lives (test_attack_lock2, AThreadThatCannotReadItsStart
+      // TimeTakesNoLock; test_attack_lock7, HolderWithoutABirthStamp...:
+      // birth 0 was kept for anything but EMFILE, ENFILE and ENOMEM). Tried
+      // again on the next call.
+      t_self.no_birth = errno != 0 ? errno : EIO;
     }
     t_self.word = t_self.no_birth != 0 ? 0 : (std::uint64_t(birth) << 32) | (tid & 0x7fffffffu);
     t_self.pid = std::uint32_t(::getpid());
@@ -307,9 +312,20 @@ const Identity& self() {
 }
 
 // Whether this process is in another pid or time namespace than when `me`
-// was computed (read afresh: only waits that judge an owner ask).
+// was computed (read afresh: waits that judge an owner ask, and
+// still_in_namespaces).
 bool moved_since(const Identity& me) {
   return own_ns_inode("pid") != me.pidns || own_ns_inode("time") != me.timens;
+}
+
+// When this thread last found its namespaces unmoved (CLOCK_MONOTONIC_COARSE
+// ms: the real clock, never a test's fake one).
+thread_local std::int64_t t_ns_checked_ms = std::numeric_limits<std::int64_t>::min();
+
+std::int64_t coarse_now_ms() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
 // What lock returns in a child forked (from a signal handler) while its
@@ -435,6 +451,24 @@ std::uint64_t self_word() { return self().word; }
 const Identity& identity() { return self(); }
 
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) { return same_namespaces(self(), pidns, timens); }
+
+// Namespaces are read again when this thread's monotonic clock has moved
+// 100 ms or more, either way, since they were last: two stats of /proc
+// would cost a set more than its whole write, and a move into another time
+// namespace (setns, single-threaded callers only) shifts that clock by the
+// namespace's offset, so the first lock after one reads them. Before, a
+// process that moved after its first lock kept locking uncontended (only
+// a wait judged, and asked moved_since) and stamped expiries from the
+// shifted clock: an entry of 200 ms lived 1,000 s (test_attack_lock7,
+// ProcessThatMovedToAnotherTimeNamespace...).
+bool still_in_namespaces(const Identity& me) {
+  const std::int64_t now = coarse_now_ms();
+  const std::int64_t last = t_ns_checked_ms;
+  if (last != std::numeric_limits<std::int64_t>::min() && now >= last && now - last < 100) return true;
+  if (moved_since(me)) return false;
+  t_ns_checked_ms = now;
+  return true;
+}
 
 // A pid namespace that could not be read, the thread's (no /proc, or
 // another namespace's /proc that does not show it) or the segment's

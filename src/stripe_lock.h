@@ -135,6 +135,12 @@ Life owner_life(std::uint64_t word, const Identity& me);
 // own takes no lock.
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens);
 
+// Whether this process is still in the namespaces `me` records: read
+// again (two stats) once this thread's monotonic clock has moved 100 ms or
+// more since the last time, which a move into another time namespace does
+// at once (its offset); within that the last answer stands.
+bool still_in_namespaces(const Identity& me);
+
 // The inode of this thread's namespace of `kind` ("pid", "time"), 0 with
 // errno when it cannot be read (no /proc, one that does not show this
 // thread, or, for "time", a kernel without time namespaces).
