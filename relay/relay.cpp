@@ -79,6 +79,23 @@ const char* to_string(Resync r) {
   return "?";
 }
 
+// The stream reaches back to an entry this relay read (or published) but no
+// longer holds it, and no XDEL explains that: Redis went back to a snapshot
+// and its clock gave newer events higher ids (a host that reconnected first
+// published: the last id was above ours again, and the events lost after
+// the snapshot were never missed by anyone: test_attack_relay_liveness6,
+// ARollbackHiddenByAPublish...; liveness7, ...FromItsPublisher...), or this
+// is another Redis whose nonce is older than our position (liveness6,
+// ARedisReplacedByAnother...). Trimming takes entries from the head only,
+// so one at or after the first is there unless XDEL took it: an id at or
+// below max-deleted-entry-id may be an operator's XDEL, which loses no event
+// a host has read (before, one XDEL of the last entry cleared every host:
+// liveness7, AnOperatorsXdel...). A snapshot's max-deleted-entry-id is its
+// own, below every event lost after it.
+bool vanished(StreamId id, bool held, const StreamState& s) {
+  return !id.zero() && !held && s.first_entry && *s.first_entry <= id && s.max_deleted < id;
+}
+
 Resync resync_kind(StreamId ours, StreamId published, std::string_view known_nonce, const StreamState& s) {
   if (ours.zero()) return Resync::fresh;
   // Redis lost its data: the nonce was missing (created now), is not the one
@@ -89,15 +106,7 @@ Resync resync_kind(StreamId ours, StreamId published, std::string_view known_non
     return Resync::lost;
   }
   if (s.last_generated < std::max(ours, published)) return Resync::rolled_back;
-  // The stream reaches back to our position but no longer holds its entry:
-  // Redis went back to a snapshot and its clock gave newer events higher
-  // ids (a host that reconnected first published: the last id was above
-  // ours again, and the events lost after the snapshot were never missed by
-  // anyone: test_attack_relay_liveness6, ARollbackHiddenByAPublish...), or
-  // this is another Redis whose nonce is older than our position
-  // (ARedisReplacedByAnother...). Entries go only from the stream's head
-  // (MAXLEN trims, nothing deletes), so one at or after the first is there.
-  if (s.first_entry && *s.first_entry <= ours && !s.holds_position) return Resync::rolled_back;
+  if (vanished(ours, s.holds_position, s) || vanished(published, s.holds_published, s)) return Resync::rolled_back;
   if (s.first_entry ? *s.first_entry > ours : s.last_generated > ours) return Resync::trimmed;
   return Resync::replay;
 }
@@ -365,7 +374,9 @@ return ids
 // KEYS: stream, epochs, nonce, alive. ARGV: maxlen, host, random,
 // rotate_from ('': no), position for the lag count ('': none), '1' to return
 // the epochs, the position they are wanted since (whose entry the reply says
-// the stream holds, or not), the most epochs fields to scan.
+// the stream holds, or not), the most epochs fields to scan, the last id
+// this relay published (the same said of it). The reply ends with the
+// stream's max-deleted-entry-id (Redis 7: the highest id XDEL removed).
 // Only the epochs newer than that position come back (and the boot's mark),
 // scanned in steps: a host trimmed past needs no more, and a hash of a field
 // per tag, millions of them, made a reply over the relay's caps, refused at
@@ -402,20 +413,24 @@ if (not nonce) or (ARGV[4] ~= '' and nonce == ARGV[4]) then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'host', ARGV[2], 'kind', 'boot', 'name', '')
   created = 1
 end
-local last, first, len, lag, at = '0-0', '', 0, 0, 0
+local last, first, len, lag, at, at_pub, deleted = '0-0', '', 0, 0, 0, 0, '0-0'
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   for i = 1, #info, 2 do
     local k, v = info[i], info[i + 1]
     if k == 'last-generated-id' then last = v
     elseif k == 'length' then len = v
-    elseif k == 'first-entry' and v then first = v[1] end
+    elseif k == 'first-entry' and v then first = v[1]
+    elseif k == 'max-deleted-entry-id' then deleted = v end
   end
   if ARGV[5] ~= '' then
     lag = #redis.call('XRANGE', KEYS[1], '(' .. ARGV[5], '+', 'COUNT', 1000)
   end
   if ARGV[7] ~= '0-0' then
     at = #redis.call('XRANGE', KEYS[1], ARGV[7], ARGV[7], 'COUNT', 1)
+  end
+  if ARGV[9] ~= '0-0' then
+    at_pub = #redis.call('XRANGE', KEYS[1], ARGV[9], ARGV[9], 'COUNT', 1)
   end
 end
 local epochs = {}
@@ -448,7 +463,7 @@ if ARGV[6] == '1' then
     epochs[#epochs + 1] = mark
   end
 end
-return {nonce, created, last, first, len, lag, epochs, at}
+return {nonce, created, last, first, len, lag, epochs, at, at_pub, deleted}
 )lua";
 
 // The most epochs fields one state script scans: 100,000, fewer where the
@@ -614,7 +629,7 @@ struct Relay::State {
     Reply r = eval(sha_state, kStateLua,
                    {"4", k_stream, k_epochs, k_nonce, k_alive, std::to_string(o.maxlen), host, random_hex(), rotate_from,
                     want_lag ? pos.str() : std::string(), want_epochs ? "1" : "0", pos.str(),
-                    std::to_string(epochs_scan_cap(o.io_timeout))});
+                    std::to_string(epochs_scan_cap(o.io_timeout)), published.str()});
     if (!r) return std::nullopt;
     if (r->type == REDIS_REPLY_ERROR) {
       if (state_refusals++ % 20 == 0) {
@@ -623,7 +638,7 @@ struct Relay::State {
       }
       return std::nullopt;
     }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 8) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 10) {
       say(2, "state script: unexpected reply " + str_of(r.get()));
       return std::nullopt;
     }
@@ -635,6 +650,8 @@ struct Relay::State {
     s.length = int_of(r->element[4]);
     s.lag = int_of(r->element[5]);
     s.holds_position = int_of(r->element[7]) != 0;
+    s.holds_published = int_of(r->element[8]) != 0;
+    s.max_deleted = StreamId::parse(str_of(r->element[9])).value_or(StreamId{});
     const redisReply* ep = r->element[6];
     if (ep->type == REDIS_REPLY_ARRAY) {
       for (std::size_t i = 0; i + 1 < ep->elements; i += 2) {
@@ -1058,8 +1075,8 @@ struct Relay::State {
     auto s = state_call("", false, true);
     if (!s) return false;
     st.lag_events = s->lag;
-    if (s->nonce != known_nonce || s->last_generated < pos ||
-        (!pos.zero() && s->first_entry && *s->first_entry <= pos && !s->holds_position)) {
+    if (s->nonce != known_nonce || s->last_generated < pos || vanished(pos, s->holds_position, *s) ||
+        vanished(published, s->holds_published, *s)) {
       say(1, "redis changed under a live connection: resync");
       return resync();
     }

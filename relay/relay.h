@@ -88,7 +88,13 @@ struct StreamState {
   std::vector<std::pair<std::string, StreamId>> epochs;  // when asked for
   std::string epochs_nonce;      // the epochs hash's mark (field "nonce"): the boot it was written in
   bool holds_position = true;    // the stream holds an entry at the position given (false when it does not exist)
+  bool holds_published = true;   // ... and at the last id this relay published
+  StreamId max_deleted;          // XINFO max-deleted-entry-id (Redis 7): the highest id XDEL removed
 };
+
+// Whether the stream reaches back to `id` (read or published here) but no
+// longer holds it, where no XDEL explains it: a rollback.
+bool vanished(StreamId id, bool held, const StreamState& s);
 
 // The created_ms part of a nonce (0 if it has none).
 std::uint64_t nonce_created_ms(std::string_view nonce);

@@ -324,13 +324,19 @@ TEST_P(RestartAfterResumeLinkClosed, NoNeedlessClearWithRedisFine) {
   EXPECT_TRUE(present(b_, "keep")) << describe(b_);
 }
 
+const auto kDelayName = [](const auto& info) {
+  return std::string(std::get<0>(info.param) ? "Sigterm" : "Sigkill") + "Delay" +
+         std::to_string(std::get<1>(info.param)) + "ms";
+};
 INSTANTIATE_TEST_SUITE_P(Delays, RestartAfterResumeLinkClosed,
                          ::testing::Values(std::make_tuple(true, 0), std::make_tuple(true, 500),
-                                           std::make_tuple(true, 2000), std::make_tuple(false, 2000)),
-                         [](const auto& info) {
-                           return std::string(std::get<0>(info.param) ? "Sigterm" : "Sigkill") + "Delay" +
-                                  std::to_string(std::get<1>(info.param)) + "ms";
-                         });
+                                           std::make_tuple(false, 2000)),
+                         kDelayName);
+// A documented limit (docs/hostcache-relay.md): the exit hands the next start
+// only what is left of the resume's grace, so a start later than G after the
+// resume clears before its replay (the bound is kept; here G = 1.8 s).
+INSTANTIATE_TEST_SUITE_P(DISABLED_KnownLimit, RestartAfterResumeLinkClosed,
+                         ::testing::Values(std::make_tuple(true, 2000)), kDelayName);
 
 }  // namespace
 }  // namespace hostcache::relay
