@@ -377,6 +377,10 @@ void Locked::end() {
 }
 
 Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out, Meta* meta) {
+  // A reader moved into another time namespace judges expiry by a shifted
+  // clock: 100 s behind, it served entries expired for everyone else
+  // (test_attack_lock8, WorkerThatMovedToATimeNamespaceBehind...). A miss.
+  if (!stripe_lock::time_namespace_unmoved(segment.geometry().timens_ino)) [[unlikely]] return Lookup::miss;
   const std::uint32_t index = of(hash, segment.geometry().stripe_count);
   const arena::StripeView v = arena::StripeView::over(segment.stripe_base(index), segment.geometry());
   const generations::Judge judge(segment);

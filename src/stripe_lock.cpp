@@ -318,14 +318,28 @@ bool moved_since(const Identity& me) {
   return own_ns_inode("pid") != me.pidns || own_ns_inode("time") != me.timens;
 }
 
-// When this thread last found its namespaces unmoved (CLOCK_MONOTONIC_COARSE
-// ms: the real clock, never a test's fake one).
-thread_local std::int64_t t_ns_checked_ms = std::numeric_limits<std::int64_t>::min();
+// CLOCK_MONOTONIC_COARSE less CLOCK_REALTIME_COARSE, in ns: a move into
+// another time namespace shifts the first by the namespace's offset and not
+// the second. Both coarse clocks advance at the same tick; a wall-clock step
+// or slew changes the gap too, and costs one needless re-read.
+std::int64_t clock_gap_ns() {
+  timespec mono{}, real{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &mono);
+  ::clock_gettime(CLOCK_REALTIME_COARSE, &real);
+  return (std::int64_t(mono.tv_sec) - std::int64_t(real.tv_sec)) * 1'000'000'000 +
+         (std::int64_t(mono.tv_nsec) - std::int64_t(real.tv_nsec));
+}
 
-std::int64_t coarse_now_ms() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+// The gap when this process last found its time namespace unmoved. One per
+// process: setns into a time namespace is refused to a multi-threaded one
+// (EUSERS), and a child in another one differs from its inherited gap.
+constexpr std::int64_t kGapUnknown = std::numeric_limits<std::int64_t>::min();
+std::atomic<std::int64_t> g_clock_gap{kGapUnknown};
+
+bool gap_unchanged(std::int64_t gap) {
+  const std::int64_t last = g_clock_gap.load(std::memory_order_relaxed);
+  constexpr std::int64_t kSlack = 1'000'000;  // 1 ms
+  return last != kGapUnknown && gap - last <= kSlack && last - gap <= kSlack;
 }
 
 // What lock returns in a child forked (from a signal handler) while its
@@ -452,21 +466,30 @@ const Identity& identity() { return self(); }
 
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) { return same_namespaces(self(), pidns, timens); }
 
-// Namespaces are read again when this thread's monotonic clock has moved
-// 100 ms or more, either way, since they were last: two stats of /proc
-// would cost a set more than its whole write, and a move into another time
-// namespace (setns, single-threaded callers only) shifts that clock by the
-// namespace's offset, so the first lock after one reads them. Before, a
-// process that moved after its first lock kept locking uncontended (only
+// Namespaces are read again (two stats of /proc: more than a set's whole
+// write, so not every time) when the gap between this process's monotonic
+// and wall clocks has moved more than 1 ms since they were last, as a move
+// into another time namespace moves it by the namespace's offset. Before,
+// a process that moved after its first lock kept locking uncontended (only
 // a wait judged, and asked moved_since) and stamped expiries from the
 // shifted clock: an entry of 200 ms lived 1,000 s (test_attack_lock7,
-// ProcessThatMovedToAnotherTimeNamespace...).
+// ProcessThatMovedToAnotherTimeNamespace...); then, with a re-read only
+// every 100 ms of that clock, an offset under 100 ms was never seen
+// (test_attack_lock8, MoveIntoATimeNamespaceLessThan100msAhead...).
 bool still_in_namespaces(const Identity& me) {
-  const std::int64_t now = coarse_now_ms();
-  const std::int64_t last = t_ns_checked_ms;
-  if (last != std::numeric_limits<std::int64_t>::min() && now >= last && now - last < 100) return true;
+  const std::int64_t gap = clock_gap_ns();
+  if (gap_unchanged(gap)) return true;
   if (moved_since(me)) return false;
-  t_ns_checked_ms = now;
+  g_clock_gap.store(gap, std::memory_order_relaxed);
+  return true;
+}
+
+bool time_namespace_unmoved(std::uint64_t timens) {
+  const std::int64_t gap = clock_gap_ns();
+  if (gap_unchanged(gap)) return true;
+  const std::uint64_t mine = own_ns_inode("time");
+  if (mine != 0 && mine != timens) return false;
+  g_clock_gap.store(gap, std::memory_order_relaxed);
   return true;
 }
 

@@ -136,10 +136,14 @@ Life owner_life(std::uint64_t word, const Identity& me);
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens);
 
 // Whether this process is still in the namespaces `me` records: read
-// again (two stats) once this thread's monotonic clock has moved 100 ms or
-// more since the last time, which a move into another time namespace does
-// at once (its offset); within that the last answer stands.
+// again (two stats) once the gap between its monotonic and wall clocks has
+// moved more than 1 ms since the last time, which a move into another time
+// namespace does at once (its offset); otherwise the last answer stands.
 bool still_in_namespaces(const Identity& me);
+// The same test for a reader, against the segment's time namespace: false
+// when this process is now in another one (a thread that cannot read its
+// own, without /proc, is taken as unmoved).
+bool time_namespace_unmoved(std::uint64_t timens);
 
 // The inode of this thread's namespace of `kind` ("pid", "time"), 0 with
 // errno when it cannot be read (no /proc, one that does not show this
