@@ -563,6 +563,10 @@ struct Relay::State {
     k_alive = o.stream + ":alive";
     st = outbox::relay_status(cache);
     pos = StreamId{st.last_id_ms, st.last_id_seq};
+    // What an earlier relay of this host published: a rollback that lost
+    // its last publish, read by nobody, was forgotten with its restart
+    // (test_attack_relay_liveness8, ARollbackOfAnUnreadPublish...).
+    published = StreamId{st.published_id_ms, st.published_id_seq};
   }
 
   void say(int level, const std::string& m) {
@@ -583,6 +587,8 @@ struct Relay::State {
     st.connected = connected;
     st.last_id_ms = pos.ms;
     st.last_id_seq = pos.seq;
+    st.published_id_ms = published.ms;
+    st.published_id_seq = published.seq;
     outbox::set_relay_status(cache, st);
     last_save = Clock::now();
   }

@@ -173,6 +173,7 @@ struct alignas(kCacheLine) RelayState {
   std::uint64_t overflow_clears; // outbox laps (or stuck slots) published as one global clear
   std::uint64_t stale_clears;    // local clears because Redis was unreachable past the stale bound
   std::int64_t proven_ms;        // clock::now_ms() as of which this host was last proven current (0: unknown)
+  std::uint64_t published_id;    // the last stream id this host's relay published, ms << 22 | seq (0: none or unknown)
 };
 
 struct OutboxSlot {

@@ -130,6 +130,10 @@ std::string host_id(const Cache& cache) {
   return out;
 }
 
+namespace {
+constexpr unsigned kPublishedSeqBits = 22;  // RelayState::published_id: ms << 22 | seq
+}  // namespace
+
 RelayStatus relay_status(const Cache& cache) {
   const layout::RelayState& r = *detail::Access::segment(cache).relay_state();
   RelayStatus s;
@@ -149,6 +153,9 @@ RelayStatus relay_status(const Cache& cache) {
   s.overflow_clears = words::load(r.overflow_clears);
   s.stale_clears = words::load(r.stale_clears);
   s.proven_ms = words::load(r.proven_ms);
+  const std::uint64_t pub = words::load(r.published_id);
+  s.published_id_ms = pub >> kPublishedSeqBits;
+  s.published_id_seq = pub & ((std::uint64_t{1} << kPublishedSeqBits) - 1);
   return s;
 }
 
@@ -170,6 +177,11 @@ void set_relay_status(Cache& cache, const RelayStatus& s) {
   words::store(r.overflow_clears, s.overflow_clears);
   words::store(r.stale_clears, s.stale_clears);
   words::store(r.proven_ms, s.proven_ms);
+  // One word: an id that does not fit (a sequence of 4 M within one
+  // millisecond, a time past 2^42 ms) is saved as unknown.
+  const bool fits = s.published_id_seq < (std::uint64_t{1} << kPublishedSeqBits) &&
+                    s.published_id_ms < (std::uint64_t{1} << (64 - kPublishedSeqBits));
+  words::store(r.published_id, fits ? (s.published_id_ms << kPublishedSeqBits) | s.published_id_seq : 0);
 }
 
 std::int64_t now_ms() { return clock::now_ms(); }

@@ -72,6 +72,9 @@ struct RelayStatus {
   // now_ms() as of which this host was last proven current (an XREAD's send,
   // a resync, a stale clear); 0: unknown. A restarted relay counts from it.
   std::int64_t proven_ms = 0;
+  // The last stream id this host's relay published (0-0: none, or unknown),
+  // for the next relay's check that Redis still holds it.
+  std::uint64_t published_id_ms = 0, published_id_seq = 0;
 };
 RelayStatus relay_status(const Cache& cache);
 void set_relay_status(Cache& cache, const RelayStatus& status);
