@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <linux/sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -16,6 +17,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -164,6 +166,34 @@ void run_ancestor_scene(const Config& config, bool coincide, AncestorScene* x, P
   });
   x->status = finishes_within(pp, 20000);
 }
+
+// Moves this single-threaded process into a new time namespace whose
+// monotonic clock is offset by `offset_ms` (may be negative, may be under a
+// second). setns(CLONE_NEWTIME) moves the caller at once.
+inline bool move_to_time_namespace_offset_ms(std::int64_t offset_ms) {
+  if (::unshare(CLONE_NEWTIME) != 0) return false;
+  std::int64_t s = offset_ms / 1000, ms = offset_ms % 1000;
+  if (ms < 0) {
+    ms += 1000;
+    s -= 1;
+  }
+  {
+    std::ofstream off("/proc/self/timens_offsets");
+    off << "monotonic " << s << " " << ms * 1000000 << "\n";
+    off.flush();
+    if (!off) return false;
+  }
+  const int fd = ::open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::setns(fd, CLONE_NEWTIME) != 0) return false;
+  ::close(fd);
+  return true;
+}
+
+// A message in shared memory.
+struct Text {
+  char s[1024];
+  void put(const std::string& t) { std::snprintf(s, sizeof s, "%s", t.c_str()); }
+};
 
 // Whether a scene's status says this machine cannot stage it.
 inline bool scene_unsupported(const AncestorScene& x) { return x.status == 20 || x.status == 31 || x.status == 33; }

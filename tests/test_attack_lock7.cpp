@@ -77,24 +77,8 @@ bool undo_no_proc() { return ::umount2("/proc", 0) == 0; }
 
 // Moves this (single-threaded) process itself into a new time namespace
 // whose monotonic clock is `mono_s` seconds ahead (setns moves the caller).
-bool move_to_time_namespace_with_monotonic_offset(long mono_s) {
-  if (::unshare(CLONE_NEWTIME) != 0) return false;
-  {
-    std::ofstream off("/proc/self/timens_offsets");
-    off << "monotonic " << mono_s << " 0\n";
-    off.flush();
-    if (!off) return false;
-  }
-  const int fd = ::open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || ::setns(fd, CLONE_NEWTIME) != 0) return false;
-  ::close(fd);
-  return true;
-}
-
-struct Text {
-  char s[1024];
-  void put(const std::string& t) { std::snprintf(s, sizeof s, "%s", t.c_str()); }
-};
+using testing::move_to_time_namespace_offset_ms;
+using testing::Text;
 
 // ============================================================================
 // 1. A process that moves itself into another time namespace after its
@@ -125,7 +109,7 @@ TEST(AttackLock7, ProcessThatMovedToAnotherTimeNamespaceAfterItsFirstLockNeverWr
     log::get().set_level(spdlog::level::off);
     if (cache.set("warm", "w") != Errc::ok) return 20;  // its identity is cached, as any worker's
     const std::int64_t before = testing::mono_ms();
-    if (!move_to_time_namespace_with_monotonic_offset(1000)) return 10;
+    if (!move_to_time_namespace_offset_ms(1000 * 1000)) return 10;
     x->jump_ms = testing::mono_ms() - before;
     try {
       SetOptions o;

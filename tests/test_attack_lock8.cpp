@@ -36,6 +36,7 @@
 #include "cache_impl.h"
 #include "fork_probe.h"
 #include "lock_probe.h"
+#include "pidns_probe.h"
 #include "log.h"
 #include "segment.h"
 #include "stripe.h"
@@ -58,35 +59,11 @@ std::int64_t coarse_ms() {
   return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-// Moves this single-threaded process into a new time namespace whose
-// monotonic clock is offset by `offset_ms` (may be negative, may be under a
-// second). setns(CLONE_NEWTIME) moves the caller at once.
-bool move_to_time_namespace_offset_ms(std::int64_t offset_ms) {
-  if (::unshare(CLONE_NEWTIME) != 0) return false;
-  std::int64_t s = offset_ms / 1000, ms = offset_ms % 1000;
-  if (ms < 0) {
-    ms += 1000;
-    s -= 1;
-  }
-  {
-    std::ofstream off("/proc/self/timens_offsets");
-    off << "monotonic " << s << " " << ms * 1000000 << "\n";
-    off.flush();
-    if (!off) return false;
-  }
-  const int fd = ::open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || ::setns(fd, CLONE_NEWTIME) != 0) return false;
-  ::close(fd);
-  return true;
-}
-
-struct Text {
-  char s[1024];
-  void put(const std::string& t) { std::snprintf(s, sizeof s, "%s", t.c_str()); }
-};
+using testing::move_to_time_namespace_offset_ms;
+using testing::Text;
 
 // ============================================================================
-// 1. still_in_namespaces trusts its last answer while this thread's coarse
+// 1. (Before 2a872c3) still_in_namespaces trusted its last answer while this thread's coarse
 //    monotonic clock has moved less than 100 ms (stripe_lock.cpp,
 //    still_in_namespaces: `now >= last && now - last < 100`). A move into a
 //    time namespace whose monotonic offset is under 100 ms (here +90 ms),
