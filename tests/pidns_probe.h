@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <linux/sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,6 +52,21 @@ inline char task_state(pid_t pid) {
   const auto p = s.rfind(')');
   return p == std::string::npos || p + 2 >= s.size() ? 0 : s[p + 2];
 }
+
+inline pid_t gettid_() { return pid_t(::syscall(SYS_gettid)); }
+
+// A mount namespace of this process's own in which `fs` ("proc", with its
+// mount options `opts`, e.g. "hidepid=2"; or "tmpfs": a sandbox or a
+// chroot without /proc) is mounted on /proc.
+inline bool mount_on_proc(const char* fs, const char* opts) {
+  if (::unshare(CLONE_NEWNS) != 0) return false;
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return false;
+  return ::mount(fs, "/proc", fs, MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) == 0;
+}
+// A fresh /proc of this process's pid namespace (unshare --pid --mount-proc).
+inline bool own_proc(const char* opts = nullptr) { return mount_on_proc("proc", opts); }
+// An empty tmpfs over /proc: no /proc at all.
+inline bool no_proc() { return mount_on_proc("tmpfs", "size=64k"); }
 
 // A child that takes stripe h's lock, sets `inside`, says so on `holding`,
 // and unlocks once `release` is written to or closed.

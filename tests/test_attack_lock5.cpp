@@ -51,15 +51,9 @@ using namespace std::chrono_literals;
 using testing::fork_holder;
 using testing::slurp;
 
-pid_t gettid_() { return pid_t(::syscall(SYS_gettid)); }
+using testing::gettid_;
+using testing::own_proc;
 
-// A fresh /proc of this process's pid namespace on /proc, in a mount
-// namespace of its own (opts: mount options, e.g. "hidepid=2").
-bool own_proc(const char* opts) {
-  if (::unshare(CLONE_NEWNS) != 0) return false;
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return false;
-  return ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) == 0;
-}
 
 // ============================================================================
 // 1. The holder's birth stamp read through an ancestor's /proc. self() reads

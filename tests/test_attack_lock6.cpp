@@ -60,27 +60,14 @@ using testing::word_ref;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-pid_t gettid_() { return pid_t(::syscall(SYS_gettid)); }
-
+using testing::gettid_;
+using testing::no_proc;
+using testing::own_proc;
 using testing::fork_at;
 using testing::slurp;
 using testing::task_state;
 
-// A mount namespace of this process's own in which /proc is an empty tmpfs:
-// a sandbox, or a chroot, without /proc.
-bool no_proc() {
-  if (::unshare(CLONE_NEWNS) != 0) return false;
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return false;
-  return ::mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k") == 0;
-}
 
-// A mount namespace of this process's own with a fresh /proc of its pid
-// namespace (unshare --pid --mount-proc).
-bool own_proc() {
-  if (::unshare(CLONE_NEWNS) != 0) return false;
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return false;
-  return ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) == 0;
-}
 
 // A pid that names nothing in this pid namespace (near pid_max, where the
 // allocator will not reach during a test).

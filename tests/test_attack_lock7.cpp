@@ -63,20 +63,13 @@ using testing::word_ref;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-pid_t gettid_() { return pid_t(::syscall(SYS_gettid)); }
+using testing::gettid_;
+using testing::no_proc;
 
-// A mount namespace of this process's own in which /proc is an empty tmpfs
-// (a sandbox, or a chroot, without /proc). undo_no_proc() removes the tmpfs
-// again: /proc is back (a sandbox that mounts it after the worker started).
-bool no_proc() {
-  if (::unshare(CLONE_NEWNS) != 0) return false;
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return false;
-  return ::mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k") == 0;
-}
+// undo_no_proc() removes no_proc()'s tmpfs again: /proc is back (a sandbox
+// that mounts it after the worker started).
 bool undo_no_proc() { return ::umount2("/proc", 0) == 0; }
 
-// Moves this (single-threaded) process itself into a new time namespace
-// whose monotonic clock is `mono_s` seconds ahead (setns moves the caller).
 using testing::move_to_time_namespace_offset_ms;
 using testing::Text;
 

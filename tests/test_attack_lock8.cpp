@@ -51,7 +51,7 @@ using testing::Pipe;
 using testing::ScopedName;
 using namespace std::chrono_literals;
 
-pid_t gettid_() { return pid_t(::syscall(SYS_gettid)); }
+using testing::gettid_;
 
 std::int64_t coarse_ms() {
   timespec ts{};
