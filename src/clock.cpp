@@ -22,6 +22,21 @@ std::int64_t now_ms() noexcept { return read_ms(CLOCK_MONOTONIC); }
 
 std::int64_t coarse_ms() noexcept { return read_ms(CLOCK_MONOTONIC_COARSE); }
 
+Coarse coarse() noexcept {
+  timespec mono, real;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &mono);
+  clock_gettime(CLOCK_REALTIME_COARSE, &real);
+  Coarse c;
+  c.gap_ns = (std::int64_t(mono.tv_sec) - std::int64_t(real.tv_sec)) * 1'000'000'000 +
+             (std::int64_t(mono.tv_nsec) - std::int64_t(real.tv_nsec));
+  if (std::int64_t* fake = g_fake.load(std::memory_order_relaxed)) {
+    c.ms = std::atomic_ref<std::int64_t>(*fake).load(std::memory_order_relaxed);
+  } else {
+    c.ms = std::int64_t(mono.tv_sec) * 1000 + mono.tv_nsec / 1000000;
+  }
+  return c;
+}
+
 std::uint64_t unix_ms() noexcept {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);

@@ -20,6 +20,18 @@ std::int64_t now_ms() noexcept;
 std::int64_t coarse_ms() noexcept;
 inline constexpr std::int64_t kCoarseSlackMs = 2000;
 
+// Both coarse clocks, read once for a get: `ms` is coarse_ms() (the fake
+// clock if set); `gap_ns` is CLOCK_MONOTONIC_COARSE less
+// CLOCK_REALTIME_COARSE in ns, of the real clocks always. A move into
+// another time namespace shifts the gap by the namespace's offset at once,
+// and only a wall-clock step or slew changes it otherwise
+// (stripe_lock::time_namespace_unmoved).
+struct Coarse {
+  std::int64_t ms;
+  std::int64_t gap_ns;
+};
+Coarse coarse() noexcept;
+
 // Wall-clock milliseconds since the epoch, for humans (creation time).
 std::uint64_t unix_ms() noexcept;
 

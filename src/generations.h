@@ -46,6 +46,9 @@ enum class State { valid, expired, stale };
 class Judge {
  public:
   explicit Judge(const Segment& segment) : Judge(segment, -1) { coarse_ms_ = clock::coarse_ms(); }
+  // With the coarse clocks the caller has read (a get: one read for this
+  // and its time-namespace check).
+  Judge(const Segment& segment, const clock::Coarse& now) : Judge(segment, -1) { coarse_ms_ = now.ms; }
   // With a known precise time (tools): no clock is read.
   Judge(const Segment& segment, std::int64_t now_ms)
       : global_(&segment.header()->global_gen),

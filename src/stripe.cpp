@@ -380,10 +380,14 @@ Lookup get(Segment& segment, std::string_view key, std::uint64_t hash, Dest& out
   // A reader moved into another time namespace judges expiry by a shifted
   // clock: 100 s behind, it served entries expired for everyone else
   // (test_attack_lock8, WorkerThatMovedToATimeNamespaceBehind...). A miss.
-  if (!stripe_lock::time_namespace_unmoved(segment.geometry().timens_ino)) [[unlikely]] return Lookup::miss;
+  // One read of the coarse clocks serves that check and the judge's expiry.
+  const clock::Coarse now = clock::coarse();
+  if (!stripe_lock::time_namespace_unmoved(segment.geometry().timens_ino, now.gap_ns)) [[unlikely]] {
+    return Lookup::miss;
+  }
   const std::uint32_t index = of(hash, segment.geometry().stripe_count);
   const arena::StripeView v = arena::StripeView::over(segment.stripe_base(index), segment.geometry());
-  const generations::Judge judge(segment);
+  const generations::Judge judge(segment, now);
   for (int attempt = 0; attempt < kOptimisticTries; ++attempt) {
     std::uint64_t s1 = load(v.hdr->seq, std::memory_order_acquire);
     for (int spin = 0; (s1 & 1) && spin < kSpinsWhileOdd; ++spin) {

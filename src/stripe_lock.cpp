@@ -22,6 +22,7 @@
 #include <string>
 
 #include "atomic_words.h"
+#include "clock.h"
 
 #include <hostcache/errors.h>
 
@@ -322,13 +323,7 @@ bool moved_since(const Identity& me) {
 // another time namespace shifts the first by the namespace's offset and not
 // the second. Both coarse clocks advance at the same tick; a wall-clock step
 // or slew changes the gap too, and costs one needless re-read.
-std::int64_t clock_gap_ns() {
-  timespec mono{}, real{};
-  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &mono);
-  ::clock_gettime(CLOCK_REALTIME_COARSE, &real);
-  return (std::int64_t(mono.tv_sec) - std::int64_t(real.tv_sec)) * 1'000'000'000 +
-         (std::int64_t(mono.tv_nsec) - std::int64_t(real.tv_nsec));
-}
+std::int64_t clock_gap_ns() { return clock::coarse().gap_ns; }
 
 // The gap when this process last found its time namespace unmoved. One per
 // process: setns into a time namespace is refused to a multi-threaded one
@@ -484,8 +479,7 @@ bool still_in_namespaces(const Identity& me) {
   return true;
 }
 
-bool time_namespace_unmoved(std::uint64_t timens) {
-  const std::int64_t gap = clock_gap_ns();
+bool time_namespace_unmoved(std::uint64_t timens, std::int64_t gap) {
   if (gap_unchanged(gap)) return true;
   const std::uint64_t mine = own_ns_inode("time");
   if (mine != 0 && mine != timens) return false;
