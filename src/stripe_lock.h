@@ -137,13 +137,14 @@ bool same_namespaces(std::uint64_t pidns, std::uint64_t timens);
 
 // Whether this process is still in the namespaces `me` records: read
 // again (two stats) once the gap between its monotonic and wall clocks has
-// moved more than 1 ms since the last time, which a move into another time
+// changed at all since the last time, which a move into another time
 // namespace does at once (its offset); otherwise the last answer stands.
 bool still_in_namespaces(const Identity& me);
 // The same test for a reader, against the segment's time namespace, from
 // the gap of a clock::coarse() it has read: false when this process is now
-// in another one (a thread that cannot read its own, without /proc, is
-// taken as unmoved).
+// in another one, or cannot tell (no /proc that shows this thread; a kernel
+// without time namespaces, where only the time namespace is unreadable, is
+// unmoved).
 bool time_namespace_unmoved(std::uint64_t timens, std::int64_t gap_ns);
 
 // The inode of this thread's namespace of `kind` ("pid", "time"), 0 with

@@ -183,26 +183,38 @@ void run_ancestor_scene(const Config& config, bool coincide, AncestorScene* x, P
   x->status = finishes_within(pp, 20000);
 }
 
-// Moves this single-threaded process into a new time namespace whose
-// monotonic clock is offset by `offset_ms` (may be negative, may be under a
-// second). setns(CLONE_NEWTIME) moves the caller at once.
-inline bool move_to_time_namespace_offset_ms(std::int64_t offset_ms) {
+// A new time namespace whose monotonic clock is offset by `offset_ns` (any
+// sign, under a millisecond too), for the children this process forks from
+// now on: unshare(CLONE_NEWTIME) does not move the caller.
+inline bool unshare_time_namespace_offset_ns(std::int64_t offset_ns) {
   if (::unshare(CLONE_NEWTIME) != 0) return false;
-  std::int64_t s = offset_ms / 1000, ms = offset_ms % 1000;
-  if (ms < 0) {
-    ms += 1000;
+  std::int64_t s = offset_ns / 1'000'000'000, n = offset_ns % 1'000'000'000;
+  if (n < 0) {
+    n += 1'000'000'000;
     s -= 1;
   }
-  {
-    std::ofstream off("/proc/self/timens_offsets");
-    off << "monotonic " << s << " " << ms * 1000000 << "\n";
-    off.flush();
-    if (!off) return false;
-  }
+  std::ofstream off("/proc/self/timens_offsets");
+  off << "monotonic " << s << " " << n << "\n";
+  off.flush();
+  return bool(off);
+}
+
+// Joins the namespace unshare_time_namespace_offset_ns made for children.
+inline bool enter_time_namespace_for_children() {
   const int fd = ::open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || ::setns(fd, CLONE_NEWTIME) != 0) return false;
+  if (fd < 0) return false;
+  const bool ok = ::setns(fd, CLONE_NEWTIME) == 0;
   ::close(fd);
-  return true;
+  return ok;
+}
+
+// Moves this single-threaded process into such a namespace at once.
+inline bool move_to_time_namespace_offset_ns(std::int64_t offset_ns) {
+  return unshare_time_namespace_offset_ns(offset_ns) && enter_time_namespace_for_children();
+}
+
+inline bool move_to_time_namespace_offset_ms(std::int64_t offset_ms) {
+  return move_to_time_namespace_offset_ns(offset_ms * 1'000'000);
 }
 
 // A message in shared memory.
