@@ -23,8 +23,9 @@ inline constexpr std::int64_t kCoarseSlackMs = 2000;
 // Both coarse clocks, read once for a get: `ms` is coarse_ms() (the fake
 // clock if set); `gap_ns` is CLOCK_MONOTONIC_COARSE less
 // CLOCK_REALTIME_COARSE in ns, of the real clocks always. A move into
-// another time namespace shifts the gap by the namespace's offset at once,
-// and only a wall-clock step or slew changes it otherwise
+// another time namespace shifts the gap by the namespace's offset at once;
+// otherwise only a wall-clock step (or a leap second, or a tick between the
+// two reads) changes it: NTP's slew moves both clocks alike
 // (stripe_lock::time_namespace_unmoved).
 struct Coarse {
   std::int64_t ms;
