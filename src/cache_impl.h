@@ -23,10 +23,18 @@ struct Cache::Impl {
   int compress_level = 1;
   StatsRecorder stats;  // this process's StatsSlot
   // memoize.cpp's per-handle state (the keyed hash's secret, the method slots
-  // this handle has looked up), made on first use and then only read through
-  // the pointer; the shared_ptr owns it.
-  std::atomic<struct MemoizeState*> memoize_state{nullptr};
-  std::shared_ptr<MemoizeState> memoize_owner;
+  // this handle has looked up, behind a process-local mutex), made on first
+  // use in each process. A child forked from a process that had one makes
+  // its own: a thread of the parent may have held the mutex, and the child
+  // has no copy of that thread to release it. The parent's copy is left
+  // alone in the child (never locked, never freed there).
+  struct MemoizeHolder {
+    std::atomic<struct MemoizeState*> state{nullptr};
+    MemoizeHolder() = default;
+    MemoizeHolder(const MemoizeHolder&) = delete;
+    MemoizeHolder& operator=(const MemoizeHolder&) = delete;
+    ~MemoizeHolder();  // memoize.cpp
+  } memoize;
 
   explicit Impl(std::unique_ptr<Segment> seg);
 };

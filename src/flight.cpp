@@ -172,15 +172,15 @@ void settle(FlightSlot& s, std::uint32_t w, steady::time_point deadline) {
 
 std::atomic<testing::Hook> g_before_claim{nullptr};
 
-bool hooks_allowed() noexcept {
+}  // namespace
+
+bool testing::hooks_allowed() noexcept {
   static const bool allowed = [] {
     const char* v = std::getenv("HOSTCACHE_TEST_HOOKS");
     return v != nullptr && std::strcmp(v, "1") == 0;
   }();
   return allowed;
 }
-
-}  // namespace
 
 Flights::Flights(const Segment& segment, std::uint64_t key_hash, steady::time_point deadline)
     : slots_(segment.flight_slots()),

@@ -102,6 +102,12 @@ namespace testing {
 // environment when the library first looked (once per process).
 using Hook = void (*)();
 bool set_before_claim_hook(Hook hook) noexcept;
+// Whether HOSTCACHE_TEST_HOOKS=1 was in the environment (read once).
+bool hooks_allowed() noexcept;
+// Called in memoize's method lookup (memoize.cpp) while it holds the
+// handle's process-local lock on its table of method slots, so that a test
+// can fork there. Ignored (returns false) as above.
+bool set_method_lookup_hook(Hook hook) noexcept;
 }  // namespace testing
 
 }  // namespace hostcache::flight

@@ -1,5 +1,7 @@
 #include "log.h"
 
+#include <pthread.h>
+#include <spdlog/details/console_globals.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include <cstdlib>
@@ -15,6 +17,15 @@ spdlog::logger& get() {
       l->set_level(spdlog::level::from_str(level));
     }
     l->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [hostcache] [%l] [pid %P] %v");
+    // The sink writes under spdlog's console mutex. A child forked while
+    // another thread of its parent was writing would inherit it locked by a
+    // thread it has no copy of, and block on its first message for ever
+    // (test_memoize_fork, AChildForkedWhileAThreadLogsCanLog). fork() waits
+    // for the message in progress instead, and both sides start unlocked.
+    // (A child made by a raw clone() or _Fork() runs no atfork handlers.)
+    pthread_atfork([] { spdlog::details::console_mutex::mutex().lock(); },
+                   [] { spdlog::details::console_mutex::mutex().unlock(); },
+                   [] { spdlog::details::console_mutex::mutex().unlock(); });
     return l;
   }();
   return *logger;

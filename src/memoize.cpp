@@ -107,9 +107,10 @@ MethodSlot* find_method_slot(const Segment& segment, std::string_view name) {
 
 }  // namespace
 
-// What a Cache handle keeps for memoize (Cache::Impl::memoize_state).
+// What a Cache handle keeps for memoize (Cache::Impl::memoize), in one process.
 struct MemoizeState {
-  explicit MemoizeState(const Geometry& g) {
+  MemoizeState(const Geometry& g, const stripe_lock::Identity& me)
+      : fork_word(me.fork_word), generation(me.generation) {
     // The segment's random secret, verified at attach, keys every hash that
     // stands for part of a key: a collision must be found without knowing it.
     XXH3_generateSecret(secret, sizeof secret, g.key_secret, sizeof g.key_secret);
@@ -122,6 +123,9 @@ struct MemoizeState {
     XXH3_128bits_update(&st, bytes.data(), bytes.size());
     return XXH3_128bits_digest(&st);
   }
+  // Made in this process, not copied into it by a fork (the fork epoch's
+  // word is the one it was made in).
+  bool ours() const { return words::load(*fork_word) == generation; }
 
   alignas(64) unsigned char secret[XXH3_SECRET_DEFAULT_SIZE];
 
@@ -129,21 +133,36 @@ struct MemoizeState {
     MethodSlot* slot = nullptr;
     steady::time_point retry_at{};  // when slot is nullptr: look again after this
   };
+  const std::uint64_t* fork_word;
+  std::uint64_t generation;
   std::mutex mutex;
   std::map<std::string, Method, std::less<>> methods;
 };
 
+Cache::Impl::MemoizeHolder::~MemoizeHolder() {
+  MemoizeState* s = state.load(std::memory_order_acquire);
+  if (s != nullptr && s->ours()) delete s;  // a parent's copy is never freed in its child
+}
+
 namespace {
 
+std::atomic<flight::testing::Hook> g_method_lookup{nullptr};
+
+// This handle's state in this process, made on first use without a lock
+// (a fork may copy any lock held at that moment): two threads that race
+// both make one, and the loser frees its own.
 MemoizeState& memo_state(const Cache& cache) {
-  Cache::Impl& impl = detail::Access::impl(cache);
-  if (MemoizeState* s = impl.memoize_state.load(std::memory_order_acquire)) return *s;
-  static std::mutex making;
-  std::lock_guard<std::mutex> lock(making);
-  if (MemoizeState* s = impl.memoize_state.load(std::memory_order_relaxed)) return *s;
-  impl.memoize_owner = std::make_shared<MemoizeState>(impl.segment->geometry());
-  impl.memoize_state.store(impl.memoize_owner.get(), std::memory_order_release);
-  return *impl.memoize_owner;
+  std::atomic<MemoizeState*>& held = detail::Access::impl(cache).memoize.state;
+  MemoizeState* s = held.load(std::memory_order_acquire);
+  if (s != nullptr && s->ours()) return *s;
+  auto fresh = std::make_unique<MemoizeState>(detail::Access::segment(cache).geometry(),
+                                              stripe_lock::identity());
+  while (!held.compare_exchange_weak(s, fresh.get(), std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+    if (s != nullptr && s->ours()) return *s;  // another thread of this process made it first
+  }
+  // Replaced nothing, or the parent's copy (left to the parent: see MemoizeHolder).
+  return *fresh.release();
 }
 
 // The method's slot, looked up once per handle (cached, including a miss for
@@ -155,6 +174,7 @@ MethodSlot* method_slot(const Cache& cache, std::string_view name) {
   const steady::time_point now = steady::now();
   {
     std::lock_guard<std::mutex> lock(state.mutex);
+    if (flight::testing::Hook hook = g_method_lookup.load(std::memory_order_acquire)) hook();
     auto it = state.methods.find(name);
     if (it != state.methods.end() && (it->second.slot != nullptr || now < it->second.retry_at)) {
       return it->second.slot;
@@ -518,6 +538,12 @@ void note_warm_failure(std::string_view key, const char* what) noexcept {
 }
 
 }  // namespace detail
+
+bool flight::testing::set_method_lookup_hook(Hook hook) noexcept {
+  if (!hooks_allowed()) return false;
+  g_method_lookup.store(hook, std::memory_order_release);
+  return true;
+}
 
 std::vector<MethodStats> method_stats(const Cache& cache) {
   const Segment& segment = detail::Access::segment(cache);

@@ -53,9 +53,11 @@ inline bool eventually(const std::function<bool()>& cond) {
 }
 
 // The child's exit status (as wait_for), or -2 after killing it if it still
-// runs after a minute: a protocol that hangs fails the test instead of hanging it.
-inline int finishes(pid_t pid) {
-  const auto give_up = std::chrono::steady_clock::now() + 60s;
+// runs after a minute (or `guard`): a protocol that hangs fails the test
+// instead of hanging it. A process that waits for its own child gives it a
+// shorter guard than its parent gives it, so that no hung grandchild outlives the test.
+inline int finishes(pid_t pid, std::chrono::seconds guard = 60s) {
+  const auto give_up = std::chrono::steady_clock::now() + guard;
   int status = 0;
   for (;;) {
     pid_t r = ::waitpid(pid, &status, WNOHANG);

@@ -10,6 +10,7 @@
 // flags polled there (a hang guard of a minute, never a sleep that orders).
 #include <gtest/gtest.h>
 #include <hostcache/memoize.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -24,6 +25,7 @@
 
 #include "clock.h"
 #include "flight.h"
+#include "log.h"
 #include "memoize_fixture.h"
 #include "test_support.h"
 
@@ -512,6 +514,86 @@ TEST_F(MemoizeForkTest, AForkWhileAThreadWaitsKeepsTheSleeperCountExact) {
   EXPECT_EQ(result(2), "owner");
   EXPECT_TRUE(all_flights_free(cache_));
   EXPECT_EQ(sleeping_waiters(cache_), 0u);
+}
+
+// ---- 8. fork while another thread looks its method up -----------------------------
+//
+// get_or_compute finds its method's statistics slot through a table the
+// handle keeps, behind a process-local mutex (no stripe lock is held
+// there). A thread of the parent inside that lookup when another thread
+// forks leaves the child a copy of the mutex, locked by a thread that does
+// not exist there: the child's first memoized call blocked for ever
+// (tests/python/test_attack_py.py, ...KeyBuildingInThreadsWhileForking, hung
+// on CI). The hook holds the parent's thread inside the lookup while its
+// process forks; the child must memoize, and be counted under the method.
+std::atomic<int> g_lookup{0};  // 0: nobody yet; 1: a thread is held inside; 2: forked
+
+void stay_in_the_lookup_until_forked() {
+  int nobody = 0;
+  if (!g_lookup.compare_exchange_strong(nobody, 1)) return;  // the first call only
+  while (g_lookup.load() != 2) std::this_thread::yield();
+}
+
+TEST_F(MemoizeForkTest, AChildForkedWhileAThreadLooksItsMethodUpMemoizes) {
+  const pid_t host = spawn([&] {
+    if (!flight::testing::set_method_lookup_hook(&stay_in_the_lookup_until_forked)) return 7;
+    ComputeOptions o;
+    o.method = "m";
+    std::thread t([&] {
+      set_result(0, get_or_compute<std::string>(cache_, "k0", [] { return std::string("thread"); }, o));
+    });
+    if (!eventually([] { return g_lookup.load() == 1; })) {
+      g_lookup.store(2);
+      t.join();
+      return 5;
+    }
+    const pid_t c = ::fork();
+    if (c == 0) {
+      set_result(1, get_or_compute<std::string>(cache_, "k1", [] { return std::string("child"); }, o));
+      ::_exit(0);
+    }
+    g_lookup.store(2);
+    t.join();
+    return finishes(c, 20s);
+  });
+  ASSERT_EQ(finishes(host), 0);
+  EXPECT_EQ(result(0), "thread");
+  EXPECT_EQ(result(1), "child");
+  const auto stats = stats_of(cache_, "m");
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->misses, 2u);
+  EXPECT_TRUE(all_flights_free(cache_));
+}
+
+// ---- 9. fork while another thread logs ----------------------------------------------
+//
+// The library's logger writes under spdlog's console mutex. A child forked
+// while another thread of its parent was inside a log call inherited that
+// mutex locked, and its first warning blocked for ever. One thread warns
+// without pause (stderr to /dev/null) while its process forks 200 children,
+// each of which warns once and exits: every one must finish.
+TEST_F(MemoizeForkTest, AChildForkedWhileAThreadLogsCanLog) {
+  const pid_t host = spawn([&] {
+    const int null = ::open("/dev/null", O_WRONLY);
+    if (null < 0 || ::dup2(null, 2) < 0) return 6;
+    std::atomic<bool> stop{false};
+    std::thread t([&] {
+      for (int i = 0; !stop.load(std::memory_order_relaxed); ++i) log::get().warn("a warning {}", i);
+    });
+    int hung = 0;
+    for (int i = 0; i < 200 && hung == 0; ++i) {
+      const pid_t c = ::fork();
+      if (c == 0) {
+        log::get().warn("a child's warning");
+        ::_exit(0);
+      }
+      if (finishes(c, 20s) != 0) ++hung;
+    }
+    stop.store(true);
+    t.join();
+    return hung;
+  });
+  EXPECT_EQ(finishes(host), 0);
 }
 
 }  // namespace

@@ -537,6 +537,47 @@ def test_memoize_key_building_in_threads_while_forking():
         hostcache.Cache.remove(name)
 
 
+def test_open_segment_in_a_child_forked_while_a_thread_opens():
+    """A thread of the parent inside open_segment (holding its module lock,
+    here held inside Cache.open) when the process forks: the child has no
+    copy of that thread, and must still open segments, not block for ever
+    on the lock it inherited."""
+    from hostcache.django import backend
+    inside, release = threading.Event(), threading.Event()
+    real_open = hostcache.Cache.open
+    slow, other = segment_name("slow"), segment_name("other")
+
+    def held_open(name, **kw):
+        if name == slow:
+            inside.set()
+            release.wait(60)
+        return real_open(name, **kw)
+    t = None
+    try:
+        with mock.patch.object(hostcache.Cache, "open", staticmethod(held_open)):
+            t = threading.Thread(target=backend.open_segment, args=(slow,), kwargs={"capacity": "16M"})
+            t.start()
+            assert inside.wait(60)
+
+            def child():
+                c = backend.open_segment(other, capacity="16M")
+                c.set("k", b"v")
+                assert c.get("k") == b"v"
+            pid = fork(child)
+            release.set()
+            assert wait(pid, 20) == 0
+        t.join()
+    finally:
+        release.set()
+        if t is not None:
+            t.join()
+        for n in (slow, other):
+            c = backend._opened.pop(n, None)
+            if c is not None:
+                c.close()
+            hostcache.Cache.remove(n)
+
+
 # ---- 9. Django _key() ------------------------------------------------------------------------
 
 def old_key(self, key, version=None):

@@ -59,6 +59,16 @@ _lock = threading.Lock()
 _segment = None
 
 
+def _fresh_lock_in_child():
+    # As backend.open_segment's: a lock held by a thread of the parent at
+    # fork would be held for ever in the child.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
+
 def config():
     c = dict(_DEFAULTS)
     c.update(getattr(settings, "GRAPHQL_METADATA_CACHE", {}) or {})
