@@ -9,7 +9,7 @@ out=build-fuzz
 mkdir -p "$out/corpus" "$out/seeds"
 rm -rf "$out/obj" && mkdir -p "$out/obj"
 # The sources compiled side by side, one per core, then linked.
-flags=(-std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -DSPDLOG_FMT_EXTERNAL -Iinclude -Isrc)
+flags=(-std=c++20 -O1 -g1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -DSPDLOG_FMT_EXTERNAL -Iinclude -Isrc)
 printf '%s\n' tests/fuzz/fuzz_segment.cpp src/*.cpp |
   xargs -P "$(nproc)" -I{} sh -c 'f="$1"; shift; o="'"$out"'/obj/$(basename "$f" .cpp).o"; clang++ "$@" -fsanitize=fuzzer-no-link -c "$f" -o "$o"' _ {} "${flags[@]}"
 clang++ "${flags[@]}" -fsanitize=fuzzer "$out"/obj/*.o -o "$out/fuzz_segment" \

@@ -11,10 +11,14 @@ jobs=$(nproc)
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 
+# -g1: line tables and function names, which is what a sanitizer's report or
+# a crash's stack needs; full -g made each test's compile about 60% longer
+# (17.4 s against 10.8 s for test_attack_ops.cpp on the 2-core VM).
 build() {  # build DIR [cmake args...]  (TARGETS="a b" builds only those)
   local dir=$1
   shift
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython3_EXECUTABLE=/usr/bin/python3 "${launcher[@]}" "$@" >/dev/null
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+    -DPython3_EXECUTABLE=/usr/bin/python3 "${launcher[@]}" "$@" >/dev/null
   if [[ -n "${TARGETS:-}" ]]; then
     cmake --build "$dir" -j "$jobs" --target ${TARGETS}
   else

@@ -1,34 +1,110 @@
 #include "log.h"
 
-#include <pthread.h>
 #include <spdlog/details/console_globals.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/ansicolor_sink.h>
+#include <spdlog/sinks/sink.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "stripe_lock.h"
 
 namespace hostcache::log {
+namespace {
+
+// Colour on stderr, with state of its own in each process (fork epoch).
+//
+// spdlog's console sinks write under one process-wide mutex. A child forked
+// while another thread of its parent was writing inherited it locked by a
+// thread it has no copy of, and blocked on its first message for ever
+// (test_memoize_fork, AChildForkedWhileAThreadLogsCanLog). Taking that mutex
+// across fork() instead made fork() wait for a message stuck on a full
+// stderr pipe, for ever from a signal handler on the writing thread, and
+// under Python for ever when the pipe's reader needed the GIL that os.fork
+// holds (test_attack_fork8). Here nothing is waited for at fork, and nothing
+// runs there (a raw clone() or _Fork() child too): the first message of a
+// process whose epoch is not the sink's makes a sink of its own, and the
+// parent's copy (its mutex perhaps held, its buffers perhaps mid-append) is
+// left alone, never freed, in the child.
+class PerProcessStderrSink final : public spdlog::sinks::sink {
+ public:
+  explicit PerProcessStderrSink(std::string pattern) : pattern_(std::move(pattern)) {}
+
+  void log(const spdlog::details::log_msg& msg) override {
+    Own& own = mine();
+    std::lock_guard<std::mutex> lock(own.mutex);
+    own.sink.log(msg);
+  }
+  void flush() override {
+    Own& own = mine();
+    std::lock_guard<std::mutex> lock(own.mutex);
+    own.sink.flush();
+  }
+  // The pattern is fixed when the logger is made (a later one is refused:
+  // the sinks of forked children are made from the first).
+  void set_pattern(const std::string&) override {}
+  void set_formatter(std::unique_ptr<spdlog::formatter>) override {}
+
+ private:
+  struct Own {
+    Own(std::uint64_t e, const std::string& pattern) : epoch(e) { sink.set_pattern(pattern); }
+    const std::uint64_t epoch;
+    std::mutex mutex;
+    spdlog::sinks::ansicolor_stderr_sink<spdlog::details::console_nullmutex> sink;
+  };
+
+  // This process's sink, made without a lock (as memoize.cpp's memo_state):
+  // two threads that race both make one, and the loser frees its own. An
+  // epoch of 0 (its page could not be mapped) keeps whatever sink there is.
+  Own& mine() {
+    const std::uint64_t epoch = stripe_lock::fork_epoch();
+    Own* s = own_.load(std::memory_order_acquire);
+    if (s != nullptr && (s->epoch == epoch || epoch == 0)) return *s;
+    auto fresh = std::make_unique<Own>(epoch, pattern_);
+    while (!own_.compare_exchange_weak(s, fresh.get(), std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+      if (s != nullptr && (s->epoch == epoch || epoch == 0)) return *s;
+    }
+    return *fresh.release();  // what it replaced, if anything, is the parent's: left alone
+  }
+
+  const std::string pattern_;
+  std::atomic<Own*> own_{nullptr};
+};
+
+// Made on first use without a static initialiser: a child forked while a
+// thread of its parent was inside one would wait for ever on its guard
+// (test_attack_fork8, AChildForkedWhileAThreadMakesTheLoggerFinishes). Never
+// freed (a message logged from a destructor at exit still has a logger).
+std::atomic<spdlog::logger*> g_logger{nullptr};
+
+}  // namespace
 
 spdlog::logger& get() {
-  static std::shared_ptr<spdlog::logger> logger = [] {
-    auto l = std::make_shared<spdlog::logger>(
-        "hostcache", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
-    l->set_level(spdlog::level::warn);
-    if (const char* level = std::getenv("HOSTCACHE_LOG")) {
-      l->set_level(spdlog::level::from_str(level));
-    }
-    l->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [hostcache] [%l] [pid %P] %v");
-    // The sink writes under spdlog's console mutex. A child forked while
-    // another thread of its parent was writing would inherit it locked by a
-    // thread it has no copy of, and block on its first message for ever
-    // (test_memoize_fork, AChildForkedWhileAThreadLogsCanLog). fork() waits
-    // for the message in progress instead, and both sides start unlocked.
-    // (A child made by a raw clone() or _Fork() runs no atfork handlers.)
-    pthread_atfork([] { spdlog::details::console_mutex::mutex().lock(); },
-                   [] { spdlog::details::console_mutex::mutex().unlock(); },
-                   [] { spdlog::details::console_mutex::mutex().unlock(); });
-    return l;
-  }();
-  return *logger;
+  if (spdlog::logger* l = g_logger.load(std::memory_order_acquire)) return *l;
+  auto made = std::make_unique<spdlog::logger>(
+      "hostcache", std::make_shared<PerProcessStderrSink>(
+                       "[%Y-%m-%d %H:%M:%S.%e] [hostcache] [%l] [pid %P] %v"));
+  made->set_level(spdlog::level::warn);
+  if (const char* level = std::getenv("HOSTCACHE_LOG")) {
+    made->set_level(spdlog::level::from_str(level));
+  }
+  spdlog::logger* none = nullptr;
+  if (!g_logger.compare_exchange_strong(none, made.get(), std::memory_order_acq_rel)) {
+    return *none;  // another thread's won; ours is freed
+  }
+  return *made.release();
+}
+
+std::atomic<int> detail::g_debug{-1};
+
+bool detail::debug_level_now() {
+  const bool on = get().should_log(spdlog::level::debug);
+  g_debug.store(on ? 1 : 0, std::memory_order_relaxed);  // racing threads store the same answer
+  return on;
 }
 
 }  // namespace hostcache::log

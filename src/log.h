@@ -7,15 +7,22 @@
 
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+
 namespace hostcache::log {
 
 spdlog::logger& get();
 
+namespace detail {
+extern std::atomic<int> g_debug;  // -1: not yet known; constant-initialised (no guard a fork could copy held)
+bool debug_level_now();
+}  // namespace detail
+
 // Whether debug messages are logged. The level is fixed when the logger is
-// created (HOSTCACHE_LOG), so a hit tests one cached byte, not the logger.
+// created (HOSTCACHE_LOG), so a hit tests one cached word, not the logger.
 inline bool debug_enabled() {
-  static const bool on = get().should_log(spdlog::level::debug);
-  return on;
+  const int on = detail::g_debug.load(std::memory_order_relaxed);
+  return on < 0 ? detail::debug_level_now() : on != 0;
 }
 
 }  // namespace hostcache::log

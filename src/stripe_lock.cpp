@@ -250,6 +250,17 @@ std::uint64_t fresh_generation() {
 }
 
 
+// The page's epoch, drawn on first use in each process.
+std::uint64_t epoch_of(ForkPage& page) {
+  std::uint64_t gen = words::load(page.generation);
+  if (gen == 0) {
+    std::uint64_t zero = 0;
+    const std::uint64_t mine = fresh_generation();
+    gen = std::atomic_ref<std::uint64_t>(page.generation).compare_exchange_strong(zero, mine) ? mine : zero;
+  }
+  return gen;
+}
+
 // The default (general-dynamic) TLS model: initial-exec would save a
 // __tls_get_addr per lock, but a library loaded by dlopen then needs glibc's
 // static TLS surplus, and under Python it was already used up ("cannot
@@ -263,12 +274,7 @@ const Identity& self() {
     throw Error(Errc::io_error, std::string("cannot map the page that tells a forked child from its parent (mmap: ") +
                                     std::strerror(e) + "); no stripe lock is taken without it");
   }
-  std::uint64_t gen = words::load(page->generation);
-  if (gen == 0) {
-    std::uint64_t zero = 0;
-    const std::uint64_t mine = fresh_generation();
-    gen = std::atomic_ref<std::uint64_t>(page->generation).compare_exchange_strong(zero, mine) ? mine : zero;
-  }
+  const std::uint64_t gen = epoch_of(*page);
   // A word of 0 is an identity whose start time could not be read, a pidns
   // of 0 one whose pid namespace could not: tried again on every call until
   // they can (before, a thread refused for want of /proc stayed refused
@@ -463,6 +469,11 @@ void init(std::uint64_t& word) { words::store(word, std::uint64_t{0}, std::memor
 std::uint64_t self_word() { return self().word; }
 
 const Identity& identity() { return self(); }
+
+std::uint64_t fork_epoch() noexcept {
+  ForkPage* page = fork_page();
+  return page == nullptr ? 0 : epoch_of(*page);
+}
 
 bool same_namespaces(std::uint64_t pidns, std::uint64_t timens) { return same_namespaces(self(), pidns, timens); }
 

@@ -93,6 +93,12 @@ struct Identity {
 // parent cannot be mapped (tried again on the next call).
 const Identity& identity();
 
+// This process's fork epoch: a number drawn anew in every child, however
+// it was forked (the MADV_WIPEONFORK page's), for process-local state that
+// a child must not inherit from threads it has no copy of (log.cpp's sink).
+// 0 if the page cannot be mapped (tried again on the next call).
+std::uint64_t fork_epoch() noexcept;
+
 // Whether this process was forked after `me` was computed (its fork epoch is
 // no longer the current one): `me` is then the parent's. A critical section
 // that finds itself in a child (a fork from a signal handler or a callback
