@@ -8,10 +8,13 @@
 #include <chrono>
 #include <memory>
 
+#include "per_process.h"
 #include "segment.h"
 #include "stats.h"
 
 namespace hostcache {
+
+struct MemoizeState;  // memoize.cpp
 
 struct Cache::Impl {
   std::unique_ptr<Segment> segment;
@@ -23,17 +26,13 @@ struct Cache::Impl {
   int compress_level = 1;
   StatsRecorder stats;  // this process's StatsSlot
   // memoize.cpp's per-handle state (the keyed hash's secret, the method slots
-  // this handle has looked up, behind a process-local mutex), made on first
-  // use in each process. A child forked from a process that had one makes
-  // its own: a thread of the parent may have held the mutex, and the child
-  // has no copy of that thread to release it. The parent's copy is left
-  // alone in the child (never locked, never freed there).
-  struct MemoizeHolder {
-    std::atomic<struct MemoizeState*> state{nullptr};
-    MemoizeHolder() = default;
-    MemoizeHolder(const MemoizeHolder&) = delete;
-    MemoizeHolder& operator=(const MemoizeHolder&) = delete;
-    ~MemoizeHolder();  // memoize.cpp
+  // this handle has looked up, behind a process-local mutex), one per
+  // process (per_process.h): a child forked while a thread of its parent
+  // held that mutex makes its own. Made and freed in memoize.cpp, where it
+  // is complete.
+  struct MemoizeHolder : PerProcess<MemoizeState> {
+    MemoizeHolder();
+    ~MemoizeHolder();
   } memoize;
 
   explicit Impl(std::unique_ptr<Segment> seg);

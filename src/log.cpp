@@ -10,12 +10,12 @@
 #include <mutex>
 #include <string>
 
-#include "stripe_lock.h"
+#include "per_process.h"
 
 namespace hostcache::log {
 namespace {
 
-// Colour on stderr, with state of its own in each process (fork epoch).
+// Colour on stderr, with state of its own in each process.
 //
 // spdlog's console sinks write under one process-wide mutex. A child forked
 // while another thread of its parent was writing inherited it locked by a
@@ -26,20 +26,19 @@ namespace {
 // under Python for ever when the pipe's reader needed the GIL that os.fork
 // holds (test_attack_fork8). Here nothing is waited for at fork, and nothing
 // runs there (a raw clone() or _Fork() child too): the first message of a
-// process whose epoch is not the sink's makes a sink of its own, and the
-// parent's copy (its mutex perhaps held, its buffers perhaps mid-append) is
-// left alone, never freed, in the child.
+// process makes a sink of its own (per_process.h), and the parent's copy
+// (its mutex perhaps held, its buffers perhaps mid-append) is left alone.
 class PerProcessStderrSink final : public spdlog::sinks::sink {
  public:
   explicit PerProcessStderrSink(std::string pattern) : pattern_(std::move(pattern)) {}
 
   void log(const spdlog::details::log_msg& msg) override {
-    Own& own = mine();
+    Own& own = own_.get(pattern_);
     std::lock_guard<std::mutex> lock(own.mutex);
     own.sink.log(msg);
   }
   void flush() override {
-    Own& own = mine();
+    Own& own = own_.get(pattern_);
     std::lock_guard<std::mutex> lock(own.mutex);
     own.sink.flush();
   }
@@ -50,29 +49,13 @@ class PerProcessStderrSink final : public spdlog::sinks::sink {
 
  private:
   struct Own {
-    Own(std::uint64_t e, const std::string& pattern) : epoch(e) { sink.set_pattern(pattern); }
-    const std::uint64_t epoch;
+    explicit Own(const std::string& pattern) { sink.set_pattern(pattern); }
     std::mutex mutex;
     spdlog::sinks::ansicolor_stderr_sink<spdlog::details::console_nullmutex> sink;
   };
 
-  // This process's sink, made without a lock (as memoize.cpp's memo_state):
-  // two threads that race both make one, and the loser frees its own. An
-  // epoch of 0 (its page could not be mapped) keeps whatever sink there is.
-  Own& mine() {
-    const std::uint64_t epoch = stripe_lock::fork_epoch();
-    Own* s = own_.load(std::memory_order_acquire);
-    if (s != nullptr && (s->epoch == epoch || epoch == 0)) return *s;
-    auto fresh = std::make_unique<Own>(epoch, pattern_);
-    while (!own_.compare_exchange_weak(s, fresh.get(), std::memory_order_acq_rel,
-                                       std::memory_order_acquire)) {
-      if (s != nullptr && (s->epoch == epoch || epoch == 0)) return *s;
-    }
-    return *fresh.release();  // what it replaced, if anything, is the parent's: left alone
-  }
-
   const std::string pattern_;
-  std::atomic<Own*> own_{nullptr};
+  PerProcess<Own> own_;
 };
 
 // Made on first use without a static initialiser: a child forked while a

@@ -109,8 +109,7 @@ MethodSlot* find_method_slot(const Segment& segment, std::string_view name) {
 
 // What a Cache handle keeps for memoize (Cache::Impl::memoize), in one process.
 struct MemoizeState {
-  MemoizeState(const Geometry& g, const stripe_lock::Identity& me)
-      : fork_word(me.fork_word), generation(me.generation) {
+  explicit MemoizeState(const Geometry& g) {
     // The segment's random secret, verified at attach, keys every hash that
     // stands for part of a key: a collision must be found without knowing it.
     XXH3_generateSecret(secret, sizeof secret, g.key_secret, sizeof g.key_secret);
@@ -123,46 +122,25 @@ struct MemoizeState {
     XXH3_128bits_update(&st, bytes.data(), bytes.size());
     return XXH3_128bits_digest(&st);
   }
-  // Made in this process, not copied into it by a fork (the fork epoch's
-  // word is the one it was made in).
-  bool ours() const { return words::load(*fork_word) == generation; }
-
   alignas(64) unsigned char secret[XXH3_SECRET_DEFAULT_SIZE];
 
   struct Method {
     MethodSlot* slot = nullptr;
     steady::time_point retry_at{};  // when slot is nullptr: look again after this
   };
-  const std::uint64_t* fork_word;
-  std::uint64_t generation;
   std::mutex mutex;
   std::map<std::string, Method, std::less<>> methods;
 };
 
-Cache::Impl::MemoizeHolder::~MemoizeHolder() {
-  MemoizeState* s = state.load(std::memory_order_acquire);
-  if (s != nullptr && s->ours()) delete s;  // a parent's copy is never freed in its child
-}
+Cache::Impl::MemoizeHolder::MemoizeHolder() = default;
+Cache::Impl::MemoizeHolder::~MemoizeHolder() = default;
 
 namespace {
 
 std::atomic<flight::testing::Hook> g_method_lookup{nullptr};
 
-// This handle's state in this process, made on first use without a lock
-// (a fork may copy any lock held at that moment): two threads that race
-// both make one, and the loser frees its own.
 MemoizeState& memo_state(const Cache& cache) {
-  std::atomic<MemoizeState*>& held = detail::Access::impl(cache).memoize.state;
-  MemoizeState* s = held.load(std::memory_order_acquire);
-  if (s != nullptr && s->ours()) return *s;
-  auto fresh = std::make_unique<MemoizeState>(detail::Access::segment(cache).geometry(),
-                                              stripe_lock::identity());
-  while (!held.compare_exchange_weak(s, fresh.get(), std::memory_order_acq_rel,
-                                     std::memory_order_acquire)) {
-    if (s != nullptr && s->ours()) return *s;  // another thread of this process made it first
-  }
-  // Replaced nothing, or the parent's copy (left to the parent: see MemoizeHolder).
-  return *fresh.release();
+  return detail::Access::impl(cache).memoize.get(detail::Access::segment(cache).geometry());
 }
 
 // The method's slot, looked up once per handle (cached, including a miss for

@@ -112,6 +112,36 @@ std::string compute_too_big(Cache& cache, const std::string& key) {
   return get_or_compute<std::string>(cache, key, [n] { return std::string(n, 'v'); });
 }
 
+// A thread of this process whose library warning is blocked in write(2) on
+// stderr (`rd` is the read end of the full pipe stderr now is). start()
+// returns 0 once the kernel shows it there, else the host's exit code for a
+// scene that could not be set (21: not seen in time, 22: it did not block).
+struct StuckWarning {
+  Cache& cache;
+  int rd;
+  std::atomic<pid_t> tid{0};
+  std::atomic<bool> logged{false};
+  std::thread t;
+
+  int start() {
+    t = std::thread([this] {
+      tid = gettid_();
+      (void)compute_too_big(cache, "k");
+      logged = true;
+    });
+    if (!within(10s, [&] { return tid != 0 && (logged || blocked_in(tid) == SYS_write); })) {
+      drain(rd);
+      t.join();
+      return 21;
+    }
+    if (logged) {  // the warning did not block: nothing to test
+      t.join();
+      return 22;
+    }
+    return 0;
+  }
+};
+
 // ---- 1. fork() while another thread's log message waits on stderr ----------------------
 //
 // log.cpp's prepare handler takes spdlog's console mutex. A thread whose
@@ -128,22 +158,10 @@ TEST(ForkAttack8, ForkReturnsWhileAnotherThreadsLogWriteIsStuck) {
     (void)compute_too_big(cache, "warm");  // the logger (and its atfork handler) exist
     const int rd = make_stderr_a_full_pipe();
     if (rd < 0) return 20;
-    std::atomic<pid_t> logger_tid{0};
-    std::atomic<bool> logged{false};
-    std::thread t([&] {
-      logger_tid = gettid_();
-      (void)compute_too_big(cache, "k");
-      logged = true;
-    });
-    if (!within(10s, [&] { return logger_tid != 0 && (logged || blocked_in(logger_tid) == SYS_write); })) {
-      drain(rd);
-      t.join();
-      return 21;
-    }
-    if (logged) {  // the warning did not block: nothing to test
-      t.join();
-      return 22;
-    }
+    StuckWarning w{cache, rd};
+    if (const int e = w.start()) return e;
+    std::atomic<bool>& logged = w.logged;
+    std::thread& t = w.t;
     std::atomic<int> forked{0};
     std::thread forker([&] {
       const pid_t c = ::fork();
@@ -194,23 +212,11 @@ TEST(ForkAttack8, ForkFromASignalHandlerThatInterruptedALogWriteReturns) {
     if (::sigaction(SIGUSR1, &sa, nullptr) != 0) return 20;
     const int rd = make_stderr_a_full_pipe();
     if (rd < 0) return 20;
-    std::atomic<pid_t> logger_tid{0};
-    std::atomic<bool> logged{false};
-    std::thread t([&] {
-      logger_tid = gettid_();
-      (void)compute_too_big(cache, "k");
-      logged = true;
-    });
-    if (!within(10s, [&] { return logger_tid != 0 && (logged || blocked_in(logger_tid) == SYS_write); })) {
-      drain(rd);
-      t.join();
-      return 21;
-    }
-    if (logged) {
-      t.join();
-      return 22;
-    }
-    ::syscall(SYS_tgkill, ::getpid(), logger_tid.load(), SIGUSR1);
+    StuckWarning w{cache, rd};
+    if (const int e = w.start()) return e;
+    std::atomic<bool>& logged = w.logged;
+    std::thread& t = w.t;
+    ::syscall(SYS_tgkill, ::getpid(), w.tid.load(), SIGUSR1);
     // stderr drains from now on: only a deadlock keeps the handler's fork in.
     const bool returned = within(10s, [&] {
       drain(rd);
