@@ -96,6 +96,8 @@ bool vanished(StreamId id, bool held, const StreamState& s) {
   return !id.zero() && !held && s.first_entry && *s.first_entry <= id && s.max_deleted < id;
 }
 
+StreamId resume_point(const StreamState& s) { return s.last_entry ? *s.last_entry : s.last_generated; }
+
 Resync resync_kind(StreamId ours, StreamId published, std::string_view known_nonce, const StreamState& s) {
   if (ours.zero()) return Resync::fresh;
   // Redis lost its data: the nonce was missing (created now), is not the one
@@ -413,7 +415,7 @@ if (not nonce) or (ARGV[4] ~= '' and nonce == ARGV[4]) then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'host', ARGV[2], 'kind', 'boot', 'name', '')
   created = 1
 end
-local last, first, len, lag, at, at_pub, deleted = '0-0', '', 0, 0, 0, 0, '0-0'
+local last, first, len, lag, at, at_pub, deleted, last_entry = '0-0', '', 0, 0, 0, 0, '0-0', ''
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   for i = 1, #info, 2 do
@@ -421,6 +423,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     if k == 'last-generated-id' then last = v
     elseif k == 'length' then len = v
     elseif k == 'first-entry' and v then first = v[1]
+    elseif k == 'last-entry' and v then last_entry = v[1]
     elseif k == 'max-deleted-entry-id' then deleted = v end
   end
   if ARGV[5] ~= '' then
@@ -463,7 +466,7 @@ if ARGV[6] == '1' then
     epochs[#epochs + 1] = mark
   end
 end
-return {nonce, created, last, first, len, lag, epochs, at, at_pub, deleted}
+return {nonce, created, last, first, len, lag, epochs, at, at_pub, deleted, last_entry}
 )lua";
 
 // The most epochs fields one state script scans: 100,000, fewer where the
@@ -523,6 +526,11 @@ struct Relay::State {
   std::string known_nonce;
   StreamId pos;        // the last stream id seen (== st.last_id)
   StreamId published;  // the last id this process published
+  // The saved ids were of another --stream (or of none known): this host
+  // starts afresh here, and clears once, for it missed what this stream
+  // carried before it came.
+  bool moved = false;
+  std::uint64_t stream_hash = 0;  // of o.stream
   std::string sha_publish, sha_state;
   bool xread_out = false;
   bool xread_blocks = true;  // the XREAD in flight has BLOCK (else Redis answers at once)
@@ -567,6 +575,18 @@ struct Relay::State {
     // its last publish, read by nobody, was forgotten with its restart
     // (test_attack_relay_liveness8, ARollbackOfAnUnreadPublish...).
     published = StreamId{st.published_id_ms, st.published_id_seq};
+    // Ids saved for another stream are not this one's: read as this
+    // stream's, they looked like its rollback, and every host already here
+    // cleared (test_attack_relay_liveness9, AHostMovedToAnotherStream...).
+    stream_hash = outbox::hash_stream_key(o.stream);
+    // Until its resync has cleared, saves keep the old stream's hash, so
+    // that a relay killed before that still clears after its restart.
+    const bool any = !(pos.zero() && published.zero());
+    if (st.stream_hash != 0 ? st.stream_hash != stream_hash : any) {
+      moved = true;
+      pos = {};
+      published = {};
+    }
   }
 
   void say(int level, const std::string& m) {
@@ -589,6 +609,7 @@ struct Relay::State {
     st.last_id_seq = pos.seq;
     st.published_id_ms = published.ms;
     st.published_id_seq = published.seq;
+    if (!moved) st.stream_hash = stream_hash;
     outbox::set_relay_status(cache, st);
     last_save = Clock::now();
   }
@@ -644,7 +665,7 @@ struct Relay::State {
       }
       return std::nullopt;
     }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 10) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 11) {
       say(2, "state script: unexpected reply " + str_of(r.get()));
       return std::nullopt;
     }
@@ -658,6 +679,7 @@ struct Relay::State {
     s.holds_position = int_of(r->element[7]) != 0;
     s.holds_published = int_of(r->element[8]) != 0;
     s.max_deleted = StreamId::parse(str_of(r->element[9])).value_or(StreamId{});
+    if (const std::string l = str_of(r->element[10]); !l.empty()) s.last_entry = StreamId::parse(l);
     const redisReply* ep = r->element[6];
     if (ep->type == REDIS_REPLY_ARRAY) {
       for (std::size_t i = 0; i + 1 < ep->elements; i += 2) {
@@ -706,7 +728,12 @@ struct Relay::State {
           s = state_call(s->nonce, false, false);
           if (!s) return false;
         }
-        pos = s->last_generated;
+        pos = resume_point(*s);
+        if (moved) {
+          say(1, "resync: the saved position is of another stream; this host clears once");
+          clear_local();
+          ++st.resync_lost;
+        }
         break;
       case Resync::rolled_back: {
         // Rotate the nonce (only if nobody did yet): every other host then
@@ -719,7 +746,7 @@ struct Relay::State {
       case Resync::lost:
         clear_local();
         ++st.resync_lost;
-        pos = s->last_generated;
+        pos = resume_point(*s);
         published = {};
         break;
       case Resync::trimmed: {
@@ -735,7 +762,7 @@ struct Relay::State {
           }
         }
         ++st.resync_trimmed;
-        pos = s->last_generated;
+        pos = resume_point(*s);
         break;
       }
       case Resync::replay:
@@ -746,6 +773,7 @@ struct Relay::State {
         ++st.resync_replay;
         break;
     }
+    moved = false;
     if (k != Resync::replay) prove(asked);  // cleared, bumped, or started afresh: current as of the state read
     known_nonce = s->nonce;
     save();

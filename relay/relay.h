@@ -90,7 +90,16 @@ struct StreamState {
   bool holds_position = true;    // the stream holds an entry at the position given (false when it does not exist)
   bool holds_published = true;   // ... and at the last id this relay published
   StreamId max_deleted;          // XINFO max-deleted-entry-id (Redis 7): the highest id XDEL removed
+  std::optional<StreamId> last_entry;  // XINFO last-entry's id (below last_generated after an XSETID)
 };
+
+// Where a host resumes reading after a resync: the stream's last entry, or
+// its last-generated id if it holds none. Not last-generated itself: after
+// an operator's XSETID into the future no entry holds that id, and a
+// position that the stream reaches back to but does not hold reads as a
+// rollback (test_attack_relay_liveness9, AHostJoiningAfterAnXsetid...).
+// Nothing lies between the two: XREAD from either returns the same.
+StreamId resume_point(const StreamState& s);
 
 // Whether the stream reaches back to `id` (read or published here) but no
 // longer holds it, where no XDEL explains it: a rollback.

@@ -333,8 +333,9 @@ RelayInfo relay_of(const Segment& seg, std::int64_t now_ms) {
   info.cursor = words::load(r.cursor);
   info.pending = info.head > info.cursor ? info.head - info.cursor : 0;
   info.outbox_slots = seg.geometry().outbox_slots;
-  info.last_id_ms = words::load(r.last_id_ms);
-  info.last_id_seq = words::load(r.last_id_seq);
+  const layout::RelayIds& ids = r.ids[words::load(r.ids_current, std::memory_order_acquire) & 1];
+  info.last_id_ms = words::load(ids.last_id_ms);
+  info.last_id_seq = words::load(ids.last_id_seq);
   info.published = words::load(r.published);
   info.applied = words::load(r.applied);
   info.lag_events = words::load(r.lag_events);

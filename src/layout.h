@@ -33,7 +33,7 @@
 namespace hostcache::layout {
 
 inline constexpr char kMagic[8] = {'H', 'O', 'S', 'T', 'C', 'A', 'C', 'H'};
-inline constexpr std::uint32_t kLayoutVersion = 2;
+inline constexpr std::uint32_t kLayoutVersion = 3;  // 3: RelayState's published id in two words, its stream
 inline constexpr std::size_t kCacheLine = 64;
 
 inline constexpr std::uint32_t kStateReady = 0x52454459;  // "REDY"
@@ -154,15 +154,25 @@ struct alignas(kCacheLine) OutboxHeader {
   std::uint64_t pad[7];
 };
 
+// The ids a relay resumes from, saved whole: RelayState holds two and names
+// the current one, so that a relay killed (kill -9) halfway through a save
+// leaves the last whole one (a torn id, a new ms with an old sequence, would
+// be past what it applied: test_outbox, ARelayKilledDuringASave...).
+struct RelayIds {
+  std::uint64_t last_id_ms;        // last stream id applied or published (ms-seq)
+  std::uint64_t last_id_seq;
+  std::uint64_t published_id_ms;   // the last stream id this host's relay published (0-0: none)
+  std::uint64_t published_id_seq;  //   (two words: an operator's XSETID makes ids of any size)
+  std::uint64_t stream_hash;       // outbox::hash_stream_key of the --stream these ids are of (0: none yet)
+};
+
 // The relay's state: written by the relay only, read by tools. Survives the
-// relay's restarts (last_id is where it resumes).
+// relay's restarts (ids[ids_current] is where it resumes).
 struct alignas(kCacheLine) RelayState {
   std::uint32_t pid;           // the relay process, 0 if none ever ran
   std::uint32_t connected;     // 1 while it holds a working Redis connection
   std::int64_t heartbeat_ms;   // clock::now_ms() of its last loop
   std::uint64_t cursor;        // next outbox sequence it will read
-  std::uint64_t last_id_ms;    // last stream id applied or published (ms-seq)
-  std::uint64_t last_id_seq;
   std::uint64_t published;     // events sent to the stream
   std::uint64_t applied;       // remote events applied here
   std::uint64_t lag_events;    // remote events seen but not yet applied
@@ -173,7 +183,8 @@ struct alignas(kCacheLine) RelayState {
   std::uint64_t overflow_clears; // outbox laps (or stuck slots) published as one global clear
   std::uint64_t stale_clears;    // local clears because Redis was unreachable past the stale bound
   std::int64_t proven_ms;        // clock::now_ms() as of which this host was last proven current (0: unknown)
-  std::uint64_t published_id;    // the last stream id this host's relay published, ms << 22 | seq (0: none or unknown)
+  std::uint64_t ids_current;     // 0 or 1: the whole one of ids[]
+  RelayIds ids[2];
 };
 
 struct OutboxSlot {
@@ -186,7 +197,8 @@ struct OutboxSlot {
 static_assert(sizeof(OutboxHeader) == kCacheLine, "OutboxHeader is part of the format");
 static_assert(sizeof(OutboxSlot) == 272 && sizeof(OutboxSlot) % 8 == 0, "slots are copied word by word");
 static_assert(offsetof(OutboxSlot, name) == 16, "OutboxSlot is part of the format");
-static_assert(sizeof(RelayState) == 2 * kCacheLine, "RelayState is part of the format");
+static_assert(sizeof(RelayState) == 3 * kCacheLine, "RelayState is part of the format");
+static_assert(offsetof(RelayState, ids) % 8 == 0, "RelayIds are stored word by word");
 
 // ---- stripes ----------------------------------------------------------------
 
@@ -307,7 +319,7 @@ static_assert(kHeaderBytes % 8 == 0, "entries are 8-aligned: word-wise atomic co
 template <class T>
 constexpr bool kPlain = std::is_trivially_copyable_v<T> && std::is_standard_layout_v<T>;
 static_assert(kPlain<Header> && kPlain<StatsSlot> && kPlain<FlightSlot> && kPlain<MethodSlot> &&
-                  kPlain<StripeHeader> && kPlain<EntryHeader> && kPlain<OutboxHeader> && kPlain<RelayState> &&
+                  kPlain<StripeHeader> && kPlain<EntryHeader> && kPlain<OutboxHeader> && kPlain<RelayState> && kPlain<RelayIds> &&
                   kPlain<OutboxSlot>,
               "shared structs must be trivially copyable and standard-layout");
 

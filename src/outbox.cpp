@@ -2,6 +2,8 @@
 // relay's state. See include/hostcache/outbox.h.
 #include <hostcache/outbox.h>
 
+#include <xxhash.h>
+
 #include <cstring>
 
 #include "atomic_words.h"
@@ -130,10 +132,6 @@ std::string host_id(const Cache& cache) {
   return out;
 }
 
-namespace {
-constexpr unsigned kPublishedSeqBits = 22;  // RelayState::published_id: ms << 22 | seq
-}  // namespace
-
 RelayStatus relay_status(const Cache& cache) {
   const layout::RelayState& r = *detail::Access::segment(cache).relay_state();
   RelayStatus s;
@@ -141,8 +139,6 @@ RelayStatus relay_status(const Cache& cache) {
   s.connected = words::load(r.connected) != 0;
   s.heartbeat_ms = words::load(r.heartbeat_ms);
   s.cursor = words::load(r.cursor);
-  s.last_id_ms = words::load(r.last_id_ms);
-  s.last_id_seq = words::load(r.last_id_seq);
   s.published = words::load(r.published);
   s.applied = words::load(r.applied);
   s.lag_events = words::load(r.lag_events);
@@ -153,9 +149,12 @@ RelayStatus relay_status(const Cache& cache) {
   s.overflow_clears = words::load(r.overflow_clears);
   s.stale_clears = words::load(r.stale_clears);
   s.proven_ms = words::load(r.proven_ms);
-  const std::uint64_t pub = words::load(r.published_id);
-  s.published_id_ms = pub >> kPublishedSeqBits;
-  s.published_id_seq = pub & ((std::uint64_t{1} << kPublishedSeqBits) - 1);
+  const layout::RelayIds& ids = r.ids[words::load(r.ids_current, std::memory_order_acquire) & 1];
+  s.last_id_ms = words::load(ids.last_id_ms);
+  s.last_id_seq = words::load(ids.last_id_seq);
+  s.published_id_ms = words::load(ids.published_id_ms);
+  s.published_id_seq = words::load(ids.published_id_seq);
+  s.stream_hash = words::load(ids.stream_hash);
   return s;
 }
 
@@ -165,8 +164,6 @@ void set_relay_status(Cache& cache, const RelayStatus& s) {
   words::store(r.connected, std::uint32_t(s.connected));
   words::store(r.heartbeat_ms, s.heartbeat_ms);
   words::store(r.cursor, s.cursor);
-  words::store(r.last_id_ms, s.last_id_ms);
-  words::store(r.last_id_seq, s.last_id_seq);
   words::store(r.published, s.published);
   words::store(r.applied, s.applied);
   words::store(r.lag_events, s.lag_events);
@@ -177,11 +174,21 @@ void set_relay_status(Cache& cache, const RelayStatus& s) {
   words::store(r.overflow_clears, s.overflow_clears);
   words::store(r.stale_clears, s.stale_clears);
   words::store(r.proven_ms, s.proven_ms);
-  // One word: an id that does not fit (a sequence of 4 M within one
-  // millisecond, a time past 2^42 ms) is saved as unknown.
-  const bool fits = s.published_id_seq < (std::uint64_t{1} << kPublishedSeqBits) &&
-                    s.published_id_ms < (std::uint64_t{1} << (64 - kPublishedSeqBits));
-  words::store(r.published_id, fits ? (s.published_id_ms << kPublishedSeqBits) | s.published_id_seq : 0);
+  // The ids into the copy not in use, then that copy named current: one
+  // store, which a kill -9 cannot cut in two.
+  const std::uint64_t next = (words::load(r.ids_current) & 1) ^ 1;
+  layout::RelayIds& ids = r.ids[next];
+  words::store(ids.last_id_ms, s.last_id_ms);
+  words::store(ids.last_id_seq, s.last_id_seq);
+  words::store(ids.published_id_ms, s.published_id_ms);
+  words::store(ids.published_id_seq, s.published_id_seq);
+  words::store(ids.stream_hash, s.stream_hash);
+  words::store(r.ids_current, next, std::memory_order_release);
+}
+
+std::uint64_t hash_stream_key(std::string_view key) {
+  const std::uint64_t h = XXH3_64bits(key.data(), key.size());
+  return h == 0 ? 1 : h;
 }
 
 std::int64_t now_ms() { return clock::now_ms(); }

@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 #include <hostcache/outbox.h>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <set>
 
 #include "cache_impl.h"
@@ -130,6 +134,66 @@ TEST(Outbox, RelayStatusRoundTripsThroughTheSegment) {
   EXPECT_EQ(r.last_id_seq, 7u);
   EXPECT_EQ(r.resync_trimmed, 3u);
   EXPECT_EQ(r.stale_clears, 2u);
+}
+
+// The relay's position and last published id are saved for the next relay:
+// a relay killed (kill -9) at any instruction of a save leaves the state of
+// one save or the other, whole. A torn id (a new ms with an old sequence)
+// would be past what the relay applied, and its restart would skip events.
+// Model: save i writes ids that all derive from i; after each kill, the
+// record read must be one save's, no later than the last one begun.
+outbox::RelayStatus relay_record(std::uint64_t i) {
+  outbox::RelayStatus s;
+  s.last_id_ms = 1'000'000 + i;
+  s.last_id_seq = i * 3 + 1;
+  s.published_id_ms = 2'000'000 + i;
+  s.published_id_seq = (i * 7) % 5;
+  s.stream_hash = 0x9E3779B97F4A7C15ull * (i + 1) | 1;
+  s.cursor = i;
+  return s;
+}
+
+TEST(Outbox, ARelayKilledDuringASaveLeavesOneWholeSave) {
+  ScopedName name("outbox6");
+  Cache cache = Cache::open(testing::small_config(name.name));
+  outbox::set_relay_status(cache, relay_record(0));
+  std::uint64_t torn = 0, kills = 0, last_i = 0;
+  for (int round = 0; round < 300 && torn < 5; ++round) {
+    int fd[2];
+    ASSERT_EQ(::pipe(fd), 0);
+    const pid_t pid = testing::spawn([&] {
+      ::close(fd[0]);
+      std::uint64_t i = outbox::relay_status(cache).cursor;
+      bool told = false;
+      for (;;) {
+        outbox::set_relay_status(cache, relay_record(++i));
+        if (!told) {
+          told = ::write(fd[1], "x", 1) == 1;
+        }
+      }
+      return 0;
+    });
+    ::close(fd[1]);
+    char c;
+    ASSERT_EQ(::read(fd[0], &c, 1), 1);
+    ::close(fd[0]);
+    for (volatile int spin = round * 37 % 5000; spin > 0; --spin) {
+    }
+    ::kill(pid, SIGKILL);
+    ASSERT_EQ(testing::wait_for(pid), 128 + SIGKILL);
+    ++kills;
+    const outbox::RelayStatus r = outbox::relay_status(cache);
+    const std::uint64_t i = r.last_id_ms - 1'000'000;
+    const outbox::RelayStatus want = relay_record(i);
+    const bool whole = r.last_id_seq == want.last_id_seq && r.published_id_ms == want.published_id_ms &&
+                       r.published_id_seq == want.published_id_seq && r.stream_hash == want.stream_hash;
+    if (!whole) ++torn;
+    EXPECT_TRUE(whole) << "round " << round << ": ids of save " << i << " mixed with another: " << r.last_id_ms << "-"
+                       << r.last_id_seq << ", published " << r.published_id_ms << "-" << r.published_id_seq;
+    EXPECT_GE(i, last_i) << "went back past a save that was whole";
+    last_i = i;
+  }
+  EXPECT_EQ(torn, 0u) << "of " << kills << " kills";
 }
 
 }  // namespace

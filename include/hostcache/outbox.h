@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hostcache::outbox {
@@ -75,7 +76,13 @@ struct RelayStatus {
   // The last stream id this host's relay published (0-0: none, or unknown),
   // for the next relay's check that Redis still holds it.
   std::uint64_t published_id_ms = 0, published_id_seq = 0;
+  // Which stream the ids above belong to (hash_stream_key of the relay's
+  // --stream; 0: none yet): a relay restarted on another stream starts
+  // afresh there instead of reading them as that stream's.
+  std::uint64_t stream_hash = 0;
 };
+// The stream_hash of a stream key (never 0).
+std::uint64_t hash_stream_key(std::string_view key);
 RelayStatus relay_status(const Cache& cache);
 void set_relay_status(Cache& cache, const RelayStatus& status);
 

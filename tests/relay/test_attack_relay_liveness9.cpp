@@ -165,10 +165,11 @@ TEST_P(UnreadPublish, ARestartedPublisherStillDetectsTheRollbackOfItsUnreadPubli
                     << describe(a_) << "; B: " << describe(b_);
 }
 INSTANTIATE_TEST_SUITE_P(Ids, UnreadPublish, ::testing::Values("Control"), [](const auto& info) { return info.param; });
-// Open defects, disabled (they fail on 456edc9, 3 runs of 3): an id that does
-// not fit the saved word is saved as unknown, and the rollback of that
-// publish is missed after a restart. Only an operator's XSETID makes such ids.
-INSTANTIATE_TEST_SUITE_P(DISABLED_KnownDefect, UnreadPublish, ::testing::Values("SeqPast22Bits", "MsPast42Bits"),
+// Failed on 456edc9 (3 runs of 3), when the published id was saved in one
+// word of ms << 22 | seq: an id that did not fit was saved as unknown, and
+// the rollback of that publish was missed after a restart. Only an
+// operator's XSETID makes such ids. Now saved in two words (layout 3).
+INSTANTIATE_TEST_SUITE_P(OperatorsIds, UnreadPublish, ::testing::Values("SeqPast22Bits", "MsPast42Bits"),
                          [](const auto& info) { return info.param; });
 
 // Control, no rollback: A's unread publish E is trimmed away (MAXLEN ~ 10,
@@ -201,8 +202,9 @@ TEST_F(LivenessAttack9, APublishTrimmedAwayWhileItsPublisherWasDownIsNoRollback)
 // last-generated id, which no entry has; max-deleted is below it. Its next
 // state check takes that for a rollback (vanished), rotates the nonce, and
 // every host clears.
-// A needless clear of every host, disabled: fails on 456edc9 (3 of 3 runs).
-TEST_F(LivenessAttack9, DISABLED_KnownDefect_AHostJoiningAfterAnXsetidIntoTheFutureClearsNobody) {
+// A needless clear of every host: failed on 456edc9 (3 of 3 runs). A resync
+// now resumes at the stream's last entry (relay.h, resume_point).
+TEST_F(LivenessAttack9, AHostJoiningAfterAnXsetidIntoTheFutureClearsNobody) {
   ASSERT_NO_FATAL_FAILURE(start({.stale_bound_s = 5, .block_ms = 200, .io_ms = 400}));
   b_.cache->invalidate("t.x1");
   ASSERT_TRUE(settled());
@@ -234,9 +236,10 @@ TEST_F(LivenessAttack9, DISABLED_KnownDefect_AHostJoiningAfterAnXsetidIntoTheFut
 // saved position and `published` (old stream, newer than the new stream's
 // last id) read as a rollback of the new stream: the nonce rotates and A,
 // on the new stream all along with nothing wrong, clears.
-// A needless clear of the hosts already moved, disabled: fails on 456edc9
-// (3 of 3 runs). The saved RelayState does not record its stream.
-TEST_F(LivenessAttack9, DISABLED_KnownDefect_AHostMovedToAnotherStreamDoesNotClearTheHostsAlreadyThere) {
+// Failed on 456edc9 (3 of 3 runs): the saved RelayState did not record its
+// stream. Now it does, and a host whose ids are of another stream starts
+// afresh there and clears itself once (it missed what the stream carried).
+TEST_F(LivenessAttack9, AHostMovedToAnotherStreamDoesNotClearTheHostsAlreadyThere) {
   ASSERT_NO_FATAL_FAILURE(start({.stale_bound_s = 5, .block_ms = 200, .io_ms = 400}));
   const std::string y = kStream + ":moved";
   RedisClient rc(redis_->port());
@@ -251,15 +254,45 @@ TEST_F(LivenessAttack9, DISABLED_KnownDefect_AHostMovedToAnotherStreamDoesNotCle
       << describe(b_);
   ASSERT_TRUE(harness::await([&] { return pos_of(a_) == rc.last_generated(y); }, 10s)) << describe(a_);
   const std::uint64_t a_before = clears(a_);
+  ASSERT_NO_FATAL_FAILURE(set_on(b_, "kb", "t.kb"));
+  a_.cache->invalidate("t.kb");  // on y: B, still on the old stream, never hears it
+  ASSERT_TRUE(harness::await([&] { return status(a_).cursor == outbox::head(*a_.cache); }, 5s)) << describe(a_);
   const std::string nonce_y = nonce_of(rc, y);
   b_.relay->terminate();
   b_.relay = std::make_unique<RelayProcess>(args_on(b_, redis_->port(), y), dir_.path() + "/relay-B-y.log");
   b_.relay->start();
   ASSERT_TRUE(harness::await([&] { return status(b_).connected && pos_of(b_) == rc.last_generated(y); }, 10s))
       << describe(b_);
+  // B missed what y carried before it came: it must not serve kb.
+  EXPECT_FALSE(present(b_, "kb")) << "B moved to " << y << " and serves what A invalidated there before. B: "
+                                  << describe(b_);
   const bool cleared = harness::await([&] { return clears(a_) > a_before; }, 2s);
   EXPECT_FALSE(cleared) << "B moved to " << y << ": its nonce rotated=" << (nonce_of(rc, y) != nonce_y)
                         << "; A (on " << y << " all along) cleared. A: " << describe(a_) << "; B: " << describe(b_);
+}
+
+// A moved relay killed after a save but before its resync cleared: that
+// save held no position (it starts afresh) and the old stream's hash. Its
+// restart must still clear once, and only itself.
+TEST_F(LivenessAttack9, AMovedRelayKilledBeforeItClearedClearsAfterItsRestart) {
+  ASSERT_NO_FATAL_FAILURE(start({.stale_bound_s = 5, .block_ms = 200, .io_ms = 400}));
+  const std::uint64_t a_before = clears(a_);
+  b_.relay->terminate();
+  outbox::RelayStatus saved = status(b_);
+  saved.last_id_ms = saved.last_id_seq = saved.published_id_ms = saved.published_id_seq = 0;
+  saved.stream_hash = outbox::hash_stream_key(kStream + ":before");
+  outbox::set_relay_status(*b_.cache, saved);
+  ASSERT_NO_FATAL_FAILURE(set_on(b_, "kb", "t.kb"));
+  const std::uint64_t b_before = clears(b_);
+  start_b("2");
+  RedisClient rc(redis_->port());
+  ASSERT_TRUE(harness::await([&] { return status(b_).connected && pos_of(b_) == rc.last_generated(kStream); }, 10s))
+      << describe(b_);
+  EXPECT_EQ(clears(b_), b_before + 1) << describe(b_);
+  EXPECT_FALSE(present(b_, "kb"));
+  EXPECT_EQ(status(b_).stream_hash, outbox::hash_stream_key(kStream));
+  const bool cleared = harness::await([&] { return clears(a_) > a_before; }, 2s);
+  EXPECT_FALSE(cleared) << "A: " << describe(a_) << "; B: " << describe(b_);
 }
 
 // ---- 4. kill -9 between the publish's XADD and save() ------------------------------------------
