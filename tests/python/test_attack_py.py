@@ -855,3 +855,45 @@ def test_get_or_compute_loads_interrupt_is_not_swallowed():
     finally:
         c.close()
         hostcache.Cache.remove(name)
+
+
+def test_a_fork_safe_lock_held_by_another_thread_is_free_in_the_child():
+    """hostcache._forksafe.ForkSafeLock (the Django backend's and app's
+    module locks): held by another thread of the parent at fork, it is
+    unheld in the child, and still held in the parent until that thread
+    lets go. A plain threading.Lock in its place stays held in the child
+    for ever (the control)."""
+    from hostcache._forksafe import ForkSafeLock
+    from hostcache.django import backend, metadata
+
+    assert isinstance(backend._opening, ForkSafeLock)
+    assert isinstance(metadata._lock, ForkSafeLock)
+    for lock, free_in_child in ((ForkSafeLock(), True), (threading.Lock(), False)):
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with lock:
+                held.set()
+                release.wait(30)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        assert held.wait(30)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    if lock.locked():
+                        os._exit(1)
+                    with lock:
+                        pass
+                    os._exit(0)
+                finally:
+                    os._exit(2)
+            status = wait(pid)
+            assert lock.locked(), "the parent's lock is its holder's until it lets go"
+        finally:
+            release.set()
+            t.join()
+        assert status == (0 if free_in_child else 1)
+        assert not lock.locked()

@@ -32,27 +32,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
-import os
-import threading
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 import hostcache
+from hostcache._forksafe import ForkSafeLock
 
 log = logging.getLogger("hostcache.django")
 
 _opened = {}
-_opening = threading.Lock()
-
-
-def _fresh_lock_in_child():
-    # A thread of the parent may have held the lock (inside Cache.open) as
-    # another forked: the child has no copy of that thread to release it.
-    global _opening
-    _opening = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_lock_in_child)
+# Fresh in a forked child: a thread of the parent may have held it (inside
+# Cache.open) as another forked.
+_opening = ForkSafeLock()
 
 
 def open_segment(name, **config):

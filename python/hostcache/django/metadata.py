@@ -32,12 +32,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import time
 
 from django.conf import settings
 
 import hostcache
+from hostcache._forksafe import ForkSafeLock
 
 log = logging.getLogger("hostcache.django")
 
@@ -55,18 +55,8 @@ _DEFAULTS = {
 }
 _registry = []  # (wrapper, method) of every cache_metadata function
 _warmers = []
-_lock = threading.Lock()
+_lock = ForkSafeLock()  # fresh in a forked child, as backend's _opening
 _segment = None
-
-
-def _fresh_lock_in_child():
-    # As backend.open_segment's: a lock held by a thread of the parent at
-    # fork would be held for ever in the child.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 def config():
