@@ -177,8 +177,7 @@ TEST(Outbox, ARelayKilledDuringASaveLeavesOneWholeSave) {
     char c;
     ASSERT_EQ(::read(fd[0], &c, 1), 1);
     ::close(fd[0]);
-    for (volatile int spin = round * 37 % 5000; spin > 0; --spin) {
-    }
+    for (int spin = round * 37 % 5000; spin > 0; --spin) asm volatile("" ::: "memory");  // a varied delay
     ::kill(pid, SIGKILL);
     ASSERT_EQ(testing::wait_for(pid), 128 + SIGKILL);
     ++kills;
