@@ -334,6 +334,16 @@ int memoize_round(Cache& cache, Counts* counts, const std::string& who, int thre
 }
 
 TEST(ForkAttack8, MemoizeStateAcrossThreeGenerationsIsExact) {
+#if defined(__SANITIZE_ADDRESS__)
+  // GCC 12's AddressSanitizer does not hold its allocator's locks across
+  // fork: a child forked while another thread was inside malloc inherits a
+  // size class's lock held and waits for ever at its next malloc of that
+  // class. Seen here in 3 runs of 30 under load, the child stuck in
+  // SizeClassAllocator64::GetFromAllocator (gdb), none of our code on the
+  // stack. Forking among threads that allocate is this case's point; it
+  // runs in the plain build.
+  GTEST_SKIP() << "fork among allocating threads deadlocks in GCC 12's ASan allocator";
+#endif
   ScopedName n("fa8d");
   Cache cache = Cache::open(small_config(n.name));
   auto* counts = static_cast<Counts*>(testing::shared_memory(sizeof(Counts)));
