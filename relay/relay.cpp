@@ -530,6 +530,7 @@ struct Relay::State {
   // starts afresh here, and clears once, for it missed what this stream
   // carried before it came.
   bool moved = false;
+  std::pair<StreamId, StreamId> moved_from;  // while moved: the ids saved for the old stream (position, published)
   std::uint64_t stream_hash = 0;  // of o.stream
   std::string sha_publish, sha_state;
   bool xread_out = false;
@@ -584,6 +585,7 @@ struct Relay::State {
     const bool any = !(pos.zero() && published.zero());
     if (st.stream_hash != 0 ? st.stream_hash != stream_hash : any) {
       moved = true;
+      moved_from = {pos, published};
       pos = {};
       published = {};
     }
@@ -605,10 +607,17 @@ struct Relay::State {
     // Its parity says whether a restart was given its grace for this proof.
     st.proven_ms = (st.proven_ms & ~std::int64_t{1}) | (start_grace_for == last_contact ? 1 : 0);
     st.connected = connected;
-    st.last_id_ms = pos.ms;
-    st.last_id_seq = pos.seq;
-    st.published_id_ms = published.ms;
-    st.published_id_seq = published.seq;
+    // Until then the old stream's ids stay too, whole: a relay moved back
+    // before it had resynced here resumes there where it was (saving 0-0
+    // under the old hash read as a fresh start there, and the invalidations
+    // published meanwhile were lost: test_attack_relay_liveness10,
+    // MovedAndBack; the same for ids saved without a hash, IdsWithoutAHash).
+    const StreamId& saved_pos = moved ? moved_from.first : pos;
+    const StreamId& saved_published = moved ? moved_from.second : published;
+    st.last_id_ms = saved_pos.ms;
+    st.last_id_seq = saved_pos.seq;
+    st.published_id_ms = saved_published.ms;
+    st.published_id_seq = saved_published.seq;
     if (!moved) st.stream_hash = stream_hash;
     outbox::set_relay_status(cache, st);
     last_save = Clock::now();

@@ -11,7 +11,7 @@ pkgs=(
   libbenchmark-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev
   clang libclang-rt-dev
-  curl procps ccache
+  curl procps ccache gdb
   python3-dev pybind11-dev python3-pybind11 python3-django python3-pytest python3-pytest-django
   gunicorn python3-django-graphene
   redis-server libhiredis-dev

@@ -330,10 +330,10 @@ RelayInfo relay_of(const Segment& seg, std::int64_t now_ms) {
   }
   if (!info.ever_ran) info.heartbeat_age_ms = 0;
   info.head = words::load(seg.outbox()->head, std::memory_order_acquire);
-  info.cursor = words::load(r.cursor);
+  const layout::RelayIds& ids = r.ids[words::load(r.ids_current, std::memory_order_acquire) & 1];
+  info.cursor = words::load(ids.cursor);
   info.pending = info.head > info.cursor ? info.head - info.cursor : 0;
   info.outbox_slots = seg.geometry().outbox_slots;
-  const layout::RelayIds& ids = r.ids[words::load(r.ids_current, std::memory_order_acquire) & 1];
   info.last_id_ms = words::load(ids.last_id_ms);
   info.last_id_seq = words::load(ids.last_id_seq);
   info.published = words::load(r.published);

@@ -159,6 +159,7 @@ struct alignas(kCacheLine) OutboxHeader {
 // leaves the last whole one (a torn id, a new ms with an old sequence, would
 // be past what it applied: test_outbox, ARelayKilledDuringASave...).
 struct RelayIds {
+  std::uint64_t cursor;            // next outbox sequence it will read (with the ids: a save is whole)
   std::uint64_t last_id_ms;        // last stream id applied or published (ms-seq)
   std::uint64_t last_id_seq;
   std::uint64_t published_id_ms;   // the last stream id this host's relay published (0-0: none)
@@ -172,7 +173,6 @@ struct alignas(kCacheLine) RelayState {
   std::uint32_t pid;           // the relay process, 0 if none ever ran
   std::uint32_t connected;     // 1 while it holds a working Redis connection
   std::int64_t heartbeat_ms;   // clock::now_ms() of its last loop
-  std::uint64_t cursor;        // next outbox sequence it will read
   std::uint64_t published;     // events sent to the stream
   std::uint64_t applied;       // remote events applied here
   std::uint64_t lag_events;    // remote events seen but not yet applied
@@ -197,7 +197,7 @@ struct OutboxSlot {
 static_assert(sizeof(OutboxHeader) == kCacheLine, "OutboxHeader is part of the format");
 static_assert(sizeof(OutboxSlot) == 272 && sizeof(OutboxSlot) % 8 == 0, "slots are copied word by word");
 static_assert(offsetof(OutboxSlot, name) == 16, "OutboxSlot is part of the format");
-static_assert(sizeof(RelayState) == 3 * kCacheLine, "RelayState is part of the format");
+static_assert(sizeof(RelayState) == 4 * kCacheLine, "RelayState is part of the format");
 static_assert(offsetof(RelayState, ids) % 8 == 0, "RelayIds are stored word by word");
 
 // ---- stripes ----------------------------------------------------------------

@@ -138,7 +138,6 @@ RelayStatus relay_status(const Cache& cache) {
   s.pid = words::load(r.pid);
   s.connected = words::load(r.connected) != 0;
   s.heartbeat_ms = words::load(r.heartbeat_ms);
-  s.cursor = words::load(r.cursor);
   s.published = words::load(r.published);
   s.applied = words::load(r.applied);
   s.lag_events = words::load(r.lag_events);
@@ -150,6 +149,7 @@ RelayStatus relay_status(const Cache& cache) {
   s.stale_clears = words::load(r.stale_clears);
   s.proven_ms = words::load(r.proven_ms);
   const layout::RelayIds& ids = r.ids[words::load(r.ids_current, std::memory_order_acquire) & 1];
+  s.cursor = words::load(ids.cursor);
   s.last_id_ms = words::load(ids.last_id_ms);
   s.last_id_seq = words::load(ids.last_id_seq);
   s.published_id_ms = words::load(ids.published_id_ms);
@@ -163,7 +163,6 @@ void set_relay_status(Cache& cache, const RelayStatus& s) {
   words::store(r.pid, s.pid);
   words::store(r.connected, std::uint32_t(s.connected));
   words::store(r.heartbeat_ms, s.heartbeat_ms);
-  words::store(r.cursor, s.cursor);
   words::store(r.published, s.published);
   words::store(r.applied, s.applied);
   words::store(r.lag_events, s.lag_events);
@@ -174,10 +173,14 @@ void set_relay_status(Cache& cache, const RelayStatus& s) {
   words::store(r.overflow_clears, s.overflow_clears);
   words::store(r.stale_clears, s.stale_clears);
   words::store(r.proven_ms, s.proven_ms);
-  // The ids into the copy not in use, then that copy named current: one
-  // store, which a kill -9 cannot cut in two.
+  // The cursor and the ids into the copy not in use, then that copy named
+  // current: one store, which a kill -9 cannot cut in two. The cursor goes
+  // with the published id: killed between the two, a publisher resumed past
+  // an event with the id from before it, and missed its rollback
+  // (test_attack_relay_liveness10, KillInsideTheSave/BeforeFlip).
   const std::uint64_t next = (words::load(r.ids_current) & 1) ^ 1;
   layout::RelayIds& ids = r.ids[next];
+  words::store(ids.cursor, s.cursor);
   words::store(ids.last_id_ms, s.last_id_ms);
   words::store(ids.last_id_seq, s.last_id_seq);
   words::store(ids.published_id_ms, s.published_id_ms);

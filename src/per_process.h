@@ -13,7 +13,12 @@
 // load. A process whose fork page could not be mapped (ENOMEM: RLIMIT_AS, a
 // full address space) has epoch 0, and so has its child, which cannot map
 // one either: there the pid tells them apart, a system call per use
-// (test_attack_fork10, ChildOfAProcessWithoutAForkPage...). A T made at
+// (test_attack_fork10, ChildOfAProcessWithoutAForkPage...). A pid is
+// unique among the living only: a descendant made by a raw clone (no
+// atfork handlers run) that is given the pid of a dead epoch-0 ancestor
+// takes that ancestor's T, held mutex and all (test_attack_fork11, DISABLED_
+// GrandchildWithADeadAncestorsPid...: forced with clone3's set_tid; open,
+// and needing a failed mmap, a raw clone and pid reuse at once). A T made at
 // epoch 0 is replaced once the page maps, and left alive (another thread
 // may still use it): one T more, once, in such a process.
 //

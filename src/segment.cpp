@@ -21,6 +21,7 @@
 #include "clock.h"
 #include "log.h"
 #include "stripe_lock.h"
+#include "stdio_fill.h"
 
 namespace bip = boost::interprocess;
 
@@ -87,6 +88,35 @@ struct Fd {
     if (fd >= 0) ::close(fd);
   }
 };
+
+// No segment is ever a standard stream. A process started with fd 0, 1 or
+// 2 closed (a daemon that closed its stdio) got the segment's descriptor
+// there, the lowest free one: every message written to stderr, the
+// library's own warnings included, went into the segment at offset 0, over
+// the header every process maps (test_attack_fork11, WarningsDoNotLand...).
+// Each hole among 0-2 is filled before a segment is opened (stdio_fill.h:
+// open(2) returns the lowest free descriptor, so no other thread's file is
+// moved). Where no hole can be filled (no /dev/null, no memfd_create, no
+// epoll: a sandbox), the open is refused: opened into the hole, for the
+// moment before above_stdio moved it, another thread's warning went into
+// the segment (test_attack_fork14, NoFiller...). A kept descriptor is moved
+// above 2 as well (a hole made by another thread's close meanwhile).
+void reserve_stdio(std::string_view name) {
+  if (!stdio_fill::fill_holes()) {
+    fail(Errc::io_error, name,
+         "a standard stream (fd 0-2) is closed and nothing could be opened to fill it (/dev/null, memfd_create "
+         "and epoll_create1 all failed): a segment opened there would take what is written to that stream");
+  }
+}
+
+int above_stdio(int fd) {
+  if (fd < 0 || fd > 2) return fd;
+  const int up = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  const int e = errno;
+  ::close(fd);
+  errno = e;
+  return up;
+}
 
 }  // namespace
 
@@ -352,9 +382,10 @@ std::unique_ptr<Segment> Segment::attach(std::string_view name, bool allow_forei
   const std::string path = path_of(name);
   const bool ro = access == Access::read_only;
   Fd fd;
+  reserve_stdio(name);
   // O_NOFOLLOW: a symlink planted at the name is refused; O_NONBLOCK: a FIFO
   // planted there cannot hang the open.
-  fd.fd = ::open(path.c_str(), (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  fd.fd = above_stdio(::open(path.c_str(), (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (fd.fd < 0) {
     int e = errno;
     if (e == ENOENT) fail(Errc::not_found, name, "no such segment (" + path + ")");
@@ -397,7 +428,8 @@ std::unique_ptr<Segment> Segment::attach_pid(std::uint32_t pid, std::string_view
   // /proc/PID/fd/N is the kernel's link to the memfd itself (opening it needs
   // the right to inspect that process: its uid, or root).
   // O_NONBLOCK: a FIFO swapped in under that name cannot hang the open.
-  fd.fd = ::open(found.c_str(), (ro ? O_RDONLY : O_RDWR) | O_NONBLOCK | O_CLOEXEC);
+  reserve_stdio(name);
+  fd.fd = above_stdio(::open(found.c_str(), (ro ? O_RDONLY : O_RDWR) | O_NONBLOCK | O_CLOEXEC));
   if (fd.fd < 0) fail(Errc::permission_denied, name, "open " + found + ": " + std::strerror(errno));
   return attach_fd(fd.fd, found, name, allow_foreign, access, true);
 }
@@ -499,6 +531,7 @@ std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, Geometry
                            std::to_string(::getpid()) + "~" + std::to_string(rng());
   bip::permissions perms(c.mode);
   std::unique_ptr<bip::shared_memory_object> shm;
+  reserve_stdio(c.name);
   try {
     shm = std::make_unique<bip::shared_memory_object>(bip::create_only, temp.c_str(), bip::read_write, perms);
   } catch (const bip::interprocess_exception& e) {
@@ -509,6 +542,11 @@ std::unique_ptr<bip::mapped_region> create_and_publish(const Config& c, Geometry
     ~Unlink() { bip::shared_memory_object::remove(n.c_str()); }
   } unlink_temp{temp};
   int fd = shm->get_mapping_handle().handle;
+  if (fd <= 2) {  // Boost's descriptor cannot be moved: refuse rather than log into the segment
+    fail(Errc::io_error, c.name,
+         "the new segment's descriptor is standard stream " + std::to_string(fd) +
+             ", closed with no descriptor to put there");
+  }
   // Boost passes the mode to shm_open, where the umask narrows it: apply it exactly.
   if (::fchmod(fd, c.mode) != 0) fail(Errc::io_error, c.name, std::string("fchmod: ") + std::strerror(errno));
   std::unique_ptr<bip::mapped_region> region;
@@ -534,7 +572,8 @@ std::unique_ptr<Segment> Segment::create_sealed(const Config& config) {
   Geometry g = plan(config);
   fill_secret(g, config.name);
   Fd fd;
-  fd.fd = ::memfd_create(object_of(config.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  reserve_stdio(config.name);
+  fd.fd = above_stdio(::memfd_create(object_of(config.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (fd.fd < 0) fail(Errc::io_error, config.name, std::string("memfd_create: ") + std::strerror(errno));
   if (::fchmod(fd.fd, config.mode) != 0) {
     fail(Errc::io_error, config.name, std::string("fchmod: ") + std::strerror(errno));

@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "log.h"
+#include "fork_park.h"
 #include "memoize_fixture.h"
 #include "stripe_lock.h"
 #include "test_support.h"
@@ -63,53 +64,11 @@ using steady = std::chrono::steady_clock;
 using detail::KeyArg;
 using detail::user_token;
 
-pid_t gettid_() { return pid_t(::syscall(SYS_gettid)); }
-
-long blocked_in(pid_t tid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", int(tid));
-  std::ifstream f(path);
-  std::string first;
-  if (!(f >> first) || first == "running") return -1;
-  char* end = nullptr;
-  const long n = std::strtol(first.c_str(), &end, 10);
-  return end != first.c_str() ? n : -1;
-}
-
-template <class F>
-bool within(std::chrono::milliseconds guard, F cond) {
-  const auto give_up = steady::now() + guard;
-  while (!cond()) {
-    if (steady::now() > give_up) return false;
-    sched_yield();
-  }
-  return true;
-}
-
-// fd 2 made a full pipe (a log collector that stopped reading); returns the read end.
-int make_stderr_a_full_pipe() {
-  int p[2];
-  if (::pipe(p) != 0) return -1;
-  ::fcntl(p[1], F_SETPIPE_SZ, 4096);
-  if (::dup2(p[1], 2) < 0) return -1;
-  ::close(p[1]);
-  const int fl = ::fcntl(2, F_GETFL);
-  ::fcntl(2, F_SETFL, fl | O_NONBLOCK);
-  char junk[4096];
-  std::memset(junk, '.', sizeof junk);
-  while (::write(2, junk, sizeof junk) > 0 || errno == EINTR) {
-  }
-  ::fcntl(2, F_SETFL, fl & ~O_NONBLOCK);
-  return p[0];
-}
-
-void drain(int rd) {
-  const int fl = ::fcntl(rd, F_GETFL);
-  if (!(fl & O_NONBLOCK)) ::fcntl(rd, F_SETFL, fl | O_NONBLOCK);
-  char buf[65536];
-  while (::read(rd, buf, sizeof buf) > 0) {
-  }
-}
+using fork_park::blocked_in;
+using fork_park::drain;
+using fork_park::gettid_;
+using fork_park::make_stderr_a_full_pipe;
+using fork_park::within;
 
 bool stderr_to_null() {
   const int null = ::open("/dev/null", O_WRONLY);

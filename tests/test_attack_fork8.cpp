@@ -34,6 +34,7 @@
 #include <thread>
 #include <vector>
 
+#include "fork_park.h"
 #include "memoize_fixture.h"
 #include "test_support.h"
 
@@ -47,62 +48,11 @@ using testing::small_config;
 using testing::spawn;
 using steady = std::chrono::steady_clock;
 
-pid_t gettid_() { return pid_t(::syscall(SYS_gettid)); }
-
-// The number of the system call thread `tid` of this process is blocked in
-// (first field of /proc/self/task/TID/syscall), -1 if it is running or
-// cannot be read.
-long blocked_in(pid_t tid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", int(tid));
-  std::ifstream f(path);
-  std::string first;
-  if (!(f >> first) || first == "running") return -1;
-  char* end = nullptr;
-  const long n = std::strtol(first.c_str(), &end, 10);
-  return end != first.c_str() ? n : -1;
-}
-
-// Polls cond (yielding) for at most `guard`.
-template <class F>
-bool within(std::chrono::milliseconds guard, F cond) {
-  const auto give_up = steady::now() + guard;
-  while (!cond()) {
-    if (steady::now() > give_up) return false;
-    sched_yield();
-  }
-  return true;
-}
-
-// ---- fd 2 made a full pipe ------------------------------------------------------------
-//
-// A log collector that stopped reading (a stalled journald/docker pipe): the
-// next write(2) to stderr blocks. Returns the read end (to drain it later).
-int make_stderr_a_full_pipe() {
-  int p[2];
-  if (::pipe(p) != 0) return -1;
-  ::fcntl(p[1], F_SETPIPE_SZ, 4096);
-  if (::dup2(p[1], 2) < 0) return -1;
-  ::close(p[1]);
-  const int fl = ::fcntl(2, F_GETFL);
-  ::fcntl(2, F_SETFL, fl | O_NONBLOCK);
-  char junk[4096];
-  std::memset(junk, '.', sizeof junk);
-  while (::write(2, junk, sizeof junk) > 0 || errno == EINTR) {
-  }
-  ::fcntl(2, F_SETFL, fl & ~O_NONBLOCK);
-  return p[0];
-}
-
-// Reads whatever is in the pipe (non-blocking), so a writer blocked on it
-// can go on.
-void drain(int rd) {
-  const int fl = ::fcntl(rd, F_GETFL);
-  if (!(fl & O_NONBLOCK)) ::fcntl(rd, F_SETFL, fl | O_NONBLOCK);
-  char buf[65536];
-  while (::read(rd, buf, sizeof buf) > 0) {
-  }
-}
+using fork_park::blocked_in;
+using fork_park::drain;
+using fork_park::gettid_;
+using fork_park::make_stderr_a_full_pipe;
+using fork_park::within;
 
 // A get_or_compute whose value is over max_value_bytes: the library warns
 // ("memoize: 'k' not cached: value too large") on stderr, at the default

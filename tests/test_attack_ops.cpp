@@ -864,8 +864,11 @@ TEST(AttackOps, OutboxManyProducersSomeKilledNeverYieldsForeignOrReorderedEvents
   int bad = 0;
   std::string first_bad;
   std::map<std::string, std::uint64_t> last_index;  // per producer, indices must increase
-  const auto end = steady::now() + 4s;
-  while (steady::now() < end) {
+  // At least 4 s of kills and polls, and on until 1,000 events were checked
+  // (a slow build, ASan on a busy machine, took longer than 4 s to reach
+  // them: 922 once); 120 s is a hang, not slowness.
+  const auto end = steady::now() + 4s, hard_end = steady::now() + 120s;
+  while ((steady::now() < end || events <= 1000u) && steady::now() < hard_end) {
     if (next < 60 && rng() % 50 == 0) {
       const std::size_t w = rng() % live.size();
       kill_and_reap(live[w]);
