@@ -45,16 +45,20 @@ struct KeepErrno {
 // stream, a few of them: a child tearing a line in a stream of its own kept
 // its record in the only one and dropped its parent's (test_attack_fork14,
 // AChildTearing...). A hint: two processes writing at once may both think
-// the line whole, and a ninth stream torn at once takes the oldest slot.
+// the line whole, and a ninth stream torn at once takes the slot torn
+// longest ago (it took the next slot round-robin, and dropped the newest
+// record: test_attack_fork15, NinthTornStream...). A writer killed while it
+// names a slot leaves that slot 'filling' for good: the table has one fewer.
 struct TornSlot {
   std::atomic<std::uint32_t> state{0};  // kFree, kFilling (being named), kOpen
   std::atomic<std::uint64_t> dev{0};
   std::atomic<std::uint64_t> ino{0};
+  std::atomic<std::uint64_t> stamp{0};  // when torn last (Torn::clock)
 };
 constexpr std::uint32_t kFree = 0, kFilling = 1, kOpen = 2;
 struct Torn {
   TornSlot slot[8];
-  std::atomic<std::uint32_t> next{0};  // the slot taken when none is free
+  std::atomic<std::uint64_t> clock{0};  // counts tears
 };
 Torn* map_torn() {
   void* p = ::mmap(nullptr, sizeof(Torn), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -97,22 +101,49 @@ bool stderr_line_open() {
   return stderr_id(dev, ino) && torn_of(dev, ino) != nullptr;
 }
 
-void mark_torn(std::uint64_t dev, std::uint64_t ino) {
-  if (torn_of(dev, ino) != nullptr) return;
-  TornSlot* got = nullptr;
+// A slot of its own for this record: a free one, else the open one torn
+// longest ago, taken by CAS so that no two writers name one slot at once
+// (the round-robin store let two mix one stream's dev with another's ino).
+// nullptr if every slot is being named right now: the record is dropped.
+TornSlot* take_slot() {
   for (TornSlot& t : g_torn->slot) {
     std::uint32_t free = kFree;
-    if (t.state.compare_exchange_strong(free, kFilling, std::memory_order_acquire)) {
-      got = &t;
-      break;
+    if (t.state.compare_exchange_strong(free, kFilling, std::memory_order_acquire)) return &t;
+  }
+  for (int tries = 0; tries < 8; ++tries) {
+    TornSlot* oldest = nullptr;
+    std::uint64_t least = UINT64_MAX;
+    for (TornSlot& t : g_torn->slot) {
+      const std::uint32_t st = t.state.load(std::memory_order_acquire);
+      if (st == kFree) {
+        std::uint32_t free = kFree;
+        if (t.state.compare_exchange_strong(free, kFilling, std::memory_order_acquire)) return &t;
+      } else if (st == kOpen) {
+        const std::uint64_t when = t.stamp.load(std::memory_order_relaxed);
+        if (when < least) {
+          least = when;
+          oldest = &t;
+        }
+      }
     }
+    if (oldest == nullptr) return nullptr;
+    std::uint32_t open = kOpen;
+    if (oldest->state.compare_exchange_strong(open, kFilling, std::memory_order_acquire)) return oldest;
   }
-  if (got == nullptr) {  // all taken: the oldest-named slot goes
-    got = &g_torn->slot[g_torn->next.fetch_add(1, std::memory_order_relaxed) % 8];
-    got->state.store(kFilling, std::memory_order_relaxed);
+  return nullptr;
+}
+
+void mark_torn(std::uint64_t dev, std::uint64_t ino) {
+  const std::uint64_t now = g_torn->clock.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (TornSlot* t = torn_of(dev, ino)) {  // torn again: the newest
+    t->stamp.store(now, std::memory_order_relaxed);
+    return;
   }
+  TornSlot* got = take_slot();
+  if (got == nullptr) return;
   got->dev.store(dev, std::memory_order_relaxed);
   got->ino.store(ino, std::memory_order_relaxed);
+  got->stamp.store(now, std::memory_order_relaxed);
   got->state.store(kOpen, std::memory_order_release);
 }
 
@@ -126,10 +157,14 @@ void note_written(std::size_t written, std::size_t n, bool was_open) {
   if (!stderr_id(dev, ino)) return;
   if (written == n) {
     // Whole, after the '\n' that ended the open line: this stream's line
-    // is whole again (no other stream's record is touched).
-    if (TornSlot* t = torn_of(dev, ino)) {
-      std::uint32_t open = kOpen;
-      t->state.compare_exchange_strong(open, kFree, std::memory_order_release);
+    // is whole again (no other stream's record is touched; two writers
+    // tearing it at once may have named two slots for it).
+    for (TornSlot& t : g_torn->slot) {
+      if (t.state.load(std::memory_order_acquire) == kOpen && t.dev.load(std::memory_order_relaxed) == dev &&
+          t.ino.load(std::memory_order_relaxed) == ino) {
+        std::uint32_t open = kOpen;
+        t.state.compare_exchange_strong(open, kFree, std::memory_order_release);
+      }
     }
   } else {
     mark_torn(dev, ino);

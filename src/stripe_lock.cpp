@@ -63,7 +63,12 @@ struct TaskStat {
 // False if it cannot be opened or read, or is empty (errno tells why: ESRCH
 // for an empty one, a task that is gone).
 bool read_proc_file(const char* path, char* buf, std::size_t cap) {
-  stdio_fill::fill_holes();  // never at fd 0-2 (stdio_fill.h)
+  // Never at fd 0-2 (stdio_fill.h): with a hole left, as if no descriptor
+  // could be had (test_attack_fork15, StripeLockNeverOpens...).
+  if (!stdio_fill::fill_holes()) {
+    errno = EMFILE;
+    return false;
+  }
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   std::size_t n = 0;
@@ -117,7 +122,10 @@ bool read_task_stat(const char* path, TaskStat& out) {
 // ancestor's /proc: test_attack_lock5, WorkerWithManyGroups...). A line
 // longer than the buffer is skipped; NSpid's (at most 32 numbers) fits.
 int nspid_levels(const char* path) {
-  stdio_fill::fill_holes();  // never at fd 0-2 (stdio_fill.h)
+  if (!stdio_fill::fill_holes()) {  // never at fd 0-2 (stdio_fill.h); no descriptor to be had
+    errno = EMFILE;
+    return -1;
+  }
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   char buf[1024];
@@ -542,7 +550,7 @@ namespace {
 // descriptor to be had) leaves kill's "alive". A reused id looks alive.
 bool exited_by_pidfd(std::uint32_t tid) {
   constexpr unsigned kPidfdThread = O_EXCL;  // PIDFD_THREAD (linux/pidfd.h of 6.9; Debian 12's headers lack it)
-  stdio_fill::fill_holes();  // never at fd 0-2 (stdio_fill.h)
+  if (!stdio_fill::fill_holes()) return false;  // never at fd 0-2 (stdio_fill.h); no descriptor: "alive"
   int fd = int(::syscall(SYS_pidfd_open, pid_t(tid), kPidfdThread));
   if (fd < 0 && errno == EINVAL) fd = int(::syscall(SYS_pidfd_open, pid_t(tid), 0u));
   if (fd < 0) return errno == ESRCH;

@@ -11,3 +11,5 @@ hostcache_test(test_attack_fork12 test_attack_fork12.cpp LABELS multiprocess TIM
 hostcache_test(test_attack_fork13 test_attack_fork13.cpp LABELS multiprocess TIMEOUT 300)
 # Review of the fork13 fixes: one torn record per stream, a segment or /proc file opened into a hole among 0-2.
 hostcache_test(test_attack_fork14 test_attack_fork14.cpp LABELS multiprocess TIMEOUT 300)
+# Review of the fork14 fixes: fill_holes' errno, a hole that cannot be filled or fcntl denied, the ninth torn stream.
+hostcache_test(test_attack_fork15 test_attack_fork15.cpp LABELS multiprocess TIMEOUT 300)
