@@ -33,7 +33,7 @@
 namespace hostcache::layout {
 
 inline constexpr char kMagic[8] = {'H', 'O', 'S', 'T', 'C', 'A', 'C', 'H'};
-inline constexpr std::uint32_t kLayoutVersion = 3;  // 3: RelayState's published id in two words, its stream
+inline constexpr std::uint32_t kLayoutVersion = 4;  // 4: an outbox slot checks its event; 3: RelayState's published id in two words, its stream
 inline constexpr std::size_t kCacheLine = 64;
 
 inline constexpr std::uint32_t kStateReady = 0x52454459;  // "REDY"
@@ -145,7 +145,11 @@ static_assert(sizeof(MethodSlot) == 3 * kCacheLine, "MethodSlot is part of the f
 // seqlock of its own (`stamp` = 2*seq+1 while written, 2*seq+2 when done),
 // so the reader can tell a complete event, one being written, and one
 // overwritten by a producer a lap ahead (then it publishes a global clear:
-// no event is ever dropped silently).
+// no event is ever dropped silently). Two producers a lap apart may write
+// one slot at once (one stalled inside its write while the ring went round),
+// and the stamp left last may stand on a body of both: `check` (48 bits of
+// a hash of the sequence, kind, length and name) tells such a body, which
+// the reader counts as overwritten.
 inline constexpr std::uint8_t kEventClear = 1, kEventTag = 2, kEventNamespace = 3;
 inline constexpr std::size_t kEventNameBytes = 256;
 
@@ -191,7 +195,7 @@ struct OutboxSlot {
   std::uint64_t stamp;         // 2*seq+1 writing, 2*seq+2 complete
   std::uint8_t kind;           // kEvent*
   std::uint8_t len;            // bytes of name (a tag or a namespace); 0 for a clear
-  std::uint8_t pad[6];
+  std::uint8_t check[6];       // outbox.cpp's event_check(seq, kind, len, name), little-endian
   char name[kEventNameBytes];
 };
 static_assert(sizeof(OutboxHeader) == kCacheLine, "OutboxHeader is part of the format");

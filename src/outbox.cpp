@@ -22,6 +22,14 @@ constexpr std::size_t kWords = sizeof(OutboxSlot) / 8;
 
 std::uint64_t* head_word(const Segment& s) { return &s.outbox()->head; }
 
+// 48 bits of the event's sequence, kind, length and name, in the slot
+// beside them: a body written by two producers a lap apart (the stamp of
+// one on words of both) does not check, but for one in 2^48 (layout.h).
+void event_check(std::uint64_t seq, std::uint8_t kind, std::uint8_t len, const char* name, std::uint8_t out[6]) {
+  const std::uint64_t h = XXH3_64bits_withSeed(name, len, seq ^ (std::uint64_t(kind) << 56) ^ (std::uint64_t(len) << 48));
+  for (int i = 0; i < 6; ++i) out[i] = std::uint8_t(h >> (8 * i));
+}
+
 }  // namespace
 
 void append(Segment& segment, std::uint8_t kind, std::string_view name) {
@@ -36,6 +44,7 @@ void append(Segment& segment, std::uint8_t kind, std::string_view name) {
   image.kind = kind;
   image.len = std::uint8_t(std::min<std::size_t>(name.size(), layout::kEventNameBytes - 1));
   if (image.len != 0) std::memcpy(image.name, name.data(), image.len);
+  event_check(seq, image.kind, image.len, image.name, image.check);
   const auto* src = reinterpret_cast<const std::uint8_t*>(&image);
   auto* dst = reinterpret_cast<std::uint8_t*>(&slot);
   for (std::size_t w = 1; w < kWords; ++w) {
@@ -86,8 +95,11 @@ Polled poll(const Cache& cache, std::uint64_t cursor, std::size_t max) {
                         : copy.kind == layout::kEventTag       ? copy.len >= 1 && copy.len <= kMaxTagBytes
                         : copy.kind == layout::kEventNamespace ? copy.len >= 1 && copy.len <= kMaxNamespaceBytes
                                                                : false;
-    if (s1 != want || s2 != want || !shaped) {
-      // Overwritten by a producer a lap ahead (or garbage): lost.
+    std::uint8_t check[6];
+    event_check(seq, copy.kind, copy.len, copy.name, check);  // len <= 255 < kEventNameBytes: within the copy
+    if (s1 != want || s2 != want || !shaped || std::memcmp(check, copy.check, sizeof check) != 0) {
+      // Overwritten by a producer a lap ahead, or written by two at once
+      // (test_outbox, TwoProducersALapApart...), or garbage: lost.
       out.events.clear();
       out.lost = true;
       out.next = words::load(*head_word(seg), std::memory_order_acquire);
