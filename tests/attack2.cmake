@@ -13,3 +13,5 @@ hostcache_test(test_attack_fork13 test_attack_fork13.cpp LABELS multiprocess TIM
 hostcache_test(test_attack_fork14 test_attack_fork14.cpp LABELS multiprocess TIMEOUT 300)
 # Review of the fork14 fixes: fill_holes' errno, a hole that cannot be filled or fcntl denied, the ninth torn stream.
 hostcache_test(test_attack_fork15 test_attack_fork15.cpp LABELS multiprocess TIMEOUT 300)
+# Review of the outbox slot's check: writers stopped or killed at every store, lapped once and twice, bit flips.
+hostcache_test(test_attack_outbox3 test_attack_outbox3.cpp LABELS multiprocess TIMEOUT 300)
