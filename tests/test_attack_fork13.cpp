@@ -53,21 +53,7 @@ using testing::ScopedName;
 using testing::small_config;
 using testing::spawn;
 using fork_park::drain;
-
-std::vector<std::string> lines_of(const std::string& s) {
-  std::vector<std::string> out;
-  std::size_t at = 0;
-  while (at < s.size()) {
-    const std::size_t nl = s.find('\n', at);
-    if (nl == std::string::npos) {
-      out.push_back(s.substr(at));
-      break;
-    }
-    out.push_back(s.substr(at, nl - at));
-    at = nl + 1;
-  }
-  return out;
-}
+using fork_park::lines_of;
 
 // The line holding needle starts with `start`.
 bool line_starts(const std::string& all, const std::string& needle, const std::string& start) {

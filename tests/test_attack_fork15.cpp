@@ -138,6 +138,12 @@ TEST(ForkAttack15, FillHolesKeepsTheCallersErrno) {
 // /proc/thread-self/stat (its identity): stripe_lock.cpp ignores
 // fill_holes()'s false and opens it anyway, at fd 2.
 TEST(ForkAttack15, StripeLockNeverOpensAProcFileIntoAnUnfillableHole) {
+#if defined(__SANITIZE_ADDRESS__)
+  // UBSan's vptr check (built with ASan here) probes memory through a pipe
+  // of its own, which lands at the hole at 2 and is closed there: the
+  // filter's SIGSYS, from the sanitizer's runtime, not from the library.
+  GTEST_SKIP() << "UBSan's IsAccessibleMemoryRange opens and closes fd 2";
+#endif
   ScopedName n("fa15s");
   const pid_t h = spawn([&] {
     fill_0_and_1();
