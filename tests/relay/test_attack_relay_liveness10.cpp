@@ -283,6 +283,12 @@ Flip flip_offsets(const std::string& lib) {
 class KillInsideTheSave : public LivenessAttack10, public ::testing::WithParamInterface<std::string> {};
 
 TEST_P(KillInsideTheSave, LosesNoUnreadPublish) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The breakpoint is found in the plain build's code: the flip is the last
+  // store before `ret`. Instrumented, the save's stores are followed by the
+  // sanitizers' report calls, and no such store is there to find.
+  GTEST_SKIP() << "set_relay_status's flip is found only in uninstrumented code";
+#endif
   if (::access("/usr/bin/gdb", X_OK) != 0) GTEST_SKIP() << "no gdb";
   // The library the relay runs (the one this test is linked with).
   const std::string maps = harness::read_file("/proc/self/maps");
