@@ -49,6 +49,19 @@ bool within(std::chrono::milliseconds guard, F cond) {
   return true;
 }
 
+// fd 2 a 4 KiB non-blocking pipe; returns its read end (-1: no pipe, -2:
+// its size not settable).
+inline int small_nonblocking_stderr() {
+  int p[2];
+  if (::pipe(p) != 0) return -1;
+  ::fcntl(p[1], F_SETPIPE_SZ, 4096);
+  if (::fcntl(p[1], F_GETPIPE_SZ) != 4096) return -2;
+  ::fcntl(p[1], F_SETFL, ::fcntl(p[1], F_GETFL) | O_NONBLOCK);
+  if (::dup2(p[1], 2) < 0) return -1;
+  ::close(p[1]);
+  return p[0];
+}
+
 // fd 2 made a full pipe: a log collector that stopped reading (a stalled
 // journald/docker pipe), so the next write(2) to stderr blocks. Returns the
 // read end (to drain it later), -1 on failure.

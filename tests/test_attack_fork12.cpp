@@ -73,6 +73,7 @@ using testing::small_config;
 using testing::spawn;
 using fork_park::blocked_in;
 using fork_park::drain;
+using fork_park::small_nonblocking_stderr;
 using fork_park::lines_of;
 using fork_park::starts_like_a_line;
 using fork_park::gettid_;
@@ -89,17 +90,6 @@ bool own_line(const std::string& all, const std::string& needle) {
   return false;
 }
 
-// A pipe of 4096 bytes, its write end fd 2, non-blocking; returns the read end.
-int small_nonblocking_stderr() {
-  int p[2];
-  if (::pipe(p) != 0) return -1;
-  ::fcntl(p[1], F_SETPIPE_SZ, 4096);
-  if (::fcntl(p[1], F_GETPIPE_SZ) != 4096) return -2;
-  ::fcntl(p[1], F_SETFL, ::fcntl(p[1], F_GETFL) | O_NONBLOCK);
-  if (::dup2(p[1], 2) < 0) return -1;
-  ::close(p[1]);
-  return p[0];
-}
 
 // =====================================================================================
 // A. The torn-line flag is per process; the open line is in the shared pipe

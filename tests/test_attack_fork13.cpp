@@ -53,6 +53,7 @@ using testing::ScopedName;
 using testing::small_config;
 using testing::spawn;
 using fork_park::drain;
+using fork_park::small_nonblocking_stderr;
 using fork_park::lines_of;
 
 // The line holding needle starts with `start`.
@@ -64,16 +65,6 @@ bool line_starts(const std::string& all, const std::string& needle, const std::s
   return false;
 }
 
-int small_nonblocking_stderr() {
-  int p[2];
-  if (::pipe(p) != 0) return -1;
-  ::fcntl(p[1], F_SETPIPE_SZ, 4096);
-  if (::fcntl(p[1], F_GETPIPE_SZ) != 4096) return -2;
-  ::fcntl(p[1], F_SETFL, ::fcntl(p[1], F_GETFL) | O_NONBLOCK);
-  if (::dup2(p[1], 2) < 0) return -1;
-  ::close(p[1]);
-  return p[0];
-}
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

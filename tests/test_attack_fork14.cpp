@@ -49,18 +49,8 @@ using testing::ScopedName;
 using testing::small_config;
 using testing::spawn;
 using fork_park::drain;
+using fork_park::small_nonblocking_stderr;
 
-// fd 2 a 4 KiB non-blocking pipe; returns its read end (-2: size not settable).
-int small_nonblocking_stderr() {
-  int p[2];
-  if (::pipe(p) != 0) return -1;
-  ::fcntl(p[1], F_SETPIPE_SZ, 4096);
-  if (::fcntl(p[1], F_GETPIPE_SZ) != 4096) return -2;
-  ::fcntl(p[1], F_SETFL, ::fcntl(p[1], F_GETFL) | O_NONBLOCK);
-  if (::dup2(p[1], 2) < 0) return -1;
-  ::close(p[1]);
-  return p[0];
-}
 
 // fds 0 and 1 open (ctest may start us with holes), so that fd 2 is the
 // lowest free one once closed.
