@@ -1201,21 +1201,35 @@ TEST(AttackOps, GapWriterKilledAtRandomInstantsLosesNothingElse) {
     ASSERT_TRUE(await([&] { return sh->ready.load() == 1; }));
     sh->go.store(1);
     // Trial 0 is not killed: it shows the set writes a gap. Even trials
-    // kill at a random instant after the go; odd ones once the child is
-    // seen holding the stripe lock, and a little later: a random instant
-    // alone missed the lock in all 799 kills of a run under ctest -j2 (the
-    // child descheduled), and the repair went untried.
-    if (trials != 0) {
-      if (trials % 2 == 1) {
-        const auto give_up = steady::now() + 2s;
-        while (std::atomic_ref<std::uint64_t>(view.hdr->lock).load(std::memory_order_relaxed) == 0 &&
-               sh->done.load() == 0 && steady::now() < give_up) {
-        }
-      }
-      for (unsigned spin = unsigned(rng() % (trials % 2 == 1 ? 3000 : 60000)); spin > 0; --spin) asm volatile("");
+    // kill at a random instant after the go. Odd ones stop the child
+    // (SIGSTOP, awaited) at random instants until it is seen holding the
+    // stripe lock, and kill it there: a random instant alone missed the lock
+    // in all 799 kills of a run under ctest -j2 (the child descheduled), and
+    // watching the lock from the running parent missed it under ASan.
+    int st = -1;
+    if (trials != 0 && trials % 2 == 0) {
+      for (unsigned spin = unsigned(rng() % 60000); spin > 0; --spin) asm volatile("");
       ::kill(child, SIGKILL);
+    } else if (trials != 0) {
+      const auto give_up = steady::now() + 5s;
+      for (;;) {
+        ::kill(child, SIGSTOP);
+        int ws = 0;
+        if (::waitpid(child, &ws, WUNTRACED) != child) break;
+        if (!WIFSTOPPED(ws)) {  // it finished first: reaped here
+          st = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+          break;
+        }
+        if (std::atomic_ref<std::uint64_t>(view.hdr->lock).load() != 0 || steady::now() > give_up) {
+          ::kill(child, SIGKILL);
+          ::kill(child, SIGCONT);
+          break;
+        }
+        ::kill(child, SIGCONT);
+        for (unsigned spin = unsigned(rng() % 3000); spin > 0; --spin) asm volatile("");
+      }
     }
-    const int st = testing::wait_for(child);
+    if (st < 0) st = testing::wait_for(child);
     if (st == 128 + SIGKILL) ++killed_mid;
     testing::touch_all_stripes(cache);
     repaired += ld(view.hdr->recoveries) > 0;
