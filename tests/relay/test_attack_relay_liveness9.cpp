@@ -249,6 +249,13 @@ TEST_F(LivenessAttack9, AHostMovedToAnotherStreamDoesNotClearTheHostsAlreadyTher
   ASSERT_TRUE(harness::await([&] { return status(a_).connected && !rc.last_generated(y).zero(); }, 10s))
       << describe(a_);
   const StreamId y_boot = rc.last_generated(y);
+  // B's publish must get a newer ms than y's boot (Redis stamps XADD with
+  // its clock): made in the same millisecond, it was not, and the await
+  // below never held (a fresh-clone CI run here).
+  ASSERT_TRUE(harness::await([&] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+               .count() > std::int64_t(y_boot.ms) + 1;
+  }, 5s));
   b_.cache->invalidate("t.old");  // on the old stream, after the new one's boot
   ASSERT_TRUE(harness::await([&] { return rc.last_generated(kStream).ms > y_boot.ms && pos_of(b_) == rc.last_generated(kStream); }, 10s))
       << describe(b_);
