@@ -305,7 +305,12 @@ TEST(AttackLock7, GetAndGetOrComputeWithoutProcNeverHangAndLeaveContentsIntact) 
   const pid_t c = testing::spawn([&] {
     log::get().set_level(spdlog::level::off);
     if (!no_proc()) return 21;
-    x->get_ok = cache.get("k").value_or("<miss>") == "v";
+    // A get may miss here rather than judge expiry blind: one that sees the
+    // monotonic-less-wall gap move (likely a tick between its two clock
+    // reads) reads its namespaces again, which fails without /proc. So a
+    // miss is allowed, but not in all of 20 tries (its only try missed once
+    // in the ASan suite under ctest -j2, not in 6 reruns alone).
+    for (int i = 0; i < 20 && !x->get_ok; ++i) x->get_ok = cache.get("k").value_or("<miss>") == "v";
     try {
       const std::string v = get_or_compute<std::string>(cache, "memo", [] { return std::string("computed"); });
       x->memo = v == "computed" ? 1 : 2;
