@@ -200,7 +200,7 @@ struct OutboxSlot {
 };
 static_assert(sizeof(OutboxHeader) == kCacheLine, "OutboxHeader is part of the format");
 static_assert(sizeof(OutboxSlot) == 272 && sizeof(OutboxSlot) % 8 == 0, "slots are copied word by word");
-static_assert(offsetof(OutboxSlot, name) == 16, "OutboxSlot is part of the format");
+static_assert(offsetof(OutboxSlot, check) == 10 && offsetof(OutboxSlot, name) == 16, "OutboxSlot is part of the format");
 static_assert(sizeof(RelayState) == 4 * kCacheLine, "RelayState is part of the format");
 static_assert(offsetof(RelayState, ids) % 8 == 0, "RelayIds are stored word by word");
 

@@ -60,6 +60,10 @@ struct Torn {
   TornSlot slot[8];
   std::atomic<std::uint64_t> clock{0};  // counts tears
 };
+// Shared by the processes of a tree through one page: lock-free words only.
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free && std::atomic<std::uint64_t>::is_always_lock_free,
+              "the torn-line table is shared between processes");
+static_assert(sizeof(Torn) <= 4096, "the torn-line table fits the page it is mapped on");
 Torn* map_torn() {
   void* p = ::mmap(nullptr, sizeof(Torn), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   static Torn fallback;  // constant-initialised
@@ -82,13 +86,16 @@ bool any_torn() {
   return false;
 }
 
+// Whether t is an open record of stream (dev, ino).
+bool is_open_record_of(const TornSlot& t, std::uint64_t dev, std::uint64_t ino) {
+  return t.state.load(std::memory_order_acquire) == kOpen && t.dev.load(std::memory_order_relaxed) == dev &&
+         t.ino.load(std::memory_order_relaxed) == ino;
+}
+
 // The open record of stream (dev, ino), or nullptr.
 TornSlot* torn_of(std::uint64_t dev, std::uint64_t ino) {
   for (TornSlot& t : g_torn->slot) {
-    if (t.state.load(std::memory_order_acquire) == kOpen && t.dev.load(std::memory_order_relaxed) == dev &&
-        t.ino.load(std::memory_order_relaxed) == ino) {
-      return &t;
-    }
+    if (is_open_record_of(t, dev, ino)) return &t;
   }
   return nullptr;
 }
@@ -106,10 +113,6 @@ bool stderr_line_open() {
 // (the round-robin store let two mix one stream's dev with another's ino).
 // nullptr if every slot is being named right now: the record is dropped.
 TornSlot* take_slot() {
-  for (TornSlot& t : g_torn->slot) {
-    std::uint32_t free = kFree;
-    if (t.state.compare_exchange_strong(free, kFilling, std::memory_order_acquire)) return &t;
-  }
   for (int tries = 0; tries < 8; ++tries) {
     TornSlot* oldest = nullptr;
     std::uint64_t least = UINT64_MAX;
@@ -160,11 +163,8 @@ void note_written(std::size_t written, std::size_t n, bool was_open) {
     // is whole again (no other stream's record is touched; two writers
     // tearing it at once may have named two slots for it).
     for (TornSlot& t : g_torn->slot) {
-      if (t.state.load(std::memory_order_acquire) == kOpen && t.dev.load(std::memory_order_relaxed) == dev &&
-          t.ino.load(std::memory_order_relaxed) == ino) {
-        std::uint32_t open = kOpen;
-        t.state.compare_exchange_strong(open, kFree, std::memory_order_release);
-      }
+      std::uint32_t open = kOpen;
+      if (is_open_record_of(t, dev, ino)) t.state.compare_exchange_strong(open, kFree, std::memory_order_release);
     }
   } else {
     mark_torn(dev, ino);
